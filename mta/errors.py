@@ -1,0 +1,26 @@
+"""Errors raised by the method core; the CLI maps them to exit codes."""
+
+
+class MtaError(Exception):
+    """Base class of every error the method core raises on purpose."""
+
+
+class AdapterFormatError(MtaError, ValueError):
+    """An adapter folder or blob is missing, garbled, pickled or holds non-finite values."""
+
+
+class ShapeMismatchError(MtaError, ValueError):
+    """An adapter does not fit the base model's modules."""
+
+
+class UnknownNameError(MtaError, KeyError):
+    """A name was looked up in a registry (method, rule, task, scheme) that does not hold it."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; keep ours readable on one line.
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UnknownNameError:
+    """Build the error for an unknown registry key, listing the valid names."""
+    return UnknownNameError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")

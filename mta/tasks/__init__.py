@@ -1,0 +1,1 @@
+"""LaMP tasks registered by name (prompt, retrieval, parsing, metrics)."""

@@ -1,0 +1,1 @@
+"""The SQL registry and the service layer."""
