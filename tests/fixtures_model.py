@@ -1,0 +1,1 @@
+"""Fixtures that build tiny models and adapters for fast tests."""
