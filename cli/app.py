@@ -1,0 +1,50 @@
+"""The root `mta` command: command groups are attached here, errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from mta.cli.adapter import adapter_app
+
+app = typer.Typer(
+    name="mta",
+    help="Merge-then-Adapt adapter registry: per-user LoRAs from a fused anchor bank.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(adapter_app, name="adapter")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; expected errors print one line and exit 1 or 3 (MTA_DEBUG=1: traceback)."""
+    from mta.cli import output
+    from mta.cli.errors import describe, exit_code_for
+
+    try:
+        # Without standalone mode Click returns the code of a typer.Exit instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped below, bugs re-raised
+        from click.exceptions import Abort, ClickException
+
+        if isinstance(exc, ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, Abort):
+            output.error("aborted")
+            sys.exit(1)
+        code = exit_code_for(exc)
+        if code is None or os.environ.get("MTA_DEBUG") == "1":
+            raise
+        output.error(describe(exc))
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""One output object for every command: rich for people, JSON for machines.
+
+Data goes to stdout; errors, warnings and progress go to stderr so `--json`
+output stays parseable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_stdout = Console(soft_wrap=True)
+_stderr = Console(stderr=True, soft_wrap=True)
+
+
+def _snake(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+class Output:
+    """Renders tables, records and results either as rich text or as JSON."""
+
+    def __init__(self, json_mode: bool = False) -> None:
+        self.json_mode = json_mode
+
+    def emit_json(self, data: Any) -> None:
+        """Write one JSON document to stdout."""
+        sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+        sys.stdout.flush()
+
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        title: str | None = None,
+    ) -> None:
+        """Render rows as a table, or as a JSON list keyed by the snake-cased column names."""
+        rows = [list(r) for r in rows]
+        if self.json_mode:
+            keys = [_snake(c) for c in columns]
+            self.emit_json([dict(zip(keys, r)) for r in rows])
+            return
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        _stdout.print(table)
+
+    def record(self, data: Mapping[str, Any], *, title: str | None = None) -> None:
+        """Render one mapping as a two-column table, or as a JSON object."""
+        if self.json_mode:
+            self.emit_json(dict(data))
+            return
+        table = Table(title=title, show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        for key, value in data.items():
+            table.add_row(str(key), _render_value(value))
+        _stdout.print(table)
+
+    def result(self, message: str, **data: Any) -> None:
+        """Report the outcome of a command: a message for people, the data for machines."""
+        if self.json_mode:
+            self.emit_json(data or {"message": message})
+            return
+        _stdout.print(message)
+
+
+def _render_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=_jsonable)
+    return "" if value is None else str(value)
+
+
+def error(message: str) -> None:
+    """Print a one-line error to stderr."""
+    _stderr.print(f"[red]Error:[/red] {message}", markup=True, highlight=False)
+
+
+def warning(message: str) -> None:
+    """Print a warning to stderr."""
+    _stderr.print(f"[yellow]Warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+def log(message: str) -> None:
+    """Print a progress or info line to stderr."""
+    _stderr.print(message, highlight=False)
+
+
+def stderr_console() -> Console:
+    """The console that progress bars draw on (stderr)."""
+    return _stderr

@@ -1,0 +1,23 @@
+"""Errors raised by the registry service layer."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class of registry errors."""
+
+
+class NotFoundError(RegistryError, LookupError):
+    """A bank, version, alias, user, recipe or stack does not exist."""
+
+
+class AlreadyExistsError(RegistryError):
+    """A row with the same identity already exists."""
+
+
+class InvalidInputError(RegistryError, ValueError):
+    """The caller's input is malformed (bad id, empty profile, wrong schema...)."""
+
+
+class IntegrityError(RegistryError):
+    """The registry and the blob store disagree (a row without its blob, a bad digest)."""
