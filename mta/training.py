@@ -1,0 +1,478 @@
+"""LoRA training in memory (plain or stacked on a frozen fused adapter) and greedy generation.
+
+The trainable LoRA is a set of forward hooks on the base model's Linear layers, so the
+model's structure is never changed and nothing is left behind once training returns. A
+frozen adapter is merged into the base weights for the duration of training (a step then
+costs what a plain LoRA step costs) and the pristine weights are copied back afterwards.
+
+Prompts are used raw, without a chat template, both in training and in ``generate``; the
+same text gives the same tokens in both places.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
+from mta.errors import MtaError, ShapeMismatchError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from mta.lora import LoraAdapter
+
+Example = tuple[str, str]  # (prompt, target); the loss covers only the target tokens
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one LoRA training run; ``alpha=None`` means ``2 * rank``."""
+
+    rank: int = 8
+    alpha: float | None = None
+    epochs: int = 1
+    lr: float = 2e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 256
+    seed: int = 0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    weight_decay: float = 0.0
+    max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
+
+    @property
+    def scale(self) -> float:
+        """The LoRA scaling ``alpha / rank``."""
+        alpha = self.alpha if self.alpha is not None else 2.0 * self.rank
+        return float(alpha) / self.rank
+
+    def validate(self) -> None:
+        """Raise MtaError with a one-line message if a field is out of range."""
+        positive = {
+            "rank": self.rank,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "max_length": self.max_length,
+        }
+        for name, value in positive.items():
+            if int(value) != value or value < 1:
+                raise MtaError(f"train config: {name} must be a positive integer, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MtaError(f"train config: lr must be a positive number, got {self.lr!r}")
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise MtaError(f"train config: alpha must be a positive number, got {self.alpha!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise MtaError(f"train config: max_steps must be >= 1, got {self.max_steps!r}")
+        if not self.target_modules:
+            raise MtaError("train config: target_modules is empty")
+
+
+def train_lora(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    *,
+    frozen: LoraAdapter | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[LoraAdapter, list[float]]:
+    """Train a LoRA on ``examples``, optionally stacked on a frozen adapter.
+
+    The model is left bit-identical, with no hooks, whatever happens (exceptions and
+    KeyboardInterrupt included). Runs are deterministic for ``config.seed`` on one device.
+
+    Args:
+        model: the base causal LM (its weights are not trained).
+        tokenizer: its tokenizer.
+        examples: ``(prompt, target)`` pairs; the loss covers the target plus EOS.
+        config: hyper-parameters.
+        frozen: an adapter (the fused one) held fixed under the trainable stack; its delta is
+            merged into the weights in memory during training, never written to disk.
+        progress: show a rich progress bar on stderr.
+        on_step: called as ``on_step(step, loss)`` after each optimizer step (1-based).
+
+    Returns:
+        ``(adapter, losses)``: the trained LoRA (``delta()`` is exactly what was trained) and
+        the mean target-token loss of every optimizer step.
+
+    Raises:
+        MtaError: no examples or a bad config.
+        ShapeMismatchError: ``frozen`` or a target module does not fit the model.
+    """
+    import torch
+
+    from mta.lora import LoraAdapter, LoraModule
+
+    config.validate()
+    if not examples:
+        raise MtaError("no training examples")
+    shapes = linear_shapes(model, config.target_modules)
+    encoded = [_encode(tokenizer, prompt, target, config.max_length) for prompt, target in examples]
+    init_gen = torch.Generator().manual_seed(config.seed)
+    order_gen = torch.Generator().manual_seed(config.seed + 1)
+    factors = _init_factors(model, shapes, config.rank, init_gen)
+    params = [p for pair in factors.values() for p in pair]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    micro_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    pad_id = _pad_id(tokenizer)
+    losses: list[float] = []
+
+    merged = apply_adapter(model, frozen) if frozen is not None else nullcontext()
+    with (
+        _frozen_base(model),
+        merged,
+        _lora_hooks(model, factors, config.scale),
+        _progress(progress, total_steps) as bar,
+    ):
+        for _ in range(config.epochs):
+            order = torch.randperm(len(encoded), generator=order_gen).tolist()
+            for group_ids in _step_groups(order, config.batch_size, config.grad_accum):
+                if len(losses) >= total_steps:
+                    break
+                group = [[encoded[i] for i in ids] for ids in group_ids]
+                loss = _optimizer_step(model, group, optimizer, pad_id)
+                losses.append(loss)
+                bar(loss)
+                if on_step is not None:
+                    on_step(len(losses), loss)
+
+    scale = config.scale
+    modules = {
+        path: LoraModule(A=a.detach().clone(), B=b.detach().clone(), scale=scale)
+        for path, (a, b) in factors.items()
+    }
+    base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return LoraAdapter(modules=modules, base_model=base_name), losses
+
+
+def _step_groups(order: list[int], batch_size: int, grad_accum: int) -> list[list[list[int]]]:
+    """Split example indices into optimizer steps of ``grad_accum`` micro-batches each."""
+    micro = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [micro[i : i + grad_accum] for i in range(0, len(micro), grad_accum)]
+
+
+def _optimizer_step(
+    model: torch.nn.Module,
+    group: list[list[tuple[list[int], list[int]]]],
+    optimizer: torch.optim.Optimizer,
+    pad_id: int,
+) -> float:
+    """Accumulate gradients over micro-batches and step; return the mean target-token loss."""
+    # Token-weighted over the whole group, so accumulation equals one big batch.
+    n_tokens = sum(len(target) for batch in group for _, target in batch)
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for batch in group:
+        loss_sum = _batch_loss_sum(model, batch, pad_id)
+        (loss_sum / n_tokens).backward()
+        total += float(loss_sum.detach())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / n_tokens
+
+
+def _batch_loss_sum(
+    model: torch.nn.Module, batch: list[tuple[list[int], list[int]]], pad_id: int
+) -> torch.Tensor:
+    """Summed cross-entropy of the target tokens of one left-padded micro-batch."""
+    import torch
+
+    seqs = [prompt + target for prompt, target in batch]
+    length = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), length), dtype=torch.long)
+    labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
+    for row, ((_, target), seq) in enumerate(zip(batch, seqs, strict=True)):
+        input_ids[row, length - len(seq) :] = torch.tensor(seq)
+        attention[row, length - len(seq) :] = 1
+        labels[row, length - len(target) :] = torch.tensor(target)
+    # Left padding puts every target at the right edge, so only the last few positions need
+    # logits: the vocabulary projection is skipped for the (long) prompts.
+    keep = min(length, max(len(target) for _, target in batch) + 1)
+    device = _device_of(model)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention.to(device),
+        "position_ids": position_ids.to(device),
+        "use_cache": False,
+    }
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits[:, -keep:, :]
+    shifted_labels = labels[:, length - keep + 1 :].to(device)
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1, :].float().reshape(-1, logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward can skip the LM head for most positions."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int
+) -> tuple[list[int], list[int]]:
+    """Tokenize one example into (prompt ids, target ids + EOS), fitted to ``max_length``."""
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        target_ids.append(tokenizer.eos_token_id)
+    if len(target_ids) >= max_length:
+        # The first target token needs one token of context to be predicted.
+        return prompt_ids[-1:], target_ids[: max_length - 1]
+    # Cut the prompt from the left: the query sits at its end, right before the target.
+    room = max_length - len(target_ids)
+    return prompt_ids[-room:], target_ids
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Token id used for padding (masked out, so any valid id works)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
+def _init_factors(
+    model: torch.nn.Module,
+    shapes: dict[str, tuple[int, int]],
+    rank: int,
+    generator: torch.Generator,
+) -> dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+    """Fresh fp32 LoRA factors per module: A kaiming-uniform (as PEFT), B zeros."""
+    import torch
+
+    device = _device_of(model)
+    factors = {}
+    for path, (out_features, in_features) in shapes.items():
+        a = torch.empty(rank, in_features)
+        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        b = torch.zeros(out_features, rank)
+        factors[path] = (
+            torch.nn.Parameter(a.to(device)),
+            torch.nn.Parameter(b.to(device)),
+        )
+    return factors
+
+
+@contextmanager
+def _frozen_base(model: torch.nn.Module) -> Iterator[None]:
+    """Freeze every base parameter and switch to eval mode; restore both afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        # Eval mode: no dropout, so steps are deterministic and match inference.
+        model.eval()
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+
+
+@contextmanager
+def _lora_hooks(
+    model: torch.nn.Module,
+    factors: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]],
+    scale: float,
+) -> Iterator[None]:
+    """Add ``scale · x Aᵀ Bᵀ`` to each targeted Linear's output via forward hooks."""
+    handles = []
+    try:
+        for path, (a, b) in factors.items():
+            handles.append(model.get_submodule(path).register_forward_hook(_lora_hook(a, b, scale)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _lora_hook(a: torch.nn.Parameter, b: torch.nn.Parameter, scale: float) -> Callable:
+    """Forward hook computing a LoRA branch in fp32 on top of the layer's output."""
+
+    def hook(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0].to(a.dtype)
+        return output + ((x @ a.T) @ b.T * scale).to(output.dtype)
+
+    return hook
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[float], None]]:
+    """Yield a callback advancing a rich progress bar (a no-op when disabled)."""
+    if not enabled:
+        yield lambda _loss: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("training", total=total, loss="-")
+        yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")
+
+
+@contextmanager
+def apply_adapter(model: torch.nn.Module, adapter: LoraAdapter) -> Iterator[torch.nn.Module]:
+    """Temporarily add ``adapter``'s delta into the model's Linear weights.
+
+    On exit (normal or not) the original weights are copied back bit-exactly. Contexts nest.
+
+    Args:
+        model: the base model.
+        adapter: the LoRA to merge in memory.
+
+    Yields:
+        The same model, with the delta merged.
+
+    Raises:
+        ShapeMismatchError: a module path is missing or its shape differs.
+    """
+    import torch
+
+    targets = _target_weights(model, adapter)
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for weight, module in targets:
+                # A copy, not a subtraction afterwards: W + Δ - Δ is not bit-exact in floats.
+                saved.append((weight, weight.detach().clone()))
+                weight.add_(module.delta().to(device=weight.device, dtype=weight.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
+
+
+def _target_weights(model: torch.nn.Module, adapter: LoraAdapter) -> list:
+    """Pair each adapter module with the weight it modifies, checking paths and shapes."""
+    import torch
+
+    pairs = []
+    for path, module in adapter.modules.items():
+        try:
+            layer = model.get_submodule(path)
+        except AttributeError:
+            raise ShapeMismatchError(f"adapter module {path!r} is not in the base model") from None
+        if not isinstance(layer, torch.nn.Linear):
+            raise ShapeMismatchError(f"adapter module {path!r} is not a Linear layer")
+        want = (module.out_features, module.in_features)
+        if tuple(layer.weight.shape) != want:
+            raise ShapeMismatchError(
+                f"adapter module {path!r} is {want[0]}x{want[1]}, base weight is "
+                f"{layer.weight.shape[0]}x{layer.weight.shape[1]}"
+            )
+        pairs.append((layer.weight, module))
+    return pairs
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy-decode each raw prompt (no chat template) in left-padded batches.
+
+    Args:
+        model: the causal LM (merge adapters with ``apply_adapter`` first).
+        tokenizer: its tokenizer.
+        prompts: prompt texts.
+        max_new_tokens: generation budget per prompt.
+        batch_size: prompts per forward batch.
+
+    Returns:
+        The new text of each prompt, special tokens dropped and whitespace stripped, in order.
+    """
+    import torch
+
+    if batch_size < 1 or max_new_tokens < 1:
+        raise MtaError("generate: batch_size and max_new_tokens must be positive")
+    encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    # Similar lengths share a batch, which keeps padding (wasted compute) small.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    pad_id = _pad_id(tokenizer)
+    config = _greedy_config(model, tokenizer, max_new_tokens, pad_id)
+    device = _device_of(model)
+    results: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        ids = order[start : start + batch_size]
+        length = max(len(encoded[i]) for i in ids)
+        input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), length), dtype=torch.long)
+        for row, i in enumerate(ids):
+            input_ids[row, length - len(encoded[i]) :] = torch.tensor(encoded[i])
+            attention[row, length - len(encoded[i]) :] = 1
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+            )
+        texts = tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)
+        for i, text in zip(ids, texts, strict=True):
+            results[i] = text.strip()
+    return [results[i] for i in range(len(prompts))]
+
+
+def _greedy_config(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, pad_id: int
+):  # -> GenerationConfig
+    """A greedy generation config that keeps the model's EOS ids and adds the tokenizer's."""
+    from transformers import GenerationConfig
+
+    eos: list[int] = []
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (model_eos, tokenizer.eos_token_id):
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and token not in eos:
+                eos.append(int(token))
+    return GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos or None,
+    )
