@@ -1,0 +1,238 @@
+"""HNSW index over anchor embeddings (hnswlib, cosine), serializable to bytes for the blob store."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+_MAGIC = b"MTAHNSW1"
+_HEADER_LEN = struct.Struct("<I")
+
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_EF_SEARCH = 64
+
+
+def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """Validate vectors as a finite float32 (n, dim) matrix (a single vector becomes one row)."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2:
+        raise ValueError(f"vectors must be 1-d or 2-d, got shape {matrix.shape}")
+    if dim is not None and matrix.shape[1] != dim:
+        raise ValueError(f"vectors have dimension {matrix.shape[1]}, the index holds {dim}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("vectors contain NaN or infinite values")
+    if np.any(np.linalg.norm(matrix, axis=1) == 0):
+        raise ValueError("a zero vector has no cosine similarity")
+    return matrix
+
+
+class AnchorIndex:
+    """Approximate nearest anchors by cosine similarity, keyed by anchor id strings."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        m: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        seed: int = 0,
+    ) -> None:
+        """Create an empty index for `dim`-dimensional vectors."""
+        if dim < 1:
+            raise ValueError(f"index dimension must be positive, got {dim}")
+        self.dim = dim
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.seed = seed
+        self._ids: list[str] = []
+        self._row_of: dict[str, int] = {}
+        self._hnsw: Any = None
+        self._ef_now = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, ids: Sequence[str], vectors: np.ndarray, **options: Any) -> AnchorIndex:
+        """Build an index holding `vectors` under `ids` (options as for the constructor)."""
+        matrix = _as_matrix(vectors)
+        index = cls(matrix.shape[1], **options)
+        index.add(ids, matrix)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> list[str]:
+        """Anchor ids in insertion order."""
+        return list(self._ids)
+
+    def _new_hnsw(self, capacity: int) -> Any:
+        """Create the hnswlib structure with room for `capacity` vectors."""
+        import hnswlib
+
+        hnsw = hnswlib.Index(space="cosine", dim=self.dim)
+        hnsw.init_index(
+            max_elements=max(capacity, 1),
+            ef_construction=self.ef_construction,
+            M=self.m,
+            random_seed=self.seed,
+        )
+        return hnsw
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add vectors under new ids.
+
+        Raises:
+            ValueError: on a count/dimension mismatch, non-finite or zero vectors, or an id
+                that is repeated or already in the index.
+        """
+        matrix = _as_matrix(vectors, self.dim)
+        ids = [str(i) for i in ids]
+        if len(ids) != matrix.shape[0]:
+            raise ValueError(f"{len(ids)} ids but {matrix.shape[0]} vectors")
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids passed to the index repeat")
+        clash = [i for i in ids if i in self._row_of]
+        if clash:
+            raise ValueError(f"anchor id {clash[0]!r} is already in the index")
+        if not ids:
+            return
+        with self._lock:
+            total = len(self._ids) + len(ids)
+            if self._hnsw is None:
+                self._hnsw = self._new_hnsw(total)
+            elif total > self._hnsw.get_max_elements():
+                self._hnsw.resize_index(max(total, 2 * self._hnsw.get_max_elements()))
+            start = len(self._ids)
+            self._hnsw.add_items(matrix, np.arange(start, total), num_threads=1)
+            self._ids.extend(ids)
+            self._row_of.update({anchor: start + n for n, anchor in enumerate(ids)})
+
+    def query(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Nearest anchors to `vector`.
+
+        Args:
+            vector: a (dim,) query vector (need not be normalized).
+            k: how many anchors; more than the index holds returns all of them.
+
+        Returns:
+            (anchor id, cosine similarity) pairs, most similar first.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        query = _as_matrix(vector, self.dim)
+        if query.shape[0] != 1:
+            raise ValueError(f"query takes one vector, got {query.shape[0]}")
+        if not self._ids:
+            return []
+        k = min(k, len(self._ids))
+        with self._lock:
+            # hnswlib searches with ef candidates; fewer than k would drop results.
+            ef = max(self.ef_search, k)
+            if ef != self._ef_now:
+                self._hnsw.set_ef(ef)
+                self._ef_now = ef
+            labels, distances = self._hnsw.knn_query(query, k=k, num_threads=1)
+        pairs = [
+            (self._ids[int(label)], float(1.0 - distance))
+            for label, distance in zip(labels[0], distances[0], strict=True)
+        ]
+        # Stable order on equal scores so identical inputs give identical answers.
+        return sorted(pairs, key=lambda pair: (-pair[1], self._row_of[pair[0]]))
+
+    def to_bytes(self) -> bytes:
+        """Serialize: magic, header length, JSON header (ids, dim, params), hnswlib payload."""
+        header = {
+            "dim": self.dim,
+            "ids": self._ids,
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "seed": self.seed,
+            "space": "cosine",
+        }
+        header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        payload = b""
+        if self._hnsw is not None:
+            with self._lock:
+                payload = _hnsw_to_bytes(self._hnsw)
+        return _MAGIC + _HEADER_LEN.pack(len(header_bytes)) + header_bytes + payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AnchorIndex:
+        """Load an index written by `to_bytes`.
+
+        Raises:
+            ValueError: when the bytes are not an index written by this class.
+        """
+        prefix = len(_MAGIC) + _HEADER_LEN.size
+        if len(data) < prefix or not data.startswith(_MAGIC):
+            raise ValueError("not an anchor index (bad magic bytes)")
+        (header_len,) = _HEADER_LEN.unpack_from(data, len(_MAGIC))
+        try:
+            header = json.loads(data[prefix : prefix + header_len].decode("utf-8"))
+            ids = [str(i) for i in header["ids"]]
+            index = cls(
+                int(header["dim"]),
+                m=int(header["m"]),
+                ef_construction=int(header["ef_construction"]),
+                ef_search=int(header["ef_search"]),
+                seed=int(header["seed"]),
+            )
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"anchor index header is garbled: {exc}") from None
+        payload = data[prefix + header_len :]
+        if ids:
+            index._hnsw = _hnsw_from_bytes(payload, index.dim, len(ids))
+            if index._hnsw.get_current_count() != len(ids):
+                raise ValueError(
+                    f"anchor index holds {index._hnsw.get_current_count()} vectors "
+                    f"but its header lists {len(ids)} ids"
+                )
+        index._ids = ids
+        index._row_of = {anchor: row for row, anchor in enumerate(ids)}
+        return index
+
+
+def _hnsw_to_bytes(hnsw: Any) -> bytes:
+    """hnswlib only saves to a path: round-trip through a private temp file."""
+    fd, path = tempfile.mkstemp(prefix="mta-hnsw-", suffix=".bin")
+    os.close(fd)
+    try:
+        hnsw.save_index(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+    finally:
+        os.unlink(path)
+
+
+def _hnsw_from_bytes(payload: bytes, dim: int, count: int) -> Any:
+    """Load an hnswlib payload through a temp file."""
+    import hnswlib
+
+    if not payload:
+        raise ValueError("anchor index payload is empty")
+    fd, path = tempfile.mkstemp(prefix="mta-hnsw-", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        hnsw = hnswlib.Index(space="cosine", dim=dim)
+        try:
+            hnsw.load_index(path, max_elements=count)
+        except RuntimeError as exc:
+            raise ValueError(f"anchor index payload is garbled: {exc}") from None
+        return hnsw
+    finally:
+        os.unlink(path)
