@@ -1,0 +1,42 @@
+"""Export: the fused adapter plus the user's stack as one standard LoRA."""
+
+from __future__ import annotations
+
+import torch
+
+from mta.fusion_cat import CatFusion
+from mta.fusion_svd import compress
+from mta.lora import LoraAdapter
+
+
+def stack_onto(fused: LoraAdapter, stack: LoraAdapter) -> LoraAdapter:
+    """One LoRA whose delta is exactly ``fused + stack`` (rank R + r_stack, by concatenation).
+
+    Raises:
+        ShapeMismatchError: the two disagree on a module's shape.
+    """
+    combined = CatFusion().fuse([fused, stack], [1.0, 1.0])
+    base_model = fused.base_model or stack.base_model
+    return LoraAdapter(modules=combined.modules, base_model=base_model)
+
+
+def export_adapter(
+    fused: LoraAdapter, stack: LoraAdapter | None, *, max_rank: int | None = None
+) -> LoraAdapter:
+    """The adapter to hand to a serving engine: ``fused + stack``, optionally rank-capped.
+
+    Args:
+        fused: The user's fused anchor adapter.
+        stack: The user's trained stack, or None to export the fused adapter alone.
+        max_rank: Cap every module's rank with the truncated SVD (for engines that
+            limit LoRA rank); None keeps the exact concatenation.
+
+    Returns:
+        The exported adapter, factors in fp32.
+
+    Raises:
+        ShapeMismatchError: fused and stack disagree on a module's shape.
+        ValueError: ``max_rank`` is not a positive integer.
+    """
+    combined = stack_onto(fused, stack) if stack is not None else fused.to(torch.float32)
+    return compress(combined, max_rank) if max_rank is not None else combined
