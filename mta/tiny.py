@@ -52,6 +52,9 @@ def make_tiny_llama(path: Path | str, *, seed: int = 0, vocab_size: int = 512) -
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        # Wider than Llama's 0.02: with 64-d hidden states a 0.02 head keeps all logits near
+        # zero, and a small LoRA could barely move the loss within the few steps tests afford.
+        initializer_range=0.1,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
