@@ -1,0 +1,89 @@
+"""`mta serve`: the registry over HTTP (FastAPI + uvicorn), adapters materialized on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt, resolve_locations
+
+
+def serve_command(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokens-file",
+            help='JSON {"read": [...], "admin": [...]}; adds to MTA_READ_TOKEN/MTA_ADMIN_TOKEN.',
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Background threads training stacks (adapt jobs).")
+    ] = 1,
+    max_queued_jobs: Annotated[
+        int, typer.Option(min=1, help="Adapt jobs allowed to wait before new ones get 429.")
+    ] = 16,
+    memory_cache_mb: Annotated[
+        int, typer.Option(min=0, help="In-memory LRU of adapter archives, MiB (0: off).")
+    ] = 256,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve without any token check (only for a trusted loopback setup).",
+        ),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the registry over HTTP: banks, users, adapt jobs and PEFT adapter archives.
+
+    Reads need a read or admin bearer token, writes an admin token. One process:
+    jobs and the archive cache live in memory, so scale out behind a load balancer
+    with a shared database and store rather than with uvicorn workers.
+    """
+    import uvicorn
+    from mta.cli import output
+    from mta.registry.context import RegistryContext
+    from mta.registry.db import check_schema
+    from mta.registry.errors import InvalidInputError
+    from mta.server.app import create_app
+    from mta.server.auth import load_tokens
+    from mta.server.settings import ServerSettings
+
+    tokens = load_tokens(tokens_file)
+    if not tokens and not insecure_no_auth:
+        raise InvalidInputError(
+            "no tokens configured: set MTA_READ_TOKEN and/or MTA_ADMIN_TOKEN, pass "
+            "--tokens-file, or --insecure-no-auth to serve without authentication"
+        )
+    if tokens and insecure_no_auth:
+        raise InvalidInputError("--insecure-no-auth contradicts the tokens configured")
+    where = resolve_locations(ctx, db, store, cache_dir)
+    registry = RegistryContext.open(where["db"], where["store"], where["cache_dir"])
+    try:
+        check_schema(registry.engine)  # refuse to start on a registry `mta init` never made
+        settings = ServerSettings(
+            db_url=registry.db_url,
+            store_url=registry.store_url,
+            cache_dir=registry.cache_dir,
+            tokens=tokens or None,
+            workers=workers,
+            max_queued_jobs=max_queued_jobs,
+            memory_cache_bytes=memory_cache_mb * 1024**2,
+        )
+        app = create_app(settings, ctx=registry)
+        if insecure_no_auth:
+            output.warning("serving WITHOUT authentication (--insecure-no-auth)")
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        registry.close()
+
+
+serve_app = typer.Typer(add_completion=False)
+serve_app.command("serve")(serve_command)

@@ -1,0 +1,146 @@
+"""Adapter archives: a deterministic tar of a PEFT folder, its ETag, and an in-memory LRU.
+
+The ETag is computed *without* building the archive: it is the sha256 of what
+determines the archive's bytes — the stack blob's digest, the recipe (bank
+version, anchors, weights, method, weight rule), ``max_rank`` and the archive
+format version. Exports are deterministic functions of those inputs and the tar
+is written with fixed metadata (sorted names, mtime 0, uid/gid 0, mode 0644), so
+equal keys mean byte-identical archives and the ETag is a strong one. A
+revalidation (``If-None-Match``) therefore costs one registry lookup and no
+tensor work or blob read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Bump when the archive layout changes, so old ETags stop matching.
+ARCHIVE_FORMAT = "mta-peft-tar/1"
+ARCHIVE_MEDIA_TYPE = "application/x-tar"
+ARCHIVE_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def archive_etag(identity: dict[str, Any], max_rank: int | None) -> str:
+    """The quoted strong ETag of an adapter archive.
+
+    Args:
+        identity: JSON-serializable facts that fix the exported adapter (stack digest,
+            recipe, bank version...), as returned by the app's identity lookup.
+        max_rank: the requested rank cap, or None.
+
+    Returns:
+        ``'"<sha256 hex>"'``, quotes included as HTTP wants them.
+    """
+    payload = json.dumps(
+        {"format": ARCHIVE_FORMAT, "max_rank": max_rank, "identity": identity},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return '"' + hashlib.sha256(payload.encode()).hexdigest() + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header value matches ``etag`` (weak comparison, RFC 9110)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in if_none_match.split(","))
+
+
+def tar_adapter_folder(folder: Path) -> bytes:
+    """The PEFT files of ``folder`` as an uncompressed tar with fixed metadata.
+
+    Safetensors tensors barely compress, so the archive is plain tar: no CPU spent
+    on gzip and clients can stream-extract it.
+
+    Raises:
+        FileNotFoundError: a PEFT file is missing from the folder.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ARCHIVE_FILES:
+            data = (folder / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class ArchiveCache:
+    """A byte-bounded LRU of archives keyed by ETag, plus one lock per key being built.
+
+    The per-key lock makes concurrent cold requests for the same adapter build it
+    once (the others wait and then hit the cache).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, max_bytes)
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._building: dict[str, tuple[threading.Lock, int]] = {}
+
+    def get(self, key: str) -> bytes | None:
+        """The cached archive for ``key`` (and mark it recently used), or None."""
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        """Cache an archive, evicting the least recently used ones past ``max_bytes``."""
+        if len(data) > self.max_bytes:
+            return  # larger than the whole cache: keeping it would evict everything
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return
+            self._items[key] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= len(evicted)
+
+    @contextmanager
+    def building(self, key: str) -> Iterator[None]:
+        """Hold the build lock of ``key`` for the duration of the block."""
+        with self._lock:
+            lock, users = self._building.get(key, (threading.Lock(), 0))
+            self._building[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._building[key]
+                if users == 1:
+                    del self._building[key]
+                else:
+                    self._building[key] = (lock, users - 1)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes currently held."""
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

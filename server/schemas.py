@@ -1,0 +1,121 @@
+"""Request and response bodies of the HTTP API (pydantic models).
+
+Responses that are registry entities use the frozen dataclasses of
+``mta.registry.entities`` directly as FastAPI response models, so the OpenAPI
+schema follows the service layer without a second copy of every field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from mta.registry.names import USER_ID_PATTERN
+from pydantic import BaseModel, ConfigDict, Field
+
+# The service's own rule (registry/names.py), anchored for OpenAPI; "." and ".." pass the
+# pattern and are refused by the service with a 422.
+USER_ID_REGEX = f"^{USER_ID_PATTERN.pattern}$"
+TASK_REGEX = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable machine code and a one-line message."""
+
+    code: str = Field(examples=["not_found"])
+    message: str = Field(examples=["no user 'u42'"])
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class AddUserRequest(_Strict):
+    """Register a user under a task's bank."""
+
+    user_id: str = Field(pattern=USER_ID_REGEX, examples=["user42"])
+    task: str = Field(pattern=TASK_REGEX, examples=["movie_tagging"])
+    profile: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="The user's history items in the task's LaMP format.",
+        examples=[[{"id": "1", "description": "a heist goes wrong", "tag": "crime"}]],
+    )
+    bank_ref: str | None = Field(
+        default=None, description="Bank version number or alias to pin (default: latest)."
+    )
+
+
+class FuseRequest(_Strict):
+    """Retrieve the nearest anchors and store the user's fusion recipe."""
+
+    top_k: int = Field(default=2, ge=1, le=64)
+    method: str = Field(default="cat", description="Fusion method: cat (exact), svd, factorwise.")
+    weight_rule: str = Field(default="proportional", description="proportional or softmax.")
+    temperature: float = Field(default=1.0, gt=0, le=1000)
+
+
+class AdaptRequest(_Strict):
+    """Train the user's low-rank stack on their first ``shots`` profile items."""
+
+    shots: int = Field(ge=1, le=10_000, examples=[5])
+    rank: int = Field(default=1, ge=1, le=64)
+    epochs: int = Field(default=3, ge=1, le=100)
+    lr: float = Field(default=1e-3, gt=0, le=1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class JobProgress(BaseModel):
+    """The last progress report of a running job."""
+
+    stage: str
+    done: int
+    total: int
+
+
+class JobResponse(BaseModel):
+    """A background job (stack training) and, once finished, its result or error."""
+
+    id: str
+    kind: str
+    user_id: str
+    status: JobStatus
+    params: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress | None = None
+    result: dict[str, Any] | None = Field(default=None, description="The stack, on success.")
+    error: ErrorDetail | None = None
+
+
+class HealthResponse(BaseModel):
+    """Liveness and dependencies."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error statuses, all with the ErrorResponse body."""
+    descriptions = {
+        400: "Bad request",
+        401: "Missing or invalid bearer token",
+        403: "Read token used on a write route",
+        404: "Not found",
+        409: "Conflict (already exists, or a job already running)",
+        422: "Invalid input",
+        429: "Job queue full",
+        500: "Integrity error (registry and store disagree) or a bug",
+        503: "Database or store unavailable",
+    }
+    return {s: {"model": ErrorResponse, "description": descriptions[s]} for s in statuses}

@@ -1,0 +1,36 @@
+"""What a server process is configured with (flags of `mta serve`, or a test's choice)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .auth import TokenSet
+
+DEFAULT_MEMORY_CACHE_BYTES = 256 * 1024**2
+DEFAULT_MAX_BODY_BYTES = 16 * 1024**2
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Registry location, auth and resource bounds of one server.
+
+    Attributes:
+        db_url: registry database URL (None: ``MTA_DB_URL`` or the SQLite default).
+        store_url: blob store URL (None: ``MTA_STORE_URL`` or ``file://.mta/store``).
+        cache_dir: export cache folder (None: ``MTA_CACHE_DIR`` or ``.mta/cache``).
+        tokens: accepted bearer tokens; None disables auth (``--insecure-no-auth`` only).
+        workers: threads training stacks in the background.
+        max_queued_jobs: jobs allowed to wait for a worker before submissions get 429.
+        memory_cache_bytes: bound of the in-process LRU of adapter archives (0 disables it).
+        max_body_bytes: largest accepted request body (profiles), else 413.
+    """
+
+    db_url: str | None = None
+    store_url: str | None = None
+    cache_dir: Path | None = None
+    tokens: TokenSet | None = None
+    workers: int = 1
+    max_queued_jobs: int = 16
+    memory_cache_bytes: int = DEFAULT_MEMORY_CACHE_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
