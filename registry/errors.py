@@ -21,3 +21,11 @@ class InvalidInputError(RegistryError, ValueError):
 
 class IntegrityError(RegistryError):
     """The registry and the blob store disagree (a row without its blob, a bad digest)."""
+
+
+class NotInitializedError(RegistryError):
+    """The database has no registry schema, or an older one: run `mta init`."""
+
+
+class ImmutableError(RegistryError):
+    """Something tried to change a published bank version."""

@@ -1,0 +1,141 @@
+"""What every service call needs: the database, the blob store, the cache and the model loaders."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mta.registry.db import (
+    check_schema,
+    default_db_url,
+    make_engine,
+    make_session_factory,
+    session_scope,
+)
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from mta.storage import AdapterCache, BlobStore
+
+    from mta.embedding import Embedder
+
+DEFAULT_STORE_URL = "file://.mta/store"
+DEFAULT_CACHE_DIR = ".mta/cache"
+# Materialized PEFT folders are derived data; 2 GiB holds ~200 SmolLM2 exports at rank 16.
+DEFAULT_CACHE_MAX_BYTES = 2 * 1024**3
+
+# The base model is shared per process and training adds deltas into its weights in place
+# (restored afterwards), so two threads (e.g. the HTTP server) must not train at once.
+MODEL_LOCK = threading.Lock()
+
+
+@dataclass
+class RegistryContext:
+    """The registry's database, blob store and adapter cache, opened from flags or env.
+
+    Attributes:
+        db_url: SQLAlchemy URL of the registry database.
+        store_url: URL of the blob store (``file://...`` or ``s3://bucket/prefix``).
+        cache_dir: root of local derived data (materialized PEFT exports under ``adapters/``).
+        store: the blob store.
+        session_factory: sessionmaker bound to ``engine``.
+        engine: the SQLAlchemy engine.
+        cache_max_bytes: size bound of the export cache (env ``MTA_CACHE_MAX_BYTES``).
+    """
+
+    db_url: str
+    store_url: str
+    cache_dir: Path
+    store: BlobStore
+    session_factory: sessionmaker[Session]
+    engine: Engine
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    _schema_checked: bool = field(default=False, repr=False)
+    _embedders: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        db_url: str | None = None,
+        store_url: str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> RegistryContext:
+        """Open (never create) a registry.
+
+        Args:
+            db_url: default env ``MTA_DB_URL``, else ``sqlite:///.mta/registry.db``.
+            store_url: default env ``MTA_STORE_URL``, else ``file://.mta/store``.
+            cache_dir: default env ``MTA_CACHE_DIR``, else ``.mta/cache``.
+
+        Returns:
+            The context; the schema is checked on first use (`init_registry` creates it).
+        """
+        from mta.storage import open_store
+
+        db = db_url or default_db_url()
+        store = store_url or os.environ.get("MTA_STORE_URL") or DEFAULT_STORE_URL
+        cache = Path(cache_dir or os.environ.get("MTA_CACHE_DIR") or DEFAULT_CACHE_DIR)
+        engine = make_engine(db)
+        max_bytes = int(os.environ.get("MTA_CACHE_MAX_BYTES") or DEFAULT_CACHE_MAX_BYTES)
+        return cls(
+            db_url=db,
+            store_url=store,
+            cache_dir=cache.expanduser(),
+            store=open_store(store),
+            session_factory=make_session_factory(engine),
+            engine=engine,
+            cache_max_bytes=max_bytes,
+        )
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> RegistryContext:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A managed session (commit/rollback/close); checks the schema once per context."""
+        if not self._schema_checked:
+            check_schema(self.engine)
+            self._schema_checked = True
+        with session_scope(self.session_factory) as session:
+            yield session
+
+    def mark_schema_current(self) -> None:
+        """Skip the next schema check (`init_registry` has just migrated)."""
+        self._schema_checked = True
+
+    @property
+    def adapter_cache(self) -> AdapterCache:
+        """The size-bounded cache of materialized PEFT folders."""
+        from mta.storage import AdapterCache
+
+        return AdapterCache(self.cache_dir / "adapters", self.cache_max_bytes)
+
+    def base_model(self, spec: str) -> tuple[Any, Any]:
+        """The one place the registry loads a base model (cached per process by mta.base_model)."""
+        from mta.base_model import load_base_model
+
+        # The converted-model cache is MTA_CACHE_DIR or ~/.cache/mta (shared across
+        # registries), not this registry's cache_dir: a SmolLM2 copy is 0.5 GB.
+        return load_base_model(spec)
+
+    def embedder(self, spec: str | None) -> Embedder:
+        """An embedder by name, one per context (the model itself is cached per process)."""
+        from mta.embedding import Embedder
+
+        key = spec or ""
+        if key not in self._embedders:
+            self._embedders[key] = Embedder(spec)
+        return self._embedders[key]

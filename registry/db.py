@@ -1,0 +1,218 @@
+"""Engines, managed sessions and schema migration for the registry database.
+
+SQLite (the default) is opened in WAL mode with a busy timeout, foreign keys on and
+`BEGIN IMMEDIATE` transactions, so several `mta user adapt` processes can write to one file:
+a writer waits for the lock instead of failing on a read-to-write lock upgrade.
+PostgreSQL URLs (`postgresql://`, `postgres://`) are routed to the psycopg 3 driver.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mta.registry.errors import AlreadyExistsError, NotInitializedError, RegistryError
+from sqlalchemy import Engine, create_engine, event, exc, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_DB_URL = "sqlite:///.mta/registry.db"
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+_UNIQUE_SQLSTATE = "23505"
+
+
+def normalize_db_url(url: str) -> str:
+    """Route PostgreSQL URLs to psycopg 3 (the driver we install); leave others unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for a registry URL.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///.mta/registry.db`` or
+            ``postgresql+psycopg://user:pw@host/db``.
+
+    Returns:
+        The engine; SQLite connections get WAL, busy timeout, foreign keys, immediate transactions.
+    """
+    url = normalize_db_url(url)
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings."""
+    # Take transaction control away from pysqlite so the "begin" hook decides how to begin.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Any) -> None:
+    """Begin with the write lock: our transactions are short, and a deferred one can deadlock."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory whose objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def is_unique_violation(error: exc.IntegrityError) -> bool:
+    """Whether a DB integrity error is a unique/primary-key violation (not e.g. a foreign key)."""
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) == _UNIQUE_SQLSTATE:
+        return True
+    text = str(orig).upper()
+    return "UNIQUE CONSTRAINT" in text or "PRIMARY KEY" in text or "DUPLICATE KEY" in text
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success, rolls back on error and always closes.
+
+    Raises:
+        AlreadyExistsError: a unique constraint refused the write.
+        NotInitializedError: the schema is missing (run `mta init`).
+        RegistryError: any other database error, as one line.
+    """
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except exc.IntegrityError as error:
+        session.rollback()
+        if is_unique_violation(error):
+            raise AlreadyExistsError(_one_line(error)) from error
+        raise RegistryError(f"database refused the write: {_one_line(error)}") from error
+    except (exc.OperationalError, exc.ProgrammingError) as error:
+        session.rollback()
+        if "no such table" in str(error.orig) or "does not exist" in str(error.orig):
+            raise NotInitializedError("the registry has no schema; run `mta init`") from error
+        raise RegistryError(f"database error: {_one_line(error)}") from error
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _one_line(error: exc.DBAPIError) -> str:
+    """The driver's message on one line."""
+    return " ".join(str(error.orig).split())
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory, found through the installed `mta.migrations` package."""
+    import mta.migrations
+
+    return Path(mta.migrations.__file__).resolve().parent
+
+
+def alembic_config(connection: Any | None = None) -> Any:
+    """An Alembic Config pointing at our migrations, optionally bound to a live connection."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RegistryError(f"no migrations found in {migrations_dir()}")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it has no registry schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str:
+    """Run the Alembic migrations up to `revision` on `engine`; idempotent.
+
+    Returns:
+        The revision the database is at afterwards.
+    """
+    from alembic import command
+
+    path = sqlite_path(str(engine.url))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), revision)
+    return current_revision(engine) or ""
+
+
+def check_schema(engine: Engine) -> None:
+    """Make sure the database is at the head revision.
+
+    Raises:
+        NotInitializedError: no registry there, or an older schema; the message says to run
+            `mta init` (which migrates).
+    """
+    path = sqlite_path(str(engine.url))
+    if path is not None and not path.exists():
+        # Connecting would create an empty file; a read-only command must not.
+        raise NotInitializedError(f"no registry at {path}; run `mta init`")
+    try:
+        current = current_revision(engine)
+    except exc.OperationalError as error:
+        raise NotInitializedError(f"cannot open the registry ({_one_line(error)})") from error
+    head = head_revision()
+    if current is None:
+        raise NotInitializedError(
+            f"the database at {_redacted(engine)} has no registry; run `mta init`"
+        )
+    if current != head:
+        raise NotInitializedError(
+            f"the registry schema is at {current}, this code needs {head}; run `mta init`"
+        )
+
+
+def table_names(engine: Engine) -> list[str]:
+    """Tables present in the database (for tests and diagnostics)."""
+    return sorted(inspect(engine).get_table_names())
+
+
+def _redacted(engine: Engine) -> str:
+    """The engine URL with its password hidden."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def default_db_url() -> str:
+    """`MTA_DB_URL`, else a SQLite file under `.mta/`."""
+    return os.environ.get("MTA_DB_URL") or DEFAULT_DB_URL

@@ -1,0 +1,57 @@
+"""The registry service API: one import for the CLI and the HTTP server.
+
+Functions are `verb_noun(ctx, *, ...)` and return frozen entities (registry.entities), never
+ORM rows. They live in one module per noun and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from mta.registry.service_bank import (
+    ProgressFn,
+    build_bank,
+    get_bank,
+    list_banks,
+    push_bank,
+    set_alias,
+)
+from mta.registry.service_storage import (
+    fsck,
+    gc,
+    init_registry,
+    list_eval_runs,
+    record_eval_run,
+    storage_report,
+)
+from mta.registry.service_user import (
+    adapt_user,
+    add_user,
+    delete_user,
+    export_user,
+    fuse_user,
+    get_user,
+    list_users,
+    shot_indices,
+)
+
+__all__ = [
+    "ProgressFn",
+    "adapt_user",
+    "add_user",
+    "build_bank",
+    "delete_user",
+    "export_user",
+    "fsck",
+    "fuse_user",
+    "gc",
+    "get_bank",
+    "get_user",
+    "init_registry",
+    "list_banks",
+    "list_eval_runs",
+    "list_users",
+    "push_bank",
+    "record_eval_run",
+    "set_alias",
+    "shot_indices",
+    "storage_report",
+]

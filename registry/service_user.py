@@ -1,0 +1,589 @@
+"""Users: add (embed + pin a bank), fuse (recipe), adapt (train the stack), export, delete.
+
+Every flow reads what it needs in a short transaction, does the slow work (embedding,
+training, fusion) with no transaction open, writes blobs, then writes rows in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mta.registry.blobrefs import (
+    KIND_PROFILE,
+    KIND_STACK,
+    KIND_USER_EMBEDDING,
+    put_blob,
+    record_blob,
+    unreferenced,
+)
+from mta.registry.context import MODEL_LOCK, RegistryContext
+from mta.registry.entities import DeleteResult, Export, Recipe, Stack, User, UserDetail
+from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from mta.registry.models import SqlAnchor, SqlBank, SqlBlob, SqlRecipe, SqlStack, SqlUser, utcnow
+from mta.registry.names import validate_user_id
+from mta.registry.service_bank import (
+    ProgressFn,
+    _torch_dtype,
+    default_bank,
+    latest_version,
+    resolve_bank,
+)
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+DEFAULT_TOP_K = 2
+STACK_DTYPES = ("fp16", "bf16", "fp32")
+
+
+# --- lookups -------------------------------------------------------------------------------
+
+
+def _get_user_row(session: Session, user_id: str) -> SqlUser:
+    """The user's row, or NotFoundError."""
+    row = session.get(SqlUser, user_id)
+    if row is None:
+        raise NotFoundError(f"no user {user_id!r}; add one with `mta user add`")
+    return row
+
+
+def _latest(session: Session, model: type[SqlRecipe] | type[SqlStack], user_id: str) -> Any:
+    """The user's newest recipe or stack (highest id), or None."""
+    query = select(model).where(model.user_id == user_id).order_by(model.id.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def _version_of(session: Session, bank_id: int) -> int:
+    """The version number of a bank row."""
+    return session.get_one(SqlBank, bank_id).version
+
+
+def _recipe_entity(session: Session, row: SqlRecipe) -> Recipe:
+    """A recipe row as an entity."""
+    bank = session.get_one(SqlBank, row.bank_id)
+    return row.to_entity(task=bank.task, bank_version=bank.version)
+
+
+def _stack_entity(session: Session, row: SqlStack) -> Stack:
+    """A stack row as an entity, with its staleness against the task's latest bank."""
+    bank = session.get_one(SqlBank, row.bank_id)
+    stale = bank.version < latest_version(session, bank.task)
+    return row.to_entity(task=bank.task, bank_version=bank.version, stale=stale)
+
+
+def _canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes, so equal profiles share one content-addressed blob."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _load_profile(ctx: RegistryContext, digest: str) -> dict:
+    """A user's stored profile record."""
+    return json.loads(ctx.store.get_bytes(digest))
+
+
+def _load_vector(ctx: RegistryContext, digest: str) -> np.ndarray:
+    """A stored float32 embedding."""
+    return np.frombuffer(ctx.store.get_bytes(digest), dtype=np.float32).copy()
+
+
+def shot_indices(num_items: int, shots: int, seed: int) -> list[int]:
+    """Which profile items are a user's shots: a seeded sample of `shots`, in profile order.
+
+    `random.Random(seed).sample` over the item positions, sorted; all items when
+    `shots >= num_items`. The same seed picks the same shots on every machine.
+    """
+    if shots < 1:
+        raise InvalidInputError(f"shots must be at least 1, got {shots}")
+    if shots >= num_items:
+        return list(range(num_items))
+    return sorted(random.Random(seed).sample(range(num_items), shots))
+
+
+# --- add / get / list ----------------------------------------------------------------------
+
+
+def add_user(
+    ctx: RegistryContext,
+    *,
+    user_id: str,
+    task: str,
+    profile: dict | list,
+    bank_ref: str | None = None,
+) -> User:
+    """Register a user: validate and store the profile, embed it, pin a bank version.
+
+    Args:
+        user_id: 1-128 chars of [A-Za-z0-9._@-], not "." or "..".
+        task: LaMP task name.
+        profile: a per-user record ({"profile": [...], "query": [...] optional}; its own
+            `user_id`, if any, is replaced by `user_id`) or a bare list of profile items.
+        bank_ref: bank version/alias to pin; default the task's `prod` alias, else the latest.
+
+    Raises:
+        InvalidInputError: bad id or profile (e.g. empty).
+        AlreadyExistsError: the id is taken.
+        NotFoundError: the task has no bank.
+    """
+    from mta.embedding import user_embedding
+    from mta.lamp_data import validate_user
+    from mta.tasks import get_task
+
+    validate_user_id(user_id)
+    task_obj = get_task(task)
+    record = {"profile": profile} if isinstance(profile, list) else profile
+    if not isinstance(record, dict):
+        raise InvalidInputError(f"profile of {user_id!r} must be a JSON object or a list of items")
+    try:
+        validated = validate_user({**record, "user_id": user_id}, require_gold=False, task=task_obj)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from error
+    with ctx.session() as session:
+        if session.get(SqlUser, user_id) is not None:
+            raise AlreadyExistsError(f"user {user_id!r} already exists")
+        bank = resolve_bank(session, task, bank_ref) if bank_ref else default_bank(session, task)
+        bank_id, bank_version, embedder_name = bank.id, bank.version, bank.embedder
+    embedder = ctx.embedder(embedder_name)
+    items = validated["profile"]
+    vector = user_embedding(embedder, [task_obj.item_text(i) for i in items])
+    profile_blob = put_blob(ctx, _canonical_json(validated), KIND_PROFILE)
+    vector_blob = put_blob(ctx, np.asarray(vector, np.float32).tobytes(), KIND_USER_EMBEDDING)
+    try:
+        with ctx.session() as session:
+            record_blob(session, profile_blob)
+            record_blob(session, vector_blob)
+            row = SqlUser(
+                id=user_id,
+                task=task,
+                bank_id=bank_id,
+                profile_blob=profile_blob.digest,
+                embedding_blob=vector_blob.digest,
+                embedder=embedder.name,
+                profile_items=len(items),
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            return row.to_entity(bank_version=bank_version)
+    except AlreadyExistsError as error:
+        raise AlreadyExistsError(f"user {user_id!r} already exists") from error
+
+
+def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
+    """A user with their current recipe and stack and the bytes they occupy."""
+    with ctx.session() as session:
+        row = _get_user_row(session, user_id)
+        base = row.to_entity(bank_version=_version_of(session, row.bank_id))
+        recipe = _latest(session, SqlRecipe, user_id)
+        stack = _latest(session, SqlStack, user_id)
+        stack_blobs = session.scalars(
+            select(SqlStack.blob).where(SqlStack.user_id == user_id)
+        ).all()
+        digests = {row.profile_blob, row.embedding_blob, *stack_blobs}
+        size = session.scalar(select(func.sum(SqlBlob.size)).where(SqlBlob.digest.in_(digests)))
+        count = {
+            m: session.scalar(select(func.count()).where(m.user_id == user_id)) or 0
+            for m in (SqlRecipe, SqlStack)
+        }
+        return UserDetail(
+            **{f: getattr(base, f) for f in User.__dataclass_fields__},
+            recipe=_recipe_entity(session, recipe) if recipe is not None else None,
+            stack=_stack_entity(session, stack) if stack is not None else None,
+            num_recipes=int(count[SqlRecipe]),
+            num_stacks=int(count[SqlStack]),
+            bytes=int(size or 0),
+        )
+
+
+def list_users(ctx: RegistryContext, *, task: str | None = None) -> list[User]:
+    """Users by id, optionally one task's."""
+    with ctx.session() as session:
+        query = select(SqlUser, SqlBank.version).join(SqlBank, SqlBank.id == SqlUser.bank_id)
+        if task is not None:
+            query = query.where(SqlUser.task == task)
+        rows = session.execute(query.order_by(SqlUser.id)).all()
+        return [user.to_entity(bank_version=version) for user, version in rows]
+
+
+# --- fuse ----------------------------------------------------------------------------------
+
+
+def fuse_user(
+    ctx: RegistryContext,
+    user_id: str,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    method: str = "cat",
+    weight_rule: str = "proportional",
+    temperature: float = 1.0,
+    rank: int | None = None,
+    bank_ref: str | None = None,
+) -> Recipe:
+    """Find the user's nearest anchors, weight them and store the recipe (never the adapter).
+
+    Args:
+        user_id: a registered user.
+        top_k: anchors to fuse (capped at the bank's anchor count).
+        method: fusion method ("cat" exact, "svd", "factorwise").
+        weight_rule: "proportional" or "softmax" (with `temperature`).
+        rank: target rank for "svd".
+        bank_ref: fuse against this version/alias of the user's task instead of the pinned one.
+
+    Returns:
+        The new (now current) recipe with anchors, cosine scores and weights, best first.
+    """
+    from mta.fusion import get_fusion
+    from mta.index import AnchorIndex
+    from mta.weighting import compute_weights, get_weight_rule
+
+    get_fusion(method)
+    get_weight_rule(weight_rule)
+    if top_k < 1:
+        raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
+    if rank is not None and rank < 1:
+        raise InvalidInputError(f"rank must be at least 1, got {rank}")
+    with ctx.session() as session:
+        user = _get_user_row(session, user_id)
+        bank = (
+            resolve_bank(session, user.task, bank_ref)
+            if bank_ref
+            else session.get_one(SqlBank, user.bank_id)
+        )
+        bank_id, index_blob, bank_embedder = bank.id, bank.index_blob, bank.embedder
+        task, profile_blob = user.task, user.profile_blob
+        embedding_blob, user_embedder = user.embedding_blob, user.embedder
+        num_anchors = session.scalar(select(func.count()).where(SqlAnchor.bank_id == bank.id))
+    if user_embedder == bank_embedder:
+        vector = _load_vector(ctx, embedding_blob)
+    else:
+        # The bank was embedded with another model: compare like with like, from the profile.
+        from mta.embedding import user_embedding
+        from mta.tasks import get_task
+
+        items = _load_profile(ctx, profile_blob)["profile"]
+        task_obj = get_task(task)
+        vector = user_embedding(ctx.embedder(bank_embedder), [task_obj.item_text(i) for i in items])
+    index = AnchorIndex.from_bytes(ctx.store.get_bytes(index_blob))
+    hits = index.query(vector, min(top_k, int(num_anchors or 0)))
+    weights = compute_weights([score for _, score in hits], weight_rule, temperature=temperature)
+    anchors = [
+        {"anchor_id": anchor_id, "score": float(score), "weight": float(weight)}
+        for (anchor_id, score), weight in zip(hits, weights, strict=True)
+    ]
+    params: dict[str, Any] = {"top_k": top_k, "temperature": temperature}
+    if rank is not None:
+        params["rank"] = rank
+    with ctx.session() as session:
+        row = SqlRecipe(
+            user_id=user_id,
+            bank_id=bank_id,
+            anchors=anchors,
+            method=method,
+            weight_rule=weight_rule,
+            params=params,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        return _recipe_entity(session, row)
+
+
+def _recipe_inputs(session: Session, recipe: SqlRecipe) -> list[tuple[str, float]]:
+    """(adapter digest, weight) of each anchor in a recipe."""
+    rows = session.execute(
+        select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
+            SqlAnchor.bank_id == recipe.bank_id
+        )
+    ).all()
+    digest_of = dict(rows)
+    missing = [a["anchor_id"] for a in recipe.anchors if a["anchor_id"] not in digest_of]
+    if missing:
+        raise NotFoundError(f"recipe {recipe.id} names unknown anchors {', '.join(missing)}")
+    return [(digest_of[a["anchor_id"]], float(a["weight"])) for a in recipe.anchors]
+
+
+def materialize_fused(
+    ctx: RegistryContext, inputs: list[tuple[str, float]], method: str, rank: int | None
+) -> Any:
+    """Rebuild a fused adapter from anchor blobs and weights (in memory only)."""
+    from mta.fusion import fuse
+    from mta.peft_io import adapter_from_bytes
+
+    adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest, _ in inputs]
+    return fuse(adapters, [w for _, w in inputs], method=method, rank=rank)
+
+
+# --- adapt ---------------------------------------------------------------------------------
+
+
+def adapt_user(
+    ctx: RegistryContext,
+    user_id: str,
+    *,
+    shots: int,
+    rank: int = 1,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    seed: int = 0,
+    dtype: str = "fp16",
+    batch_size: int = 4,
+    max_steps: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Stack:
+    """Train the user's stack on `shots` profile items on top of their frozen fused adapter.
+
+    Fuses first (defaults) when the user has no recipe. The shots are `shot_indices(n, shots,
+    seed)`; training examples are `profile_examples` over the shots (leave-one-out: each shot
+    a target, the other shots its history).
+
+    Args:
+        user_id: a registered user.
+        shots: number of profile items to train on.
+        rank, epochs, lr, seed, batch_size, max_steps: the stack's TrainConfig.
+        dtype: stored precision of the stack: "fp16" (default), "bf16" or "fp32".
+        progress: called as ("train", step, total_steps).
+
+    Returns:
+        The stored (now current) stack.
+    """
+    from mta.tasks import get_task, profile_examples
+    from mta.training import TrainConfig, train_lora
+
+    if dtype not in STACK_DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {', '.join(STACK_DTYPES)}")
+    with ctx.session() as session:
+        user = _get_user_row(session, user_id)
+        has_recipe = _latest(session, SqlRecipe, user_id) is not None
+    if not has_recipe:
+        fuse_user(ctx, user_id)
+    with ctx.session() as session:
+        user = _get_user_row(session, user_id)
+        recipe = _latest(session, SqlRecipe, user_id)
+        bank = session.get_one(SqlBank, recipe.bank_id)
+        inputs = _recipe_inputs(session, recipe)
+        recipe_id, bank_id, method = recipe.id, bank.id, recipe.method
+        fuse_rank = recipe.params.get("rank")
+        base_model, modules, task = bank.base_model, list(bank.target_modules), user.task
+        profile_blob = user.profile_blob
+    items = _load_profile(ctx, profile_blob)["profile"]
+    chosen = shot_indices(len(items), shots, seed)
+    examples = profile_examples(get_task(task), [items[i] for i in chosen])
+    config = TrainConfig(
+        rank=rank,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        batch_size=batch_size,
+        target_modules=modules,
+        max_steps=max_steps,
+    )
+    config.validate()
+    fused = materialize_fused(ctx, inputs, method, fuse_rank)
+    model, tokenizer = ctx.base_model(base_model)
+    total = -(-len(examples) // batch_size) * epochs
+    total = min(total, max_steps) if max_steps else total
+
+    def on_step(step: int, _loss: float) -> None:
+        if progress is not None:
+            progress("train", step, total)
+
+    with MODEL_LOCK:
+        stack, losses = train_lora(
+            model, tokenizer, examples, config, frozen=fused, progress=False, on_step=on_step
+        )
+    from mta.peft_io import adapter_to_bytes
+
+    data = adapter_to_bytes(stack, dtype=_torch_dtype(dtype))
+    blob = put_blob(ctx, data, KIND_STACK)
+    train_config = {
+        **{k: v for k, v in vars(config).items()},
+        "shots": shots,
+        "shot_indices": chosen,
+        "examples": len(examples),
+        "steps": len(losses),
+        "losses": [float(x) for x in losses],
+    }
+    with ctx.session() as session:
+        record_blob(session, blob)
+        row = SqlStack(
+            user_id=user_id,
+            recipe_id=recipe_id,
+            bank_id=bank_id,
+            blob=blob.digest,
+            rank=rank,
+            dtype=dtype,
+            bytes=len(data),
+            train_config=train_config,
+            final_loss=float(losses[-1]) if losses else None,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        return _stack_entity(session, row)
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def cache_key(user_id: str, payload: dict[str, Any]) -> str:
+    """Export-cache key: the user id (so `delete_user` finds its entries) + a content hash.
+
+    The hash covers the stack digest, the anchor adapter digests and weights, the fusion
+    method and its params, `max_rank` and the export dtype: the same key means the same bytes,
+    whatever database the recipe ids come from.
+    """
+    digest = hashlib.sha256(_canonical_json(payload)).hexdigest()[:32]
+    return f"{user_id}--{digest}"
+
+
+def export_user(
+    ctx: RegistryContext,
+    user_id: str,
+    out_dir: Path | None,
+    *,
+    max_rank: int | None = None,
+    dtype: str = "fp32",
+) -> Export:
+    """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
+
+    The stack is exported against the recipe it was trained on; a user without a stack gets
+    the fused adapter of their latest recipe alone. The folder is cached (see `cache_key`)
+    and copied to `out_dir` when given.
+
+    Args:
+        user_id: a registered user with a recipe.
+        out_dir: destination folder (created; files overwritten), or None for the cache path.
+        max_rank: compress to this rank with the truncated SVD (engines that cap LoRA rank).
+        dtype: tensor precision of the written folder ("fp32" default, "fp16", "bf16").
+
+    Raises:
+        NotFoundError: the user has no recipe yet (run `mta user fuse`).
+    """
+    from mta.export import export_adapter
+    from mta.peft_io import adapter_from_bytes, save_peft_adapter
+
+    torch_dtype = _torch_dtype(dtype)
+    if max_rank is not None and max_rank < 1:
+        raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
+    with ctx.session() as session:
+        _get_user_row(session, user_id)
+        stack = _latest(session, SqlStack, user_id)
+        recipe = (
+            session.get_one(SqlRecipe, stack.recipe_id)
+            if stack is not None
+            else _latest(session, SqlRecipe, user_id)
+        )
+        if recipe is None:
+            raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
+        inputs = _recipe_inputs(session, recipe)
+        bank = session.get_one(SqlBank, recipe.bank_id)
+        recipe_id, method, params = recipe.id, recipe.method, dict(recipe.params)
+        stack_id = stack.id if stack is not None else None
+        stack_blob = stack.blob if stack is not None else None
+        base_model = bank.base_model
+    key = cache_key(
+        user_id,
+        {
+            "stack": stack_blob,
+            "anchors": inputs,
+            "method": method,
+            "params": params,
+            "max_rank": max_rank,
+            "dtype": dtype,
+        },
+    )
+    cache = ctx.adapter_cache
+    cached = cache.get(key)
+    from_cache = cached is not None
+    if cached is None:
+        fused = materialize_fused(ctx, inputs, method, params.get("rank"))
+        stack_adapter = adapter_from_bytes(ctx.store.get_bytes(stack_blob)) if stack_blob else None
+        adapter = export_adapter(fused, stack_adapter, max_rank=max_rank)
+        with tempfile.TemporaryDirectory(prefix="mta-export-") as tmp:
+            folder = save_peft_adapter(
+                adapter, Path(tmp) / "adapter", dtype=torch_dtype, base_model=base_model
+            )
+            cached = cache.put(key, folder)
+        rank = max(adapter.ranks().values())
+    else:
+        rank = _exported_rank(cached)
+    path = cached
+    if out_dir is not None:
+        path = Path(out_dir)
+        shutil.copytree(cached, path, dirs_exist_ok=True)
+    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return Export(
+        user_id=user_id,
+        path=Path(path),
+        cache_path=Path(cached),
+        from_cache=from_cache,
+        rank=rank,
+        max_rank=max_rank,
+        recipe_id=recipe_id,
+        stack_id=stack_id,
+        bytes=size,
+    )
+
+
+def _exported_rank(folder: Path) -> int:
+    """The largest per-module rank written in a PEFT folder's config."""
+    config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    ranks = [
+        int(config.get("r", 0)),
+        *(int(r) for r in (config.get("rank_pattern") or {}).values()),
+    ]
+    return max(ranks)
+
+
+# --- delete --------------------------------------------------------------------------------
+
+
+def delete_user(ctx: RegistryContext, user_id: str) -> DeleteResult:
+    """Remove every byte of a user: rows, then blobs no other row references, then cache entries.
+
+    Bank blobs are never touched (rows of the bank still reference them). Rows go first so
+    the registry never points at a missing blob; if deleting a blob fails afterwards, `gc`
+    reclaims it.
+    """
+    with ctx.session() as session:
+        user = _get_user_row(session, user_id)
+        stack_blobs = session.scalars(
+            select(SqlStack.blob).where(SqlStack.user_id == user_id)
+        ).all()
+        candidates = {user.profile_blob, user.embedding_blob, *stack_blobs}
+        rows = 1
+        for model in (SqlStack, SqlRecipe):
+            result = session.execute(delete(model).where(model.user_id == user_id))
+            rows += int(result.rowcount or 0)
+        session.delete(user)
+        session.flush()
+        freed = unreferenced(session, candidates)
+        sizes = dict(
+            session.execute(select(SqlBlob.digest, SqlBlob.size).where(SqlBlob.digest.in_(freed)))
+            .tuples()
+            .all()
+        )
+        session.execute(delete(SqlBlob).where(SqlBlob.digest.in_(freed)))
+    for digest in freed:
+        ctx.store.delete(digest)
+    return DeleteResult(
+        user_id=user_id,
+        rows_deleted=rows,
+        blobs_deleted=tuple(freed),
+        bytes_freed=int(sum(sizes.values())),
+        cache_entries_deleted=_delete_cache_entries(ctx, user_id),
+    )
+
+
+def _delete_cache_entries(ctx: RegistryContext, user_id: str) -> int:
+    """Remove the user's materialized exports from the adapter cache."""
+    cache = ctx.adapter_cache
+    remover = getattr(cache, "delete_prefix", None)
+    if remover is not None:
+        return int(remover(f"{user_id}--"))
+    return 0
