@@ -1,0 +1,225 @@
+"""`mta adapter`: work on PEFT LoRA folders directly (no registry, no base model)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from mta.cli.output import Output
+
+if TYPE_CHECKING:
+    import torch
+
+    from mta.lora import LoraAdapter
+
+adapter_app = typer.Typer(
+    help="Fuse and inspect PEFT LoRA folders directly; no registry or base model needed.",
+    no_args_is_help=True,
+)
+
+DTYPES = ("fp32", "fp16", "bf16")
+RECIPE_NAME = "mta_fusion.json"
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return table[name]
+
+
+def parse_weights(text: str | None, count: int) -> list[float]:
+    """Weights from ``"0.6,0.4"``; uniform ``1/count`` when ``text`` is None.
+
+    Raises:
+        ValueError: a part that is not a finite number.
+    """
+    if text is None:
+        return [1.0 / count] * count
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"invalid --weights {text!r}: expected comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"invalid --weights {text!r}: weights must be finite")
+    return values
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if _is_nonempty_dir(out) and not force:
+        raise ValueError(f"--out {out} is not empty; pass --force to replace it")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _rank_text(ranks: dict[str, int]) -> str:
+    low, high = min(ranks.values()), max(ranks.values())
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def write_folder_atomically(
+    out: Path,
+    adapter: LoraAdapter,
+    *,
+    dtype: torch.dtype,
+    recipe: dict[str, object],
+    force: bool,
+) -> None:
+    """Write a PEFT folder (plus the fusion recipe) to a temp folder, then move it to ``out``.
+
+    A failure leaves ``out`` as it was; with ``force`` a non-empty ``out`` is replaced.
+    """
+    from mta.peft_io import save_peft_adapter
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir (not mkdtemp, which makes 0700) so the result gets the usual permissions.
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_peft_adapter(adapter, tmp, dtype=dtype)
+        (tmp / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+        _check_out(out, force)  # again: the folder may have been filled while we fused
+        old = None
+        if out.is_dir():
+            if any(out.iterdir()):
+                old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+                out.rename(old)
+            else:
+                out.rmdir()
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@adapter_app.command("fuse")
+def adapter_fuse(
+    adapters: Annotated[
+        list[Path],
+        typer.Argument(help="PEFT LoRA folders to fuse (the anchors).", metavar="DIR..."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the fused PEFT adapter.")],
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", "-w", help="Comma-separated weights, one per folder [uniform]."),
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="cat (exact), svd (compressed) or factorwise.")
+    ] = "cat",
+    rank: Annotated[
+        int | None, typer.Option("--rank", "-r", min=1, help="Target rank for --method svd.")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Stored dtype: fp32, fp16 or bf16.")] = (
+        "fp32"
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Fuse LoRA folders into one PEFT adapter: exact by default (rank = sum of ranks).
+
+    Example: mta adapter fuse anchors/a anchors/b --weights 0.6,0.4 --out fused
+    """
+    from mta.fusion import fuse, get_fusion
+    from mta.peft_io import load_peft_adapter
+
+    started = time.perf_counter()
+    get_fusion(method)  # fail on a bad name before reading any file
+    torch_dtype = _torch_dtype(dtype)
+    values = parse_weights(weights, len(adapters))
+    if rank is not None and method != "svd":
+        raise ValueError(f"--rank applies to --method svd only ({method!r} fixes the rank)")
+    _check_out(out, force)
+    loaded = [load_peft_adapter(path) for path in adapters]
+    fuse_started = time.perf_counter()
+    fused = fuse(loaded, values, method=method, rank=rank)
+    fuse_seconds = time.perf_counter() - fuse_started
+    recipe = {
+        "anchors": [str(path) for path in adapters],
+        "weights": values,
+        "method": method,
+        "rank": rank,
+    }
+    write_folder_atomically(out, fused, dtype=torch_dtype, recipe=recipe, force=force)
+    summary = {
+        "out": str(out),
+        "anchors": [str(path) for path in adapters],
+        "weights": values,
+        "method": method,
+        "rank": _rank_text(fused.ranks()),
+        "modules": len(fused.modules),
+        "params": fused.num_params(),
+        "dtype": dtype,
+        "bytes": _folder_bytes(out),
+        "fuse_seconds": round(fuse_seconds, 4),
+        "total_seconds": round(time.perf_counter() - started, 4),
+    }
+    Output(json_output).record(summary, title="fused adapter")
+
+
+@adapter_app.command("inspect")
+def adapter_inspect(
+    path: Annotated[Path, typer.Argument(help="A PEFT LoRA folder.", metavar="DIR")],
+    modules: Annotated[
+        bool, typer.Option("--modules", help="List every module instead of a summary.")
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Show a LoRA folder's modules, ranks, scales, parameters and bytes.
+
+    Example: mta adapter inspect fused --json
+    """
+    from mta.peft_io import load_peft_adapter
+
+    adapter = load_peft_adapter(path)
+    out = Output(json_output)
+    if modules:
+        rows = [
+            (
+                name,
+                m.r,
+                m.in_features,
+                m.out_features,
+                m.scale,
+                str(m.A.dtype).removeprefix("torch."),
+            )
+            for name, m in adapter.modules.items()
+        ]
+        out.table(["module", "rank", "in", "out", "scale", "dtype"], rows, title=str(path))
+        return
+    scales = sorted({m.scale for m in adapter.modules.values()})
+    dtypes = sorted({str(m.A.dtype).removeprefix("torch.") for m in adapter.modules.values()})
+    out.record(
+        {
+            "path": str(path),
+            "base_model": adapter.base_model,
+            "modules": len(adapter.modules),
+            "target_modules": adapter.target_modules(),
+            "rank": _rank_text(adapter.ranks()),
+            "scales": scales,
+            "params": adapter.num_params(),
+            "dtype": ",".join(dtypes),
+            "bytes": _folder_bytes(Path(path)),
+        },
+        title="adapter",
+    )
