@@ -6,8 +6,11 @@ import os
 import sys
 
 import typer
-
 from mta.cli.adapter import adapter_app
+from mta.cli.bank import bank_app
+from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt
+from mta.cli.storage import storage_app, storage_fsck, storage_gc, storage_init
+from mta.cli.user import user_app
 
 app = typer.Typer(
     name="mta",
@@ -16,7 +19,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def root(
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Merge-then-Adapt adapter registry: per-user LoRAs from a fused anchor bank."""
+    # The values stay in the root context's params; registry commands read them from there
+    # (mta.cli.options.resolve_locations), so `mta --db URL user list` works.
+
+
 app.add_typer(adapter_app, name="adapter")
+app.command("init")(storage_init)
+app.add_typer(bank_app, name="bank")
+app.add_typer(user_app, name="user")
+app.add_typer(storage_app, name="storage")
+app.command("gc")(storage_gc)
+app.command("fsck")(storage_fsck)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,365 @@
+"""`mta user`: add a user, fuse their anchors, adapt a stack, export, show, list, delete."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from mta.cli.options import CacheDirOpt, DbUrlOpt, JsonOpt, StoreUrlOpt, registry_context
+from mta.cli.output import Output
+from mta.cli.progress import StageProgress
+
+user_app = typer.Typer(
+    help="Users: fuse the nearest anchors, train a tiny stack on top, export one PEFT LoRA.",
+    no_args_is_help=True,
+)
+
+UserArg = Annotated[str, typer.Argument(help="User id.", show_default=False)]
+
+
+def read_profile(source: str, user_id: str) -> dict[str, Any]:
+    """Read a user's profile JSON from a file or stdin (`-`).
+
+    Args:
+        source: a path, or `-` for stdin. The JSON is one per-user object
+            `{user_id, profile: [...], query: [...]}`, or a list of them, in which case
+            the entry whose user_id equals `user_id` is taken.
+        user_id: the id the profile is added under.
+
+    Returns:
+        The per-user object (schema checks are the service's job).
+
+    Raises:
+        InvalidInputError: unreadable JSON, or a list without that user.
+        FileNotFoundError: `source` does not exist.
+    """
+    from mta.registry.errors import InvalidInputError
+
+    name = "stdin" if source == "-" else source
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"profile {name} is not valid JSON: {exc}") from exc
+    if isinstance(data, list):
+        matches = [d for d in data if isinstance(d, dict) and str(d.get("user_id")) == user_id]
+        if len(matches) != 1:
+            raise InvalidInputError(
+                f"profile {name} is a list without exactly one entry for user_id {user_id!r}"
+            )
+        return matches[0]
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"profile {name} must be a JSON object {{user_id, profile, query}}, "
+            f"not {type(data).__name__}"
+        )
+    return data
+
+
+@user_app.command("add")
+def user_add(
+    ctx: typer.Context,
+    user_id: UserArg,
+    bank: Annotated[
+        str,
+        typer.Option(
+            "--bank",
+            help="Task whose bank the user joins; TASK@VERSION or TASK@ALIAS pins a version.",
+        ),
+    ],
+    profile: Annotated[
+        str, typer.Option("--profile", help="Per-user JSON file, or - for stdin.")
+    ],
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Register a user with their history; the history is embedded for anchor lookup.
+
+    Example:
+
+        mta user add alice --bank movie_tagging --profile alice.json
+    """
+    from mta.registry.service import add_user
+
+    task, _, bank_ref = bank.partition("@")
+    data = read_profile(profile, user_id)
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry:
+        user = add_user(
+            registry, user_id=user_id, task=task, profile=data, bank_ref=bank_ref or None
+        ).to_dict()
+    out.result(f"added user {user_id!r} to {task}", **user)
+
+
+@user_app.command("fuse")
+def user_fuse(
+    ctx: typer.Context,
+    user_id: UserArg,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Anchors to fuse.")] = 2,
+    method: Annotated[
+        str, typer.Option("--method", help="Fusion method: cat (exact), svd, factorwise.")
+    ] = "cat",
+    weight_rule: Annotated[
+        str, typer.Option("--weight-rule", help="Weights from scores: proportional, softmax.")
+    ] = "proportional",
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.0, help="Softmax temperature.")
+    ] = 1.0,
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Find the user's nearest anchors and store the fusion recipe (never the fused weights).
+
+    Example:
+
+        mta user fuse alice --top-k 2 --method cat
+    """
+    from mta.registry.service import fuse_user
+
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry:
+        recipe = fuse_user(
+            registry,
+            user_id,
+            top_k=top_k,
+            method=method,
+            weight_rule=weight_rule,
+            temperature=temperature,
+        ).to_dict()
+    if json_mode:
+        out.emit_json(recipe)
+        return
+    _render_recipe(out, recipe)
+
+
+def _render_recipe(out: Output, recipe: dict[str, Any]) -> None:
+    """A table of the recipe's anchors with their scores and weights."""
+    out.table(
+        ["Anchor", "Score", "Weight"],
+        (
+            [a.get("anchor_id"), f"{a.get('score', 0.0):.4f}", f"{a.get('weight', 0.0):.4f}"]
+            for a in recipe.get("anchors") or []
+        ),
+        title=(
+            f"Recipe {recipe.get('recipe_id')} for {recipe.get('user_id')}: "
+            f"{recipe.get('method')} fusion, {recipe.get('weight_rule')} weights, "
+            f"bank {recipe.get('task')} v{recipe.get('bank_version')}"
+        ),
+    )
+
+
+@user_app.command("adapt")
+def user_adapt(
+    ctx: typer.Context,
+    user_id: UserArg,
+    shots: Annotated[
+        int, typer.Option("--shots", min=1, help="History items to train the stack on.")
+    ],
+    rank: Annotated[int, typer.Option("--rank", min=1, help="Rank of the stack LoRA.")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 3,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Storage dtype of the stack: fp16, bf16 or fp32.")
+    ] = "fp16",
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Train an ultra-low-rank stack on top of the frozen fused adapter and store it.
+
+    Fuses first when the user has no recipe yet. Only the stack's bytes persist.
+
+    Example:
+
+        mta user adapt alice --shots 5 --rank 1
+    """
+    from mta.registry.service import adapt_user
+
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry, StageProgress() as progress:
+        stack = adapt_user(
+            registry,
+            user_id,
+            shots=shots,
+            rank=rank,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            dtype=dtype,
+            progress=progress,
+        ).to_dict()
+    if json_mode:
+        out.emit_json(stack)
+        return
+    out.record(stack, title=f"Stack for {user_id}")
+
+
+@user_app.command("export")
+def user_export(
+    ctx: typer.Context,
+    user_id: UserArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the PEFT LoRA into.")],
+    max_rank: Annotated[
+        int | None,
+        typer.Option("--max-rank", min=1, help="Compress to this rank (SVD) for capped engines."),
+    ] = None,
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Write fused + stack as one standard PEFT LoRA that PEFT, vLLM or LoRAX can load.
+
+    Example:
+
+        mta user export alice --out adapters/alice --max-rank 16
+    """
+    from mta.registry.service import export_user
+
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry:
+        export = export_user(registry, user_id, out_dir, max_rank=max_rank).to_dict()
+    if json_mode:
+        out.emit_json(export)
+        return
+    out.record(export, title=f"Exported {user_id}")
+    out.result(peft_snippet(out_dir, _exported_base_model(out_dir)))
+
+
+def _exported_base_model(adapter_dir: Path) -> str | None:
+    """The base_model_name_or_path an exported adapter_config.json names, if readable."""
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def peft_snippet(adapter_dir: Path, base_model: str | None) -> str:
+    """Three lines of Python that load an exported adapter with transformers + PEFT."""
+    base = _base_model_load_expr(base_model)
+    return (
+        "Load it with PEFT:\n"
+        "  from transformers import AutoModelForCausalLM; from peft import PeftModel\n"
+        f"  base = {base}\n"
+        f"  model = PeftModel.from_pretrained(base, {str(adapter_dir)!r})"
+    )
+
+
+def _base_model_load_expr(base_model: str | None) -> str:
+    """`AutoModelForCausalLM.from_pretrained(...)` for a hub id, a folder or a GGUF file."""
+    from mta.base_model import resolve_base_model
+
+    try:
+        location = resolve_base_model(base_model)
+    except Exception:  # noqa: BLE001 - the snippet is advice; fall back to the recorded name
+        location = base_model or "smollm2"
+    path = Path(location)
+    if path.suffix == ".gguf":
+        # transformers loads GGUF by folder + file name and dequantizes it.
+        return (
+            f"AutoModelForCausalLM.from_pretrained({str(path.parent)!r}, gguf_file={path.name!r})"
+        )
+    return f"AutoModelForCausalLM.from_pretrained({location!r})"
+
+
+@user_app.command("show")
+def user_show(
+    ctx: typer.Context,
+    user_id: UserArg,
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Show a user: bank, recipe, stack and the bytes they cost.
+
+    Example:
+
+        mta user show alice --json
+    """
+    from mta.registry.service import get_user
+
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry:
+        detail = get_user(registry, user_id).to_dict()
+    if json_mode:
+        out.emit_json(detail)
+        return
+    recipe, stack = detail.get("recipe"), detail.get("stack")
+    summary = {k: v for k, v in detail.items() if k not in ("recipe", "stack")}
+    if stack:
+        summary["stack"] = (
+            f"#{stack.get('stack_id')} rank {stack.get('rank')} {stack.get('dtype')}, "
+            f"{stack.get('bytes')} bytes, final loss {stack.get('final_loss')}"
+            + (" (STALE: bank has a newer version)" if stack.get("stale") else "")
+        )
+    else:
+        summary["stack"] = "none (run: mta user adapt)"
+    out.record(summary, title=f"User {user_id}")
+    if recipe:
+        _render_recipe(out, recipe)
+
+
+@user_app.command("list")
+def user_list(
+    ctx: typer.Context,
+    task: Annotated[str | None, typer.Option("--task", help="Only users of this task.")] = None,
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """List users.
+
+    Example:
+
+        mta user list --task movie_tagging
+    """
+    from mta.registry.service import list_users
+
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry:
+        users = [user.to_dict() for user in list_users(registry, task=task)]
+    if json_mode:
+        out.emit_json(users)
+        return
+    keys = list(users[0]) if users else ["user_id", "task"]
+    out.table(
+        [k.replace("_", " ").capitalize() for k in keys],
+        ([u.get(k) for k in keys] for u in users),
+        title="Users",
+    )
+
+
+@user_app.command("delete")
+def user_delete(
+    ctx: typer.Context,
+    user_id: UserArg,
+    json_mode: JsonOpt = False,
+    db: DbUrlOpt = None,
+    store: StoreUrlOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Delete a user and every byte stored for them (profile, embedding, recipes, stacks).
+
+    Example:
+
+        mta user delete alice
+    """
+    from mta.registry.service import delete_user
+
+    out = Output(json_mode)
+    with registry_context(ctx, db, store, cache_dir) as registry:
+        result = delete_user(registry, user_id).to_dict()
+    out.result(f"deleted user {user_id!r}", **result)
