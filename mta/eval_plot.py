@@ -34,10 +34,12 @@ def plot_results(results: Mapping, path: str | Path, *, title: str | None = None
     methods: Sequence[str] = list(first["methods"])
     width = 0.8 / len(subsets)
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(max(5.0, 0.9 * len(methods) + 2.0) * len(metrics), 4.2),
+        1,
+        len(metrics),
+        figsize=(max(5.0, 0.9 * len(methods) + 2.0) * len(metrics), 4.2),
         squeeze=False,
     )
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for s, subset in enumerate(subsets):
             label, colour = _SUBSET_STYLE[subset]
             summary = results["subsets"][subset]
@@ -49,7 +51,12 @@ def plot_results(results: Mapping, path: str | Path, *, title: str | None = None
                 highs.append(iv["high"] - iv["value"])
             xs = [i + (s - (len(subsets) - 1) / 2) * width for i in range(len(methods))]
             ax.bar(
-                xs, values, width, yerr=[lows, highs], capsize=3, color=colour,
+                xs,
+                values,
+                width,
+                yerr=[lows, highs],
+                capsize=3,
+                color=colour,
                 label=f"{label} (n={summary['n_items']})",
             )
         arrow = "higher is better" if higher_is_better(metric) else "lower is better"
@@ -70,8 +77,10 @@ def plot_results(results: Mapping, path: str | Path, *, title: str | None = None
 def _subsets_to_draw(subsets: Mapping) -> list[str]:
     """The subsets worth a bar: "query", plus "all" when it adds items."""
     names = [s for s in ("query", "all") if s in subsets]
-    if "query" in names and "all" in names and (
-        subsets["all"]["n_items"] == subsets["query"]["n_items"]
+    if (
+        "query" in names
+        and "all" in names
+        and (subsets["all"]["n_items"] == subsets["query"]["n_items"])
     ):
         names.remove("all")
     return names

@@ -69,7 +69,9 @@ METHODS: dict[str, EvalMethod] = {
             "mta-fuse", "fused anchor LoRAs only (exact 'cat' fusion)", "bank", needs_bank=True
         ),
         EvalMethod(
-            "mta", "fused anchors + low-rank stack trained on the shots", "bank+per-user",
+            "mta",
+            "fused anchors + low-rank stack trained on the shots",
+            "bank+per-user",
             needs_bank=True,
         ),
         EvalMethod(
@@ -78,9 +80,7 @@ METHODS: dict[str, EvalMethod] = {
             "bank+per-user",
             needs_bank=True,
         ),
-        EvalMethod(
-            "retrieved", "label/output of the BM25 top-1 history item", uses_model=False
-        ),
+        EvalMethod("retrieved", "label/output of the BM25 top-1 history item", uses_model=False),
         EvalMethod(
             "user-majority",
             "the user's most frequent label among its shots",
@@ -203,7 +203,10 @@ class MetricAggregator:
     """
 
     def __init__(
-        self, score: ScoreFn, metrics: Sequence[str], predictions: Sequence[str],
+        self,
+        score: ScoreFn,
+        metrics: Sequence[str],
+        predictions: Sequence[str],
         golds: Sequence[str],
     ) -> None:
         """Score every item once.
@@ -215,9 +218,7 @@ class MetricAggregator:
             golds: gold output per item, aligned with ``predictions``.
         """
         if len(predictions) != len(golds):
-            raise EvaluationError(
-                f"{len(predictions)} predictions for {len(golds)} gold outputs"
-            )
+            raise EvaluationError(f"{len(predictions)} predictions for {len(golds)} gold outputs")
         if not golds:
             raise EvaluationError("no items to score")
         self._score = score
@@ -230,11 +231,10 @@ class MetricAggregator:
             raise EvaluationError(f"task score did not return metrics {missing}")
         self._per_item: dict[str, np.ndarray] = {}
         decomposable = [
-            m for m in self.metrics
-            if normalize_metric(m) in _MEAN_METRICS | _RMS_METRICS
+            m for m in self.metrics if normalize_metric(m) in _MEAN_METRICS | _RMS_METRICS
         ]
         if decomposable:
-            rows = [score([p], [g]) for p, g in zip(self._predictions, self._golds)]
+            rows = [score([p], [g]) for p, g in zip(self._predictions, self._golds, strict=True)]
             for metric in decomposable:
                 values = np.array([float(r[metric]) for r in rows], dtype=np.float64)
                 if normalize_metric(metric) in _RMS_METRICS:
@@ -278,7 +278,10 @@ class MetricAggregator:
 
 
 def bootstrap_draws(
-    n: int, n_resamples: int = DEFAULT_RESAMPLES, *, seed: int = 0,
+    n: int,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    *,
+    seed: int = 0,
     groups: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Index arrays of bootstrap resamples, shared by every method so comparisons are paired.
@@ -335,7 +338,9 @@ def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def bootstrap_ci(
-    aggregator: MetricAggregator, draws: Sequence[np.ndarray], *,
+    aggregator: MetricAggregator,
+    draws: Sequence[np.ndarray],
+    *,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> dict[str, Interval]:
     """Percentile bootstrap interval of every metric.
@@ -377,14 +382,17 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        """"better", "worse" or "tie": whether the interval excludes zero, and on which side."""
+        """ "better", "worse" or "tie": whether the interval excludes zero, and on which side."""
         if self.low > 0 or self.high < 0:
             return "better" if (self.p_better > self.p_worse) else "worse"
         return "tie"
 
 
 def paired_bootstrap(
-    a: MetricAggregator, b: MetricAggregator, draws: Sequence[np.ndarray], *,
+    a: MetricAggregator,
+    b: MetricAggregator,
+    draws: Sequence[np.ndarray],
+    *,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> dict[str, Difference]:
     """Bootstrap interval of the difference ``a - b`` on the same resampled items.
@@ -445,14 +453,31 @@ class SubsetSummary:
             "n_users": self.n_users,
             "reference": self.reference,
             "metrics": self.metrics,
-            "methods": {
-                m: {k: asdict(v) for k, v in iv.items()} for m, iv in self.methods.items()
-            },
+            "methods": {m: {k: asdict(v) for k, v in iv.items()} for m, iv in self.methods.items()},
             "differences": {
                 m: {k: {**asdict(v), "verdict": v.verdict} for k, v in dv.items()}
                 for m, dv in self.differences.items()
             },
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SubsetSummary:
+        """Rebuild a summary from ``to_dict`` output (e.g. a saved result file)."""
+        fields = ("diff", "low", "high", "p_better", "p_worse")
+        return cls(
+            subset=data["subset"],
+            n_items=data["n_items"],
+            n_users=data["n_users"],
+            reference=data["reference"],
+            metrics=list(data["metrics"]),
+            methods={
+                m: {k: Interval(**v) for k, v in ivs.items()} for m, ivs in data["methods"].items()
+            },
+            differences={
+                m: {k: Difference(**{f: v[f] for f in fields}) for k, v in dv.items()}
+                for m, dv in data["differences"].items()
+            },
+        )
 
 
 SUBSETS = ("query", "all")

@@ -122,9 +122,7 @@ def fetch_task(
         name = rel.rsplit("/", 1)[1]
         expected = KNOWN_SHA256.get(rel) or recorded.get(url)
         digest, size = _download(url, folder / name, expected, progress)
-        fetched.append(
-            FetchedFile(name, url, digest, size, "verified" if expected else "unpinned")
-        )
+        fetched.append(FetchedFile(name, url, digest, size, "verified" if expected else "unpinned"))
     from mta.lamp_data import convert_official
 
     users = convert_official(folder / fetched[0].name, folder / fetched[1].name)
@@ -137,7 +135,9 @@ def fetch_task(
 
 
 def _download(
-    url: str, target: Path, expected: str | None,
+    url: str,
+    target: Path,
+    expected: str | None,
     progress: Callable[[str, int, int], None] | None,
 ) -> tuple[str, int]:
     """Stream ``url`` to ``target`` atomically; return (sha256, size)."""

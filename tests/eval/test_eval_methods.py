@@ -17,7 +17,13 @@ from mta.evaluation import (
 
 def test_every_documented_method_is_registered():
     assert set(DEFAULT_METHODS) == {
-        "base", "task-lora", "oppu", "mta-fuse", "mta", "mta-factorwise", "retrieved",
+        "base",
+        "task-lora",
+        "oppu",
+        "mta-fuse",
+        "mta",
+        "mta-factorwise",
+        "retrieved",
         "user-majority",
     }
     assert get_method("mta").needs_bank and not get_method("oppu").needs_bank

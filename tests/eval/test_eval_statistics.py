@@ -18,14 +18,14 @@ from mta.evaluation import (
 
 def accuracy_score(preds, golds):
     """Accuracy plus a non-decomposable metric (share of distinct labels predicted right)."""
-    hits = [p == g for p, g in zip(preds, golds)]
-    right_labels = {g for p, g in zip(preds, golds) if p == g}
+    hits = [p == g for p, g in zip(preds, golds, strict=True)]
+    right_labels = {g for p, g in zip(preds, golds, strict=True) if p == g}
     return {"accuracy": float(np.mean(hits)), "label_recall": len(right_labels) / len(set(golds))}
 
 
 def error_score(preds, golds):
     """MAE and RMSE of numeric strings, like product rating."""
-    err = np.array([float(p) - float(g) for p, g in zip(preds, golds)])
+    err = np.array([float(p) - float(g) for p, g in zip(preds, golds, strict=True)])
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean()))}
 
 
@@ -40,7 +40,7 @@ def test_bootstrap_ci_covers_the_point_estimate():
     preds, golds = _labels(60, 0, 0.6)
     agg = MetricAggregator(accuracy_score, ["accuracy", "label_recall"], preds, golds)
     ci = bootstrap_ci(agg, bootstrap_draws(len(golds), 500, seed=1))
-    acc = float(np.mean([p == g for p, g in zip(preds, golds)]))
+    acc = float(np.mean([p == g for p, g in zip(preds, golds, strict=True)]))
     assert ci["accuracy"].value == pytest.approx(acc)
     assert ci["accuracy"].contains(acc)
     assert ci["accuracy"].high - ci["accuracy"].low > 0.05  # 60 items is noisy
@@ -76,7 +76,7 @@ def test_paired_bootstrap_of_identical_methods_is_zero():
 
 def test_paired_bootstrap_detects_a_consistent_improvement():
     preds, golds = _labels(80, 4, 0.4)
-    better = [g if i % 2 == 0 else p for i, (p, g) in enumerate(zip(preds, golds))]
+    better = [g if i % 2 == 0 else p for i, (p, g) in enumerate(zip(preds, golds, strict=True))]
     a = MetricAggregator(accuracy_score, ["accuracy"], better, golds)
     b = MetricAggregator(accuracy_score, ["accuracy"], preds, golds)
     d = paired_bootstrap(a, b, bootstrap_draws(80, 500, seed=0))["accuracy"]
@@ -123,7 +123,7 @@ def test_aggregator_rmse_decomposition_matches_the_task_score():
 
 def test_aggregator_drops_a_shortcut_that_does_not_reproduce_the_score():
     def median_accuracy(preds, golds):  # named like a mean metric, but it is not one
-        hits = [float(p == g) for p, g in zip(preds, golds)]
+        hits = [float(p == g) for p, g in zip(preds, golds, strict=True)]
         return {"accuracy": float(np.median(hits))}
 
     agg = MetricAggregator(median_accuracy, ["accuracy"], ["a", "a", "b"], ["a", "a", "a"])

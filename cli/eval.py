@@ -1,0 +1,177 @@
+"""`mta eval`: LaMP evaluation, every method side by side on the same model and prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt
+from mta.cli.output import Output, log
+from mta.cli.progress import StageProgress
+
+eval_app = typer.Typer(help="LaMP evaluation: the methods side by side.")
+
+
+@eval_app.command("eval")
+def eval_command(
+    task: Annotated[str, typer.Option("--task", help="LaMP task, e.g. movie_tagging.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Per-user JSON (default: $MTA_LAMP_DIR/<task>/users.json, then ../shared/lamp).",
+        ),
+    ] = None,
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            help="Comma-separated: base,task-lora,oppu,mta-fuse,mta,mta-factorwise,"
+            "retrieved,user-majority.",
+        ),
+    ] = "base,task-lora,oppu,mta-fuse,mta,mta-factorwise,retrieved,user-majority",
+    anchors: Annotated[int, typer.Option("--anchors", help="Anchors in the bank.")] = 4,
+    top_k: Annotated[int, typer.Option("--top-k", help="Anchors fused per user.")] = 2,
+    shots: Annotated[int, typer.Option("--shots", help="Profile items each user trains on.")] = 5,
+    stack_rank: Annotated[int, typer.Option("--stack-rank", help="Rank of the MTA stack.")] = 1,
+    fusion: Annotated[
+        str, typer.Option("--fusion", help="Fusion of the `mta` methods: cat, svd, factorwise.")
+    ] = "cat",
+    seed: Annotated[int, typer.Option("--seed", help="First split/training seed.")] = 0,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Seeds to run (seed, seed+1, ...); items are pooled.")
+    ] = 1,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Cap on test users (entries) per seed.")
+    ] = None,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of real users held out for testing.")
+    ] = 0.5,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Epochs of the anchor LoRAs and the task LoRA.")
+    ] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="LR of the anchor LoRAs and task LoRA.")] = 2e-4,
+    user_epochs: Annotated[
+        int, typer.Option("--user-epochs", help="Epochs of per-user training (stack, OPPU).")
+    ] = 3,
+    user_lr: Annotated[
+        float, typer.Option("--user-lr", help="LR of per-user training (stack, OPPU).")
+    ] = 1e-3,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Cap on optimizer steps of every training.")
+    ] = None,
+    min_history: Annotated[
+        int, typer.Option("--min-history", help="Fewest profile items an anchor needs.")
+    ] = 8,
+    anchor_data: Annotated[
+        str, typer.Option("--anchor-data", help="Anchor training data: user (paper) or cluster.")
+    ] = "user",
+    base_model: BaseModelOpt = None,
+    embedder: EmbedderOpt = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-new-tokens", help="Generation budget (default 8 labels, 24 text)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Generation batch size.")] = 8,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 1000,
+    cluster_bootstrap: Annotated[
+        bool,
+        typer.Option(
+            "--cluster-bootstrap", help="Resample real users instead of items (wider, honest)."
+        ),
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", help="Write the full result JSON here.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Use this registry (default: a private temporary one)."),
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Blob store of the registry given with --db.")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option("--workdir", help="Keep the private registry (bank, eval run) here."),
+    ] = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Split users by real user, build a bank from the pool, score every method.
+
+    Prints each metric's mean with a 95% bootstrap CI per method, for the queries only and
+    for all scored items, and paired bootstrap intervals of the differences vs `mta`.
+    """
+    from mta.registry.eval_runner import EvalOptions, eval_registry, run_eval
+
+    options = EvalOptions(
+        task=task,
+        data=data,
+        methods=methods,
+        anchors=anchors,
+        top_k=top_k,
+        shots=shots,
+        stack_rank=stack_rank,
+        fusion=fusion,
+        seed=seed,
+        seeds=seeds,
+        limit=limit,
+        test_fraction=test_fraction,
+        epochs=epochs,
+        lr=lr,
+        user_epochs=user_epochs,
+        user_lr=user_lr,
+        max_steps=max_steps,
+        min_history=min_history,
+        anchor_data=anchor_data,
+        base_model=base_model,
+        embedder=embedder,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        n_resamples=resamples,
+        cluster_bootstrap=cluster_bootstrap,
+    )
+    options.validate()
+    out = Output(json_mode=json_mode)
+    with eval_registry(db, store, workdir) as (ctx, label), StageProgress() as progress:
+        results = run_eval(options, ctx, registry_label=label, progress=progress, log=log)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        log(f"results written to {json_out}")
+    if plot is not None:
+        from mta.eval_plot import plot_results
+
+        plot_results(results, plot)
+        log(f"chart written to {plot}")
+    if json_mode:
+        out.emit_json({k: v for k, v in results.items() if k != "items"})
+        return
+    render_results(out, results)
+
+
+def render_results(out: Output, results: dict[str, Any]) -> None:
+    """Print the per-method and paired-difference tables of every subset."""
+    from mta.evaluation import SubsetSummary, differences_table, results_table
+
+    for name, data in results["subsets"].items():
+        if name == "all" and data["n_items"] == results["subsets"]["query"]["n_items"]:
+            continue
+        summary = SubsetSummary.from_dict(data)
+        what = "queries only" if name == "query" else "all scored items (queries + non-shot items)"
+        title = f"{results['task']} — {what}: {data['n_items']} items, {data['n_users']} test users"
+        out.table(*results_table(summary), title=title)
+        if summary.differences:
+            out.table(
+                *differences_table(summary),
+                title=f"paired bootstrap: method − {summary.reference} (▲/▼: CI excludes 0)",
+            )
+    timings = results.get("timings_s", {})
+    log(
+        f"eval run {results.get('eval_run_id')} recorded ({results.get('registry')}); "
+        f"wall time {timings.get('total', 0):.0f}s"
+    )
+    for note in results.get("notes", []):
+        log(f"note: {note}")
