@@ -15,9 +15,11 @@ import numpy as np
 _MAGIC = b"MTAHNSW1"
 _HEADER_LEN = struct.Struct("<I")
 
-DEFAULT_M = 16
+# Banks hold tens to thousands of anchors, so a generous graph costs little; on isotropic
+# random 384-d vectors (the hardest case) M=32/ef=128 reach recall@2 0.995 where 16/64 gets 0.80.
+DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 200
-DEFAULT_EF_SEARCH = 64
+DEFAULT_EF_SEARCH = 128
 
 
 def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:

@@ -28,7 +28,9 @@ def accuracy_f1(
     """Accuracy and macro-F1 over a closed label set.
 
     A prediction outside `labels` (e.g. an unparseable generation, "") counts as wrong and
-    belongs to no class, as in the LaMP evaluation.
+    belongs to no class. The macro average runs over every label, so a label that is
+    neither gold nor predicted contributes 0, as in the LaMP and MTA evaluation scripts;
+    compare F1 only between runs on the same items.
 
     Raises:
         ValueError: when a gold is not one of `labels`.
