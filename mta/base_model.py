@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 # Conversion folders left behind by a killed process are swept after this long.
 _STALE_TMP_SECONDS = 3600.0
+
+log = logging.getLogger(__name__)
 
 _LOADED: dict[tuple[str, str], tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 _LOAD_LOCK = threading.Lock()
@@ -118,8 +122,9 @@ def _load_uncached(
     source = resolved
     if resolved.endswith(".gguf"):
         source = str(converted_gguf_dir(Path(resolved), cache_dir))
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "left"
@@ -144,8 +149,10 @@ def converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_tmp(target)
     tmp = target.parent / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     try:
-        _convert_gguf(gguf, tmp)
+        with _quiet_transformers():
+            _convert_gguf(gguf, tmp)
         try:
             # A folder rename is atomic: readers see either no copy or a complete one.
             tmp.rename(target)
@@ -156,6 +163,20 @@ def converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' tqdm bars (weight loading, GGUF dequantizing); callers show their own."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _sweep_stale_tmp(target: Path) -> None:
