@@ -42,7 +42,8 @@ def make_tiny_embedder(folder: Path, model_dir: Path) -> Path:
     from sentence_transformers import SentenceTransformer, models
 
     encoder = models.Transformer(str(model_dir))
-    pooling = models.Pooling(encoder.get_word_embedding_dimension(), pooling_mode="mean")
+    dim_of = getattr(encoder, "get_embedding_dimension", None) or encoder.get_word_embedding_dimension
+    pooling = models.Pooling(dim_of(), pooling_mode="mean")
     SentenceTransformer(modules=[encoder, pooling], device="cpu").save(str(folder))
     return folder
 
