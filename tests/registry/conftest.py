@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from mta.registry.context import RegistryContext
 from mta.registry.entities import BankVersion
+
 from tests.registry.registry_env import (
     TASK,
     make_tiny_embedder,
@@ -26,7 +26,9 @@ def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
     return make_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"), tiny_model_dir)
 
 
-def open_registry(root: Path, db_url: str | None = None, store_url: str | None = None) -> RegistryContext:
+def open_registry(
+    root: Path, db_url: str | None = None, store_url: str | None = None
+) -> RegistryContext:
     """Open and initialize a registry under `root` (SQLite + local store unless given)."""
     from mta.registry.service import init_registry
 

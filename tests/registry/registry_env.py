@@ -9,10 +9,30 @@ from pathlib import Path
 
 TASK = "movie_tagging"
 TAGS = ("sci-fi", "comedy", "action", "romance", "classic", "fantasy", "dystopia", "violence")
-WORDS = (
-    "space ship crew alien planet robot heist detective city night love family war king "
-    "dragon future past school friend secret island storm"
-).split()
+WORDS = [
+    "space",
+    "ship",
+    "crew",
+    "alien",
+    "planet",
+    "robot",
+    "heist",
+    "detective",
+    "city",
+    "night",
+    "love",
+    "family",
+    "war",
+    "king",
+    "dragon",
+    "future",
+    "past",
+    "school",
+    "friend",
+    "secret",
+    "island",
+    "storm",
+]
 
 
 def movie_user(user_id: str, items: int = 6, seed: int = 0) -> dict:
@@ -26,8 +46,13 @@ def movie_user(user_id: str, items: int = 6, seed: int = 0) -> dict:
         }
         for n in range(items)
     ]
-    query = [{"id": f"{user_id}-q", "input": " ".join(rng.choice(WORDS) for _ in range(12)),
-              "gold": rng.choice(TAGS)}]
+    query = [
+        {
+            "id": f"{user_id}-q",
+            "input": " ".join(rng.choice(WORDS) for _ in range(12)),
+            "gold": rng.choice(TAGS),
+        }
+    ]
     return {"user_id": user_id, "profile": profile, "query": query}
 
 
@@ -42,14 +67,19 @@ def make_tiny_embedder(folder: Path, model_dir: Path) -> Path:
     from sentence_transformers import SentenceTransformer, models
 
     encoder = models.Transformer(str(model_dir))
-    dim_of = getattr(encoder, "get_embedding_dimension", None) or encoder.get_word_embedding_dimension
+    dim_of = (
+        getattr(encoder, "get_embedding_dimension", None) or encoder.get_word_embedding_dimension
+    )
     pooling = models.Pooling(dim_of(), pooling_mode="mean")
     SentenceTransformer(modules=[encoder, pooling], device="cpu").save(str(folder))
     return folder
 
 
 def write_anchor_adapters(
-    root: Path, shapes: dict[str, tuple[int, int]], ids: Sequence[str], rank: int = 8,
+    root: Path,
+    shapes: dict[str, tuple[int, int]],
+    ids: Sequence[str],
+    rank: int = 8,
     seed: int = 0,
 ) -> list[Path]:
     """Save one random rank-`rank` PEFT folder per anchor id under `root`."""

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.registry.errors import ImmutableError, InvalidInputError, NotFoundError
 from mta.registry.service import get_bank, init_registry, list_banks, push_bank, set_alias
+
+from mta.errors import AdapterFormatError, ShapeMismatchError
 from tests.registry.conftest import ANCHOR_IDS
 from tests.registry.registry_env import TASK, movie_user, write_anchor_adapters, write_users
 
@@ -72,9 +72,8 @@ def test_unknown_refs_name_what_exists(bank_registry):
 
 
 def test_versions_are_immutable(bank_registry):
-    from sqlalchemy import select
-
     from mta.registry.models import SqlBank
+    from sqlalchemy import select
 
     with pytest.raises(ImmutableError), bank_registry.session() as session:
         row = session.scalars(select(SqlBank)).one()
@@ -90,12 +89,19 @@ def _folders(tmp_path: Path, shapes, ids=("x1", "x2")) -> tuple[list[Path], Path
 
 
 def _push(ctx, folders, profiles, tiny_model_dir, tiny_embedder_dir):
-    return push_bank(ctx, task=TASK, adapter_dirs=folders, profiles_path=profiles,
-                     base_model=str(tiny_model_dir), embedder=str(tiny_embedder_dir))
+    return push_bank(
+        ctx,
+        task=TASK,
+        adapter_dirs=folders,
+        profiles_path=profiles,
+        base_model=str(tiny_model_dir),
+        embedder=str(tiny_embedder_dir),
+    )
 
 
-def test_push_refuses_pickle_weights(registry, tmp_path, tiny_shapes, tiny_model_dir,
-                                     tiny_embedder_dir):
+def test_push_refuses_pickle_weights(
+    registry, tmp_path, tiny_shapes, tiny_model_dir, tiny_embedder_dir
+):
     folders, profiles = _folders(tmp_path, tiny_shapes)
     weights = folders[0] / "adapter_model.safetensors"
     weights.rename(folders[0] / "adapter_model.bin")
@@ -104,8 +110,9 @@ def test_push_refuses_pickle_weights(registry, tmp_path, tiny_shapes, tiny_model
     assert list_banks(registry) == []
 
 
-def test_push_refuses_garbled_config_and_nan(registry, tmp_path, tiny_shapes, tiny_model_dir,
-                                            tiny_embedder_dir):
+def test_push_refuses_garbled_config_and_nan(
+    registry, tmp_path, tiny_shapes, tiny_model_dir, tiny_embedder_dir
+):
     from safetensors.torch import load_file, save_file
 
     folders, profiles = _folders(tmp_path, tiny_shapes)

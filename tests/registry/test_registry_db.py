@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-
 from mta.registry.db import (
     check_schema,
     current_revision,
@@ -19,6 +17,7 @@ from mta.registry.db import (
 )
 from mta.registry.errors import AlreadyExistsError, NotInitializedError, RegistryError
 from mta.registry.models import SqlBlob, utcnow
+from sqlalchemy import text
 
 TABLES = ["anchors", "bank_aliases", "banks", "blobs", "eval_runs", "recipes", "stacks", "users"]
 
@@ -60,7 +59,6 @@ def test_check_schema_rejects_db_without_registry_and_old_revision(engine, tmp_p
 def test_migration_matches_the_models(engine):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
-
     from mta.registry.models import Base
 
     upgrade(engine)
@@ -73,7 +71,6 @@ def test_migration_matches_the_models(engine):
 
 def test_downgrade_to_base_drops_everything(engine):
     from alembic import command
-
     from mta.registry.db import alembic_config
 
     upgrade(engine)
@@ -117,16 +114,25 @@ def test_foreign_keys_are_enforced(engine):
     factory = make_session_factory(engine)
     with pytest.raises(RegistryError, match="FOREIGN KEY"), session_scope(factory) as session:
         session.add(
-            SqlUser(id="u", task="t", bank_id=99, profile_blob="c" * 64,
-                    embedding_blob="d" * 64, embedder="e", profile_items=1, created_at=utcnow())
+            SqlUser(
+                id="u",
+                task="t",
+                bank_id=99,
+                profile_blob="c" * 64,
+                embedding_blob="d" * 64,
+                embedder="e",
+                profile_items=1,
+                created_at=utcnow(),
+            )
         )
 
 
 def test_session_scope_without_schema_says_run_init(engine, tmp_path: Path):
     (tmp_path / "sub").mkdir()
-    with pytest.raises(NotInitializedError, match="mta init"), session_scope(
-        make_session_factory(engine)
-    ) as session:
+    with (
+        pytest.raises(NotInitializedError, match="mta init"),
+        session_scope(make_session_factory(engine)) as session,
+    ):
         session.get(SqlBlob, "a" * 64)
 
 

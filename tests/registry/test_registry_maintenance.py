@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mta.registry.service import (
     adapt_user,
     add_user,
@@ -21,6 +20,7 @@ from mta.registry.service import (
     storage_report,
 )
 from mta.registry.service_storage import OPPU_RANK
+
 from tests.registry.registry_env import TASK, movie_user
 
 
@@ -111,12 +111,14 @@ def test_storage_report_math(bank_registry, tiny_shapes):
     report = storage_report(bank_registry)
 
     assert report["by_kind"]["bank"] == bank.total_bytes
-    assert report["by_kind"]["profiles"] == sum(_blob_size(bank_registry, u.profile_blob)
-                                                for u in users)
+    assert report["by_kind"]["profiles"] == sum(
+        _blob_size(bank_registry, u.profile_blob) for u in users
+    )
     assert report["by_kind"]["embeddings"] == 3 * 64 * 4
     assert report["by_kind"]["stacks"] == stack.bytes
     assert report["total_bytes"] == sum(
-        report["by_kind"][k] for k in ("bank", "stacks", "embeddings", "profiles"))
+        report["by_kind"][k] for k in ("bank", "stacks", "embeddings", "profiles")
+    )
     per_user = [get_user(bank_registry, u.user_id).bytes for u in users]
     assert per_user[1] == _blob_size(bank_registry, users[1].profile_blob) + 256 + stack.bytes
     assert report["per_user_bytes"]["mean"] == pytest.approx(np.mean(per_user))
@@ -127,7 +129,8 @@ def test_storage_report_math(bank_registry, tiny_shapes):
     assert report["oppu_equivalent_bytes"] == 3 * one_lora * 2
     assert report["oppu_equivalent_bytes_fp32"] == 3 * one_lora * 4
     assert report["ratio_vs_oppu"] == pytest.approx(
-        report["total_bytes"] / report["oppu_equivalent_bytes"])
+        report["total_bytes"] / report["oppu_equivalent_bytes"]
+    )
     assert report["users"] == 3 and report["stale_stacks"] == 0 and report["stacks"] == 1
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from mta.errors import UnknownNameError
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from mta.registry.service import (
     adapt_user,
@@ -22,12 +20,15 @@ from mta.registry.service import (
     shot_indices,
     storage_report,
 )
+
+from mta.errors import UnknownNameError
 from tests.registry.registry_env import TASK, movie_user
 
 
 def _add(ctx, user_id: str, items: int = 6, seed: int = 0, **kwargs):
-    return add_user(ctx, user_id=user_id, task=TASK, profile=movie_user(user_id, items, seed),
-                    **kwargs)
+    return add_user(
+        ctx, user_id=user_id, task=TASK, profile=movie_user(user_id, items, seed), **kwargs
+    )
 
 
 def _vector(ctx, digest: str) -> np.ndarray:
@@ -37,7 +38,11 @@ def _vector(ctx, digest: str) -> np.ndarray:
 def test_add_user_stores_profile_and_unit_embedding(bank_registry):
     user = _add(bank_registry, "alice@example.com")
     assert (user.user_id, user.task, user.bank_version, user.profile_items) == (
-        "alice@example.com", TASK, 1, 6)
+        "alice@example.com",
+        TASK,
+        1,
+        6,
+    )
     vector = _vector(bank_registry, user.embedding_blob)
     assert vector.shape == (64,) and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
     assert [u.user_id for u in list_users(bank_registry, task=TASK)] == ["alice@example.com"]
@@ -53,13 +58,21 @@ def test_add_user_refuses_bad_input(bank_registry):
     with pytest.raises(InvalidInputError, match="profile"):
         add_user(bank_registry, user_id="carol", task=TASK, profile={"profile": []})
     with pytest.raises(InvalidInputError, match="tag"):
-        add_user(bank_registry, user_id="carol", task=TASK,
-                 profile=[{"id": "1", "tag": "not-a-tag", "description": "x"}])
+        add_user(
+            bank_registry,
+            user_id="carol",
+            task=TASK,
+            profile=[{"id": "1", "tag": "not-a-tag", "description": "x"}],
+        )
     with pytest.raises(UnknownNameError):
         add_user(bank_registry, user_id="carol", task="nope", profile=movie_user("c"))
     with pytest.raises(NotFoundError, match="no bank"):
-        add_user(bank_registry, user_id="carol", task="citation",
-                 profile=[{"id": "1", "title": "t", "abstract": "a"}])
+        add_user(
+            bank_registry,
+            user_id="carol",
+            task="citation",
+            profile=[{"id": "1", "title": "t", "abstract": "a"}],
+        )
     assert [u.user_id for u in list_users(bank_registry)] == ["bob"]
 
 
@@ -76,8 +89,9 @@ def test_fuse_takes_the_true_nearest_anchors_with_proportional_weights(bank_regi
     recipe = fuse_user(bank_registry, "dave", top_k=2)
     bank = get_bank(bank_registry, TASK)
     query = _vector(bank_registry, user.embedding_blob)
-    cosines = {a.anchor_id: float(query @ _vector(bank_registry, a.embedding_blob))
-               for a in bank.anchors}
+    cosines = {
+        a.anchor_id: float(query @ _vector(bank_registry, a.embedding_blob)) for a in bank.anchors
+    }
     best = sorted(cosines, key=cosines.get, reverse=True)[:2]
     assert [a.anchor_id for a in recipe.anchors] == best
     for anchor in recipe.anchors:
@@ -110,13 +124,21 @@ def test_shot_indices_are_seeded_and_in_profile_order():
 
 
 def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
-    from mta.peft_io import adapter_from_bytes, load_peft_adapter
     from mta.registry.service_user import _recipe_inputs, materialize_fused
+
+    from mta.peft_io import adapter_from_bytes, load_peft_adapter
 
     _add(bank_registry, "frank")
     steps = []
-    stack = adapt_user(bank_registry, "frank", shots=3, rank=1, epochs=1, batch_size=2,
-                       progress=lambda stage, done, total: steps.append((stage, done, total)))
+    stack = adapt_user(
+        bank_registry,
+        "frank",
+        shots=3,
+        rank=1,
+        epochs=1,
+        batch_size=2,
+        progress=lambda stage, done, total: steps.append((stage, done, total)),
+    )
     assert (stack.rank, stack.dtype, stack.bank_version, stack.stale) == (1, "fp16", 1, False)
     assert stack.train_config["shot_indices"] == shot_indices(6, 3, seed=0)
     assert stack.bytes == len(bank_registry.store.get_bytes(stack.blob))
@@ -167,9 +189,7 @@ def test_delete_user_removes_every_byte_and_keeps_the_bank(bank_registry, tmp_pa
     from tests.registry.registry_env import all_file_bytes
 
     store_root = tmp_path / "reg" / "store"
-    bank_before = {
-        p.name for p in (store_root).rglob("*") if p.is_file()
-    }
+    bank_before = {p.name for p in (store_root).rglob("*") if p.is_file()}
     _add(bank_registry, "ivy")
     _add(bank_registry, "jack")
     before_ivy = all_file_bytes(store_root)
