@@ -157,3 +157,79 @@ def test_init_is_idempotent_and_keeps_data(bank_registry):
     assert again["created"] is False and again["revision"] == again["previous_revision"]
     assert len(list_banks(bank_registry)) == 1
     assert json.dumps(again)
+
+
+def _build(ctx, tmp_path, tiny_model_dir, tiny_embedder_dir, anchor_data: str, progress=None):
+    from mta.registry.service import build_bank
+
+    users = [movie_user(f"c{i}", 9 if i % 2 else 5, seed=i) for i in range(6)]
+    data = write_users(tmp_path / f"users-{anchor_data}.json", users)
+    return build_bank(
+        ctx,
+        task=TASK,
+        data_path=data,
+        anchors=2,
+        anchor_data=anchor_data,
+        min_history=8,
+        base_model=str(tiny_model_dir),
+        embedder=str(tiny_embedder_dir),
+        max_steps=1,
+        progress=progress,
+    )
+
+
+def test_build_trains_one_anchor_per_cluster_from_eligible_users(
+    registry, tmp_path, tiny_model_dir, tiny_embedder_dir
+):
+    stages: list[tuple[str, int, int]] = []
+    bank = _build(
+        registry,
+        tmp_path,
+        tiny_model_dir,
+        tiny_embedder_dir,
+        "user",
+        progress=lambda *event: stages.append(event),
+    )
+    assert (bank.version, bank.num_anchors, bank.anchor_data, bank.source) == (
+        1,
+        2,
+        "user",
+        "build",
+    )
+    detail = get_bank(registry, TASK)
+    # Only users with >= min_history (8) items can be anchors: the odd-numbered ones.
+    assert {a.anchor_id for a in detail.anchors} <= {"c1", "c3", "c5"}
+    assert all(a.history_length == 9 for a in detail.anchors)
+    assert sum(a.cluster_size for a in detail.anchors) == 3
+    assert ("embed", 6, 6) in stages and ("train", 2, 2) in stages
+    assert detail.config["train"]["max_steps"] == 1
+
+
+def test_build_with_cluster_data_uses_the_cluster_mean_embedding(
+    registry, tmp_path, tiny_model_dir, tiny_embedder_dir
+):
+    import numpy as np
+
+    bank = _build(registry, tmp_path, tiny_model_dir, tiny_embedder_dir, "cluster")
+    assert bank.anchor_data == "cluster"
+    for anchor in get_bank(registry, TASK).anchors:
+        vector = np.frombuffer(registry.store.get_bytes(anchor.embedding_blob), dtype=np.float32)
+        assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+
+
+def test_build_refuses_impossible_requests(registry, tmp_path, tiny_model_dir, tiny_embedder_dir):
+    from mta.registry.service import build_bank
+
+    data = write_users(tmp_path / "few.json", [movie_user("s1", 3), movie_user("s2", 3)])
+    with pytest.raises(InvalidInputError, match="min-history"):
+        build_bank(
+            registry,
+            task=TASK,
+            data_path=data,
+            anchors=2,
+            base_model=str(tiny_model_dir),
+            embedder=str(tiny_embedder_dir),
+        )
+    with pytest.raises(InvalidInputError, match="anchor data"):
+        build_bank(registry, task=TASK, data_path=data, anchors=1, anchor_data="pooled")
+    assert list_banks(registry) == []
