@@ -131,7 +131,11 @@ class Stack(_Entity):
 
 @dataclass(frozen=True)
 class UserDetail(User):
-    """A user with their current recipe and stack (latest of each) and their stored bytes."""
+    """A user with their current recipe and stack, and the bytes they occupy.
+
+    The current recipe is the latest one; the current stack is the newest stack trained on
+    that recipe (None after a re-fuse until the user is adapted again).
+    """
 
     recipe: Recipe | None = None
     stack: Stack | None = None

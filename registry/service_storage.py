@@ -17,6 +17,7 @@ from mta.registry.models import (
     SqlBank,
     SqlBlob,
     SqlEvalRun,
+    SqlRecipe,
     SqlStack,
     SqlUser,
     utcnow,
@@ -139,12 +140,22 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
 
 
 def _current_stacks(session: Any) -> dict[str, int]:
-    """user id -> bank id of the user's latest stack."""
-    newest = select(func.max(SqlStack.id)).group_by(SqlStack.user_id)
-    rows = session.execute(
-        select(SqlStack.user_id, SqlStack.bank_id).where(SqlStack.id.in_(newest))
+    """user id -> bank id of the user's current stack (newest on their latest recipe)."""
+    latest_recipe = dict(
+        session.execute(
+            select(SqlRecipe.user_id, func.max(SqlRecipe.id)).group_by(SqlRecipe.user_id)
+        )
+        .tuples()
+        .all()
     )
-    return dict(rows.tuples().all())
+    current: dict[str, tuple[int, int]] = {}
+    rows = session.execute(
+        select(SqlStack.user_id, SqlStack.recipe_id, SqlStack.id, SqlStack.bank_id)
+    )
+    for user_id, recipe_id, stack_id, bank_id in rows:
+        if latest_recipe.get(user_id) == recipe_id and stack_id > current.get(user_id, (0, 0))[0]:
+            current[user_id] = (stack_id, bank_id)
+    return {user_id: bank_id for user_id, (_, bank_id) in current.items()}
 
 
 def gc(ctx: RegistryContext, *, grace_seconds: int = 3600, dry_run: bool = False) -> GcResult:

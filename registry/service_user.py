@@ -59,6 +59,21 @@ def _latest(session: Session, model: type[SqlRecipe] | type[SqlStack], user_id: 
     return session.scalars(query).first()
 
 
+def _current_stack(session: Session, recipe: SqlRecipe) -> SqlStack | None:
+    """The user's current stack: the newest one trained on their current (latest) recipe.
+
+    A stack is only valid on the fused delta it was trained on, so re-fusing a user leaves
+    them without a current stack until `adapt_user` runs again.
+    """
+    query = (
+        select(SqlStack)
+        .where(SqlStack.user_id == recipe.user_id, SqlStack.recipe_id == recipe.id)
+        .order_by(SqlStack.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
 def _version_of(session: Session, bank_id: int) -> int:
     """The version number of a bank row."""
     return session.get_one(SqlBank, bank_id).version
@@ -180,7 +195,7 @@ def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
         row = _get_user_row(session, user_id)
         base = row.to_entity(bank_version=_version_of(session, row.bank_id))
         recipe = _latest(session, SqlRecipe, user_id)
-        stack = _latest(session, SqlStack, user_id)
+        stack = _current_stack(session, recipe) if recipe is not None else None
         stack_blobs = session.scalars(
             select(SqlStack.blob).where(SqlStack.user_id == user_id)
         ).all()
@@ -451,8 +466,9 @@ def export_user(
 ) -> Export:
     """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
 
-    The stack is exported against the recipe it was trained on; a user without a stack gets
-    the fused adapter of their latest recipe alone. The folder is cached (see `cache_key`)
+    The current recipe is the latest; the current stack is the newest one trained on it (a
+    stack is only valid on its own fused delta). A user without one gets the fused adapter
+    alone. The folder is cached (see `cache_key`)
     and copied to `out_dir` when given.
 
     Args:
@@ -472,14 +488,10 @@ def export_user(
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
     with ctx.session() as session:
         _get_user_row(session, user_id)
-        stack = _latest(session, SqlStack, user_id)
-        recipe = (
-            session.get_one(SqlRecipe, stack.recipe_id)
-            if stack is not None
-            else _latest(session, SqlRecipe, user_id)
-        )
+        recipe = _latest(session, SqlRecipe, user_id)
         if recipe is None:
             raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
+        stack = _current_stack(session, recipe)
         inputs = _recipe_inputs(session, recipe)
         bank = session.get_one(SqlBank, recipe.bank_id)
         recipe_id, method, params = recipe.id, recipe.method, dict(recipe.params)

@@ -223,3 +223,18 @@ def test_delete_keeps_blobs_another_user_shares(bank_registry):
     assert result.blobs_deleted == (a.profile_blob,)
     assert bank_registry.store.exists(b.embedding_blob)
     assert fsck(bank_registry).ok
+
+
+def test_refusing_drops_the_current_stack_until_the_next_adapt(bank_registry, tmp_path):
+    _add(bank_registry, "lena")
+    first = adapt_user(bank_registry, "lena", shots=2, max_steps=1)
+    recipe = fuse_user(bank_registry, "lena", top_k=3)
+    detail = get_user(bank_registry, "lena")
+    # The old stack was trained on another fused delta: it is kept but no longer served.
+    assert detail.recipe == recipe and detail.stack is None and detail.num_stacks == 1
+    export = export_user(bank_registry, "lena", tmp_path / "fused-only")
+    assert (export.stack_id, export.recipe_id, export.rank) == (None, recipe.recipe_id, 24)
+    second = adapt_user(bank_registry, "lena", shots=2, max_steps=1)
+    assert second.recipe_id == recipe.recipe_id != first.recipe_id
+    assert get_user(bank_registry, "lena").stack == second
+    assert export_user(bank_registry, "lena", None).stack_id == second.stack_id
