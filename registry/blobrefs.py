@@ -34,19 +34,33 @@ REPORT_BUCKET = {
 class PendingBlob:
     """A blob already in the store whose `blobs` row is still to be written."""
 
-    __slots__ = ("digest", "size", "kind")
+    __slots__ = ("digest", "size", "kind", "data")
 
-    def __init__(self, digest: str, size: int, kind: str) -> None:
-        """Remember a stored blob's digest, size and kind."""
+    def __init__(self, digest: str, size: int, kind: str, data: bytes) -> None:
+        """Remember a stored blob's digest, size, kind and bytes."""
         self.digest = digest
         self.size = size
         self.kind = kind
+        self.data = data
 
 
 def put_blob(ctx: RegistryContext, data: bytes, kind: str) -> PendingBlob:
     """Store `data` (idempotent, content-addressed); the row is recorded later by `record_blob`."""
     digest = ctx.store.put_bytes(data)
-    return PendingBlob(digest, len(data), kind)
+    return PendingBlob(digest, len(data), kind, data)
+
+
+def reassert_blobs(ctx: RegistryContext, blobs: Iterable[PendingBlob]) -> None:
+    """After the rows committed, re-store any blob that vanished meanwhile.
+
+    `put_bytes` of a blob that already exists (an old, unreferenced copy of the same bytes)
+    does not make it young again, so a `gc` running between our put and our commit may have
+    deleted it. Once our rows are committed the blob is referenced and no later `gc` touches
+    it; writing it back closes that window.
+    """
+    for blob in blobs:
+        if not ctx.store.exists(blob.digest):
+            ctx.store.put_bytes(blob.data)
 
 
 def record_blob(session: Session, blob: PendingBlob) -> str:

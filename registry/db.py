@@ -172,8 +172,13 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     path = sqlite_path(str(engine.url))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), revision)
+    except exc.OperationalError as error:
+        raise RegistryError(
+            f"cannot migrate the registry at {_redacted(engine)}: {_one_line(error)}"
+        ) from error
     return current_revision(engine) or ""
 
 

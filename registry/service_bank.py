@@ -20,6 +20,7 @@ from mta.registry.blobrefs import (
     KIND_BANK_INDEX,
     PendingBlob,
     put_blob,
+    reassert_blobs,
     record_blob,
 )
 from mta.registry.context import MODEL_LOCK, RegistryContext
@@ -276,12 +277,14 @@ def publish_bank(
                         )
                     )
                 session.flush()
-                return bank_entity(session, row)
+                published = bank_entity(session, row)
+            break
         except AlreadyExistsError:
             # Another process published the same version number first; take the next one.
             if attempt == _PUBLISH_RETRIES - 1:
                 raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    reassert_blobs(ctx, [index_blob, *(b for _, a, v in stored for b in (a, v))])
+    return published
 
 
 def build_bank(

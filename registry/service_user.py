@@ -20,6 +20,7 @@ from mta.registry.blobrefs import (
     KIND_STACK,
     KIND_USER_EMBEDDING,
     put_blob,
+    reassert_blobs,
     record_blob,
     unreferenced,
 )
@@ -184,9 +185,11 @@ def add_user(
             )
             session.add(row)
             session.flush()
-            return row.to_entity(bank_version=bank_version)
+            user = row.to_entity(bank_version=bank_version)
     except AlreadyExistsError as error:
         raise AlreadyExistsError(f"user {user_id!r} already exists") from error
+    reassert_blobs(ctx, [profile_blob, vector_blob])
+    return user
 
 
 def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
@@ -439,7 +442,9 @@ def adapt_user(
         )
         session.add(row)
         session.flush()
-        return _stack_entity(session, row)
+        entity = _stack_entity(session, row)
+    reassert_blobs(ctx, [blob])
+    return entity
 
 
 # --- export --------------------------------------------------------------------------------

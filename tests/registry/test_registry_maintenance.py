@@ -146,3 +146,24 @@ def test_eval_runs_are_recorded(registry):
     assert second > first
     assert [r["id"] for r in list_eval_runs(registry)] == [second, first]
     assert list_eval_runs(registry, task=TASK)[0]["results"] == {"acc": 0.5}
+
+
+def test_a_blob_gc_removed_before_its_row_committed_is_written_back(registry):
+    from mta.registry.blobrefs import put_blob, reassert_blobs
+
+    pending = put_blob(registry, b"old bytes written again", "profile")
+    registry.store.delete(pending.digest)  # what a concurrent gc did
+    reassert_blobs(registry, [pending])
+    assert registry.store.get_bytes(pending.digest) == b"old bytes written again"
+
+
+def test_init_on_an_unreachable_database_is_one_clear_error(tmp_path):
+    from mta.registry.context import RegistryContext
+    from mta.registry.errors import RegistryError
+    from mta.registry.service import init_registry
+
+    ctx = RegistryContext.open(
+        "postgresql://nobody:pw@127.0.0.1:9/none", f"file://{tmp_path}/s", tmp_path / "c"
+    )
+    with pytest.raises(RegistryError, match="cannot migrate the registry at postgresql"):
+        init_registry(ctx)
