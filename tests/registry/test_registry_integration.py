@@ -24,8 +24,7 @@ from mta.registry.service import (
 )
 
 from tests.registry.conftest import open_registry
-from tests.registry.registry_env import TASK, movie_user
-from tests.registry.test_registry_parallel import check_parallel_adapt
+from tests.registry.registry_env import TASK, check_parallel_adapt, movie_user
 
 pytestmark = pytest.mark.integration
 
