@@ -71,11 +71,6 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def _rank_text(ranks: dict[str, int]) -> str:
-    low, high = min(ranks.values()), max(ranks.values())
-    return str(low) if low == high else f"{low}-{high}"
-
-
 def write_folder_atomically(
     out: Path,
     adapter: LoraAdapter,
@@ -166,7 +161,8 @@ def adapter_fuse(
         "anchors": [str(path) for path in adapters],
         "weights": values,
         "method": method,
-        "rank": _rank_text(fused.ranks()),
+        "rank": max(fused.ranks().values()),
+        "ranks": sorted(set(fused.ranks().values())),
         "modules": len(fused.modules),
         "params": fused.num_params(),
         "dtype": dtype,
@@ -215,7 +211,8 @@ def adapter_inspect(
             "base_model": adapter.base_model,
             "modules": len(adapter.modules),
             "target_modules": adapter.target_modules(),
-            "rank": _rank_text(adapter.ranks()),
+            "rank": max(adapter.ranks().values()),
+            "ranks": sorted(set(adapter.ranks().values())),
             "scales": scales,
             "params": adapter.num_params(),
             "dtype": ",".join(dtypes),

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from mta.fusion_cat import CatFusion
 from mta.lora import LoraAdapter, LoraModule
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the small QR/SVD calls on one thread, restoring the caller's setting after.
+
+    They are far too small to gain from threads, and on a busy CPU multi-threaded
+    MKL LAPACK stalls: measured on a loaded 2-core machine, truncating 210
+    SmolLM2-shaped rank-64 modules took 12-20 s with 2 threads and 0.7 s with one.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _truncate_batch(
+    A: torch.Tensor, B: torch.Tensor, scales: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched core of ``truncate_module``: A (n, R, in), B (n, out, R), scales (n,)."""
+    q_b, r_b = torch.linalg.qr(B.float())  # (n, out, k1), (n, k1, R)
+    q_a, r_a = torch.linalg.qr(A.float().transpose(1, 2))  # (n, in, k2), (n, k2, R)
+    # The core is at most R×R: float64 costs nothing and keeps the spectrum accurate.
+    core = (r_b.double() @ r_a.double().transpose(1, 2)) * scales.double()[:, None, None]
+    u, sigma, vh = torch.linalg.svd(core, full_matrices=False)
+    keep = min(rank, sigma.shape[-1])
+    root = sigma[:, :keep].sqrt()
+    new_b = q_b @ (u[:, :, :keep] * root[:, None, :]).float()
+    new_a = (root[:, :, None] * vh[:, :keep]).float() @ q_a.transpose(1, 2)
+    return new_a, new_b
 
 
 def truncate_module(module: LoraModule, rank: int) -> LoraModule:
@@ -20,16 +53,36 @@ def truncate_module(module: LoraModule, rank: int) -> LoraModule:
     """
     if module.r <= rank:
         return LoraModule(A=module.A.clone(), B=module.B.clone(), scale=module.scale)
-    q_b, r_b = torch.linalg.qr(module.B.float())  # (out, k1), (k1, R)
-    q_a, r_a = torch.linalg.qr(module.A.float().T)  # (in, k2), (k2, R)
-    # The core is at most R×R: float64 costs nothing and keeps the spectrum accurate.
-    core = (r_b.double() @ r_a.double().T) * module.scale
-    u, sigma, vh = torch.linalg.svd(core, full_matrices=False)
-    keep = min(rank, sigma.numel())
-    root = sigma[:keep].sqrt()
-    B = q_b @ (u[:, :keep] * root).float()
-    A = (root[:, None] * vh[:keep]).float() @ q_a.T
-    return LoraModule(A=A.contiguous(), B=B.contiguous(), scale=1.0)
+    new_a, new_b = _truncate_batch(
+        module.A[None], module.B[None], torch.tensor([module.scale]), rank
+    )
+    return LoraModule(A=new_a[0].contiguous(), B=new_b[0].contiguous(), scale=1.0)
+
+
+def _truncate_all(modules: dict[str, LoraModule], ranks: dict[str, int]) -> dict[str, LoraModule]:
+    """Truncate each module to ``ranks[path]``, batching modules of equal shape and rank.
+
+    One batched QR/SVD per (shape, rank) group instead of one per module: a
+    30-layer model has ~5 groups, so the many tiny LAPACK calls (slow to schedule
+    across threads) become a handful.
+    """
+    result: dict[str, LoraModule] = {}
+    groups: dict[tuple[int, int, int, int], list[str]] = {}
+    for path, module in modules.items():
+        if module.r <= ranks[path]:
+            result[path] = truncate_module(module, ranks[path])
+        else:
+            key = (module.out_features, module.in_features, module.r, ranks[path])
+            groups.setdefault(key, []).append(path)
+    with _one_thread():
+        for (_, _, _, rank), paths in groups.items():
+            A = torch.stack([modules[p].A.float() for p in paths])
+            B = torch.stack([modules[p].B.float() for p in paths])
+            scales = torch.tensor([modules[p].scale for p in paths], dtype=torch.float64)
+            new_a, new_b = _truncate_batch(A, B, scales, rank)
+            for i, path in enumerate(paths):
+                result[path] = LoraModule(A=new_a[i].clone(), B=new_b[i].clone(), scale=1.0)
+    return {path: result[path] for path in modules}
 
 
 def compress(adapter: LoraAdapter, rank: int) -> LoraAdapter:
@@ -40,10 +93,8 @@ def compress(adapter: LoraAdapter, rank: int) -> LoraAdapter:
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    return LoraAdapter(
-        modules={path: truncate_module(m, rank) for path, m in adapter.modules.items()},
-        base_model=adapter.base_model,
-    )
+    ranks = {path: rank for path in adapter.modules}
+    return LoraAdapter(modules=_truncate_all(adapter.modules, ranks), base_model=adapter.base_model)
 
 
 class SvdFusion:
@@ -78,6 +129,5 @@ class SvdFusion:
             for path, r in adapter.ranks().items():
                 max_ranks[path] = max(r, max_ranks.get(path, 0))
         return LoraAdapter(
-            modules={p: truncate_module(m, max_ranks[p]) for p, m in exact.modules.items()},
-            base_model=exact.base_model,
+            modules=_truncate_all(exact.modules, max_ranks), base_model=exact.base_model
         )

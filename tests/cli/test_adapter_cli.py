@@ -56,7 +56,7 @@ def test_fuse_writes_a_folder_peft_loads_with_the_exact_delta(
     result = mta("adapter", "fuse", *anchors, "--weights", "0.6,0.4", "--out", out, "--json")
     assert result.code == 0, result.stderr
     summary = result.json()
-    assert summary["method"] == "cat" and summary["rank"] == "8"
+    assert summary["method"] == "cat" and summary["rank"] == 8
     assert summary["weights"] == [0.6, 0.4]
     assert summary["bytes"] == sum(p.stat().st_size for p in out.iterdir())
     recipe = json.loads((out / "mta_fusion.json").read_text())
@@ -74,14 +74,14 @@ def test_fuse_writes_a_folder_peft_loads_with_the_exact_delta(
 
 @pytest.mark.parametrize(
     ("args", "rank"),
-    [(["--method", "svd", "--rank", "3"], "3"), (["--method", "factorwise"], "4")],
+    [(["--method", "svd", "--rank", "3"], 3), (["--method", "factorwise"], 4)],
 )
 def test_fuse_other_methods(mta, anchors, tmp_path, args, rank) -> None:
     out = tmp_path / "fused"
     result = mta("adapter", "fuse", *anchors, "--out", out, "--json", *args)
     assert result.code == 0, result.stderr
     assert result.json()["rank"] == rank
-    assert set(load_peft_adapter(out).ranks().values()) == {int(rank)}
+    assert set(load_peft_adapter(out).ranks().values()) == {rank}
 
 
 def test_fuse_defaults_to_uniform_weights_and_stores_the_dtype(mta, anchors, tmp_path) -> None:
@@ -170,7 +170,7 @@ def test_inspect_summary_and_modules(mta, anchors, shapes) -> None:
     assert result.code == 0, result.stderr
     info = result.json()
     assert info["modules"] == len(shapes)
-    assert info["rank"] == "4" and info["scales"] == [1.0]
+    assert info["rank"] == 4 and info["ranks"] == [4] and info["scales"] == [1.0]
     assert info["target_modules"] == sorted(TARGETS)
     assert info["params"] == sum(4 * (i + o) for o, i in shapes.values())
     assert info["bytes"] == sum(p.stat().st_size for p in anchors[0].iterdir())
