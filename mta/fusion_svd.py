@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
 from mta.fusion_cat import CatFusion
-from mta.lora import LoraAdapter, LoraModule
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the small QR/SVD calls on one thread, restoring the caller's setting after.
-
-    They are far too small to gain from threads, and on a busy CPU multi-threaded
-    MKL LAPACK stalls: measured on a loaded 2-core machine, truncating 210
-    SmolLM2-shaped rank-64 modules took 12-20 s with 2 threads and 0.7 s with one.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+from mta.lora import LoraAdapter, LoraModule, one_thread
 
 
 def _truncate_batch(
@@ -74,7 +57,7 @@ def _truncate_all(modules: dict[str, LoraModule], ranks: dict[str, int]) -> dict
         else:
             key = (module.out_features, module.in_features, module.r, ranks[path])
             groups.setdefault(key, []).append(path)
-    with _one_thread():
+    with one_thread():
         for (_, _, _, rank), paths in groups.items():
             A = torch.stack([modules[p].A.float() for p in paths])
             B = torch.stack([modules[p].B.float() for p in paths])

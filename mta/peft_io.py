@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mta.errors import AdapterFormatError, ShapeMismatchError
-from mta.lora import LoraAdapter, LoraModule
+from mta.lora import LoraAdapter, LoraModule, is_finite, one_thread
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -252,9 +252,12 @@ def _dominant_rank(adapter: LoraAdapter) -> int:
     return max(counts, key=lambda rank: (counts[rank], rank))
 
 
-def _cast_finite(tensor: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+def _cast_finite(
+    tensor: torch.Tensor, dtype: torch.dtype, what: str, *, computed: bool = False
+) -> torch.Tensor:
+    """Cast for writing; re-check a narrowing cast or a ``computed`` tensor (they may overflow)."""
     cast = tensor.to(dtype).contiguous()
-    if not bool(torch.isfinite(cast).all()):
+    if (computed or cast.dtype != tensor.dtype) and not is_finite(cast):
         raise AdapterFormatError(f"{what} does not fit {dtype} (values overflow to inf)")
     return cast
 
@@ -332,12 +335,14 @@ def save_peft_adapter(
         raise AdapterFormatError("cannot save an adapter without modules")
     adapter.check_finite()
     tensors: dict[str, torch.Tensor] = {}
-    for module_path, module in sorted(adapter.modules.items()):
-        key = f"{PEFT_PREFIX}{module_path}"
-        tensors[f"{key}.lora_A.weight"] = _cast_finite(module.A.float(), dtype, f"{module_path} A")
-        tensors[f"{key}.lora_B.weight"] = _cast_finite(
-            module.B.float() * module.scale, dtype, f"{module_path} B (scale folded in)"
-        )
+    with one_thread():
+        for module_path, module in sorted(adapter.modules.items()):
+            key = f"{PEFT_PREFIX}{module_path}"
+            tensors[f"{key}.lora_A.weight"] = _cast_finite(module.A, dtype, f"{module_path} A")
+            folded = module.B if module.scale == 1.0 else module.B.float() * module.scale
+            tensors[f"{key}.lora_B.weight"] = _cast_finite(
+                folded, dtype, f"{module_path} B (scale folded in)", computed=folded is not module.B
+            )
     from safetensors.torch import save
 
     folder = Path(path)
@@ -368,9 +373,10 @@ def adapter_to_bytes(adapter: LoraAdapter, *, dtype: torch.dtype = torch.float16
         raise AdapterFormatError("cannot serialize an adapter without modules")
     adapter.check_finite()
     tensors: dict[str, torch.Tensor] = {}
-    for module_path, module in adapter.modules.items():
-        tensors[f"{module_path}.lora_A"] = _cast_finite(module.A, dtype, f"{module_path} A")
-        tensors[f"{module_path}.lora_B"] = _cast_finite(module.B, dtype, f"{module_path} B")
+    with one_thread():
+        for module_path, module in adapter.modules.items():
+            tensors[f"{module_path}.lora_A"] = _cast_finite(module.A, dtype, f"{module_path} A")
+            tensors[f"{module_path}.lora_B"] = _cast_finite(module.B, dtype, f"{module_path} B")
     meta = {
         "format": BLOB_FORMAT,
         "version": BLOB_FORMAT_VERSION,
