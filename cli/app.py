@@ -52,12 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - mapped below, bugs re-raised
-        from click.exceptions import Abort, ClickException
-
-        if isinstance(exc, ClickException):
+        # Typer raises the exceptions of its vendored click, which are not click's classes:
+        # recognize usage errors by their interface (show + exit_code) instead.
+        if callable(getattr(exc, "show", None)) and isinstance(
+            getattr(exc, "exit_code", None), int
+        ):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, Abort):
+        if isinstance(exc, typer.Abort):
             output.error("aborted")
             sys.exit(1)
         code = exit_code_for(exc)

@@ -157,22 +157,31 @@ def bank_list(
     if json_mode:
         out.emit_json(banks)
         return
+    if not banks:
+        out.result("no banks yet; create one with `mta bank build` or `mta bank push`")
+        return
     out.table(
-        ["Task", "Version", "Aliases", "Anchors", "Rank", "Base model", "Created"],
+        ["Task", "Version", "Aliases", "Anchors", "Rank", "Source", "Base model", "Created"],
         (
             [
-                b.get("task"),
-                b.get("version"),
-                ", ".join(b.get("aliases") or []),
-                b.get("num_anchors"),
-                b.get("rank"),
-                b.get("base_model"),
-                b.get("created_at"),
+                b["task"],
+                b["version"],
+                ", ".join(b["aliases"]),
+                b["num_anchors"],
+                b["rank"],
+                b["source"],
+                short_name(b["base_model"]),
+                str(b["created_at"])[:16].replace("T", " "),
             ]
             for b in banks
         ),
         title="Banks",
     )
+
+
+def short_name(model: str) -> str:
+    """The last path component of a local model or embedder path; hub ids and aliases as is."""
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
 
 
 @bank_app.command("show")

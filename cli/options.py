@@ -79,9 +79,9 @@ _KEYS = ("db", "store", "cache_dir")
 
 def _typed_on_command_line(ctx: typer.Context, name: str) -> bool:
     """Whether the user typed the option `name` on this context's command line."""
-    from click.core import ParameterSource
-
-    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    # Typer vendors its own click, so compare the enum by name rather than by class.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def resolve_locations(

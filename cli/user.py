@@ -334,10 +334,21 @@ def user_list(
     if json_mode:
         out.emit_json(users)
         return
-    keys = list(users[0]) if users else ["user_id", "task"]
+    if not users:
+        out.result("no users yet; add one with `mta user add`")
+        return
     out.table(
-        [k.replace("_", " ").capitalize() for k in keys],
-        ([u.get(k) for k in keys] for u in users),
+        ["User", "Task", "Bank version", "Profile items", "Created"],
+        (
+            [
+                u["user_id"],
+                u["task"],
+                u["bank_version"],
+                u["profile_items"],
+                str(u["created_at"])[:16].replace("T", " "),
+            ]
+            for u in users
+        ),
         title="Users",
     )
 

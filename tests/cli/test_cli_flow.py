@@ -173,9 +173,11 @@ def test_gc_reclaims_only_unreferenced_blobs(
 
 
 def test_human_output_renders(
-    cli_env: CliEnv, mta: Mta, pushed_bank: dict, new_user_file: Path
-) -> None:
+    cli_env: CliEnv, mta: Mta, pushed_bank: dict, new_user_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """Without --json every command prints text (tables) and exits 0."""
+    monkeypatch.setenv("COLUMNS", "250")  # rich reads it live; no truncated cells
     steps: list[tuple[list[Any], str]] = [
         (["bank", "list"], TASK),
         (["bank", "show", TASK], "Anchors"),
