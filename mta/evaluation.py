@@ -29,6 +29,8 @@ _LOWER_IS_BETTER = frozenset({"mae", "rmse", "mse"})
 _MEAN_METRICS = frozenset({"accuracy", "acc", "mae", "rouge1", "rouge2", "rougel", "rougelsum"})
 # Root-mean-square metrics: the per-item value is an absolute error.
 _RMS_METRICS = frozenset({"rmse"})
+# Macro-F1 over a closed label set: computed from per-class counts when labels are known.
+_MACRO_F1_METRICS = frozenset({"f1", "macrof1", "f1macro"})
 
 
 class EvaluationError(MtaError, ValueError):
@@ -197,9 +199,10 @@ class MetricAggregator:
     """Computes a task's metrics on any multiset of item indices, fast enough to bootstrap.
 
     Mean-type metrics (accuracy, MAE, ROUGE) and RMSE are scored once per item and
-    aggregated by a mean; the decomposition is checked against the task's own score on all
-    items and dropped for a metric where it does not reproduce it. Other metrics (F1,
-    macro-F1) are re-scored by the task on every resample.
+    aggregated by a mean; macro-F1 over known labels is computed from per-class counts.
+    Each shortcut is checked against the task's own score on all items and dropped for a
+    metric where it does not reproduce it; other metrics are re-scored by the task on
+    every resample (correct, but slow).
     """
 
     def __init__(
@@ -208,6 +211,7 @@ class MetricAggregator:
         metrics: Sequence[str],
         predictions: Sequence[str],
         golds: Sequence[str],
+        labels: Sequence[str] | None = None,
     ) -> None:
         """Score every item once.
 
@@ -216,6 +220,7 @@ class MetricAggregator:
             metrics: metric names to report, in order.
             predictions: parsed prediction per item.
             golds: gold output per item, aligned with ``predictions``.
+            labels: the closed label set of a classification task (enables fast macro-F1).
         """
         if len(predictions) != len(golds):
             raise EvaluationError(f"{len(predictions)} predictions for {len(golds)} gold outputs")
@@ -245,6 +250,34 @@ class MetricAggregator:
                     self._reduce(metric, values), self.full[metric], rel_tol=1e-6, abs_tol=1e-9
                 ):
                     del self._per_item[metric]
+        self._label_ids: tuple[np.ndarray, np.ndarray, int] | None = None
+        if labels:
+            index = {label: n for n, label in enumerate(labels)}
+            # Out-of-set predictions get id -1: wrong, and counted in no class.
+            pred_ids = np.array([index.get(p, -1) for p in self._predictions], dtype=np.int64)
+            gold_ids = np.array([index.get(g, -1) for g in self._golds], dtype=np.int64)
+            self._label_ids = (pred_ids, gold_ids, len(labels))
+        self._macro_f1: set[str] = set()
+        for metric in self.metrics:
+            if self._label_ids is None or normalize_metric(metric) not in _MACRO_F1_METRICS:
+                continue
+            everything = np.arange(len(self._golds))
+            if math.isclose(
+                self._fast_macro_f1(everything), self.full[metric], rel_tol=1e-6, abs_tol=1e-9
+            ):
+                self._macro_f1.add(metric)
+
+    def _fast_macro_f1(self, indices: np.ndarray) -> float:
+        """Macro-F1 over every label (a label never seen nor predicted scores 0)."""
+        pred_ids, gold_ids, n = self._label_ids
+        p, g = pred_ids[indices], gold_ids[indices]
+        hit = (p == g) & (g >= 0)
+        tp = np.bincount(g[hit], minlength=n)
+        predicted = np.bincount(p[p >= 0], minlength=n)
+        actual = np.bincount(g[g >= 0], minlength=n)
+        denom = predicted + actual
+        f1 = np.divide(2.0 * tp, denom, out=np.zeros(n), where=denom > 0)
+        return float(f1.mean())
 
     def _reduce(self, metric: str, values: np.ndarray) -> float:
         mean = float(values.mean())
@@ -261,6 +294,9 @@ class MetricAggregator:
             values = self._per_item.get(metric)
             if values is not None:
                 out[metric] = self._reduce(metric, values[indices])
+                continue
+            if metric in self._macro_f1:
+                out[metric] = self._fast_macro_f1(indices)
                 continue
             if rescored is None:
                 rescored = self._score(
@@ -495,6 +531,7 @@ def summarize(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
     cluster_by_user: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> SubsetSummary:
     """Metrics with bootstrap intervals per method, and paired differences vs the reference.
 
@@ -509,6 +546,7 @@ def summarize(
         confidence: interval coverage.
         seed: bootstrap seed.
         cluster_by_user: resample real users instead of items.
+        labels: closed label set of a classification task (fast macro-F1).
 
     Returns:
         A ``SubsetSummary``.
@@ -528,7 +566,7 @@ def summarize(
     golds = [items[i].gold for i in rows]
     groups = [items[i].group for i in rows]
     aggs = {
-        m: MetricAggregator(score, metrics, [predictions[m][i] for i in rows], golds)
+        m: MetricAggregator(score, metrics, [predictions[m][i] for i in rows], golds, labels)
         for m in methods
     }
     draws = bootstrap_draws(
@@ -575,18 +613,9 @@ def results_table(summary: SubsetSummary) -> tuple[list[str], list[list[str]]]:
 
 def differences_table(summary: SubsetSummary) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the paired-difference table (method minus the reference)."""
-    columns = [
-        "method",
-        *[f"Δ{m} vs {summary.reference} (95% CI)" for m in summary.metrics],
-        *[f"P(better) {m}" for m in summary.metrics],
+    columns = ["method", *[f"Δ{m} vs {summary.reference} (95% CI)" for m in summary.metrics]]
+    rows = [
+        [method, *[format_difference(diffs[m]) for m in summary.metrics]]
+        for method, diffs in summary.differences.items()
     ]
-    rows = []
-    for method, diffs in summary.differences.items():
-        rows.append(
-            [
-                method,
-                *[format_difference(diffs[m]) for m in summary.metrics],
-                *[f"{diffs[m].p_better:.2f}" for m in summary.metrics],
-            ]
-        )
     return columns, rows

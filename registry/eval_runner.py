@@ -256,29 +256,39 @@ class _Predictor:
         self.model, self.tokenizer = load_base_model(options.base_model)
         self.max_new_tokens = options.max_new_tokens or (8 if task.labels else 24)
 
-    def predict(self, items: Sequence[_Item], adapter: Any = None) -> list[str]:
-        """Parsed predictions of the base model, with ``adapter`` merged in memory if given."""
+    def predict(
+        self,
+        items: Sequence[_Item],
+        adapter: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
+        """Parsed predictions of the base model, with ``adapter`` merged in memory if given.
+
+        ``progress(done, total)`` is called after every generation batch.
+        """
+        from contextlib import nullcontext
+
         from mta.training import apply_adapter, generate
 
-        if not items:
-            return []
         prompts = [it.prompt for it in items]
+        texts: list[str] = []
+        size = self.options.batch_size
         with MODEL_LOCK:
-            if adapter is None:
-                texts = self._generate(generate, prompts)
-            else:
-                with apply_adapter(self.model, adapter):
-                    texts = self._generate(generate, prompts)
+            merged = apply_adapter(self.model, adapter) if adapter is not None else nullcontext()
+            with merged:
+                for start in range(0, len(prompts), size):
+                    texts.extend(
+                        generate(
+                            self.model,
+                            self.tokenizer,
+                            prompts[start : start + size],
+                            max_new_tokens=self.max_new_tokens,
+                            batch_size=size,
+                        )
+                    )
+                    if progress is not None:
+                        progress(len(texts), len(prompts))
         return [self.task.parse(t, it.query_input) for t, it in zip(texts, items, strict=True)]
-
-    def _generate(self, generate: Callable, prompts: list[str]) -> list[str]:
-        return generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.options.batch_size,
-        )
 
     def train(self, examples: Sequence, *, rank: int, epochs: int, lr: float, seed: int) -> Any:
         """A LoRA trained from scratch on ``examples`` (task-lora and OPPU baselines)."""
@@ -390,6 +400,7 @@ def run_eval(
             n_resamples=options.n_resamples,
             seed=options.seed,
             cluster_by_user=options.cluster_bootstrap,
+            labels=task.labels,
         ).to_dict()
     timings["bootstrap"] = time.monotonic() - t0
     timings["total"] = time.monotonic() - started
@@ -474,9 +485,9 @@ def _run_seed(
             preds["user-majority"].extend([label] * len(e.items))
     if "base" in methods:
         with timed("base"):
-            report("base", 0, 1)
-            preds["base"] = predictor.predict(items)
-            report("base", 1, 1)
+            preds["base"] = predictor.predict(
+                items, progress=lambda done, total: report("base", done, total)
+            )
     if "task-lora" in methods:
         with timed("task-lora"):
             from mta.tasks import profile_examples
@@ -484,12 +495,14 @@ def _run_seed(
             examples = [
                 ex for u in split.pool for ex in profile_examples(task, u["profile"], k=HISTORY_K)
             ]
-            report("task-lora", 0, 1)
+            report("task-lora train", 0, 1)
             adapter = predictor.train(
                 examples, rank=BASELINE_RANK, epochs=options.epochs, lr=options.lr, seed=seed
             )
-            preds["task-lora"] = predictor.predict(items, adapter)
-            report("task-lora", 1, 1)
+            report("task-lora train", 1, 1)
+            preds["task-lora"] = predictor.predict(
+                items, adapter, progress=lambda done, total: report("task-lora", done, total)
+            )
     if "oppu" in methods:
         with timed("oppu"):
             preds["oppu"] = []
@@ -589,9 +602,6 @@ def _bank_methods(
     """Predictions of mta-fuse, mta and mta-factorwise for every test entry."""
     from mta.registry import service
 
-    from mta.export import stack_onto
-    from mta.peft_io import adapter_from_bytes
-
     detail = service.get_bank(ctx, bank.task, str(bank.version))
     anchor_blobs = {a.anchor_id: a.adapter_blob for a in detail.anchors}
     out: dict[str, list[str]] = {m: [] for m in methods}
@@ -605,54 +615,91 @@ def _bank_methods(
         base_id = f"{EVAL_USER_PREFIX}-s{seed}-{e.entry['user_id']}"
         for suffix, fusion in variants:
             user_id = base_id + suffix
-            profile = {"user_id": user_id, "profile": e.entry["profile"]}
+            timer = "mta-fuse" if not suffix else "mta-factorwise"
+            with _Timer(timings, timer):
+                # Only the profile is registered: the query and its gold stay out of the registry.
+                service.add_user(
+                    ctx,
+                    user_id=user_id,
+                    task=bank.task,
+                    profile={"profile": e.entry["profile"]},
+                    bank_ref=str(bank.version),
+                )
             try:
-                with _Timer(timings, "mta-fuse" if not suffix else "mta-factorwise"):
-                    service.add_user(
-                        ctx,
-                        user_id=user_id,
-                        task=bank.task,
-                        profile=profile,
-                        bank_ref=str(bank.version),
-                    )
-                    recipe = service.fuse_user(
-                        ctx,
-                        user_id,
-                        top_k=options.top_k,
-                        method=fusion,
-                        weight_rule=options.weight_rule,
-                    )
-                    fused = _fused_adapter(ctx, recipe, anchor_blobs)
-                    if not suffix and "mta-fuse" in methods:
-                        out["mta-fuse"].extend(predictor.predict(e.items, fused))
-                name = "mta" if not suffix else "mta-factorwise"
-                if name not in methods:
-                    continue
-                with _Timer(timings, name):
-                    stack = service.adapt_user(
-                        ctx,
-                        user_id,
-                        shots=options.shots,
-                        rank=options.stack_rank,
-                        epochs=options.user_epochs,
-                        lr=options.user_lr,
-                        seed=seed,
-                        max_steps=options.max_steps,
-                    )
-                    _check_shots(stack, e)
-                    combined = stack_onto(
-                        fused, adapter_from_bytes(ctx.store.get_bytes(stack.blob))
-                    )
-                    out[name].extend(predictor.predict(e.items, combined))
+                out_name = "mta" if not suffix else "mta-factorwise"
+                predictions = _predict_bank_user(
+                    options,
+                    ctx,
+                    user_id,
+                    fusion,
+                    seed,
+                    e,
+                    anchor_blobs,
+                    predictor,
+                    timings,
+                    fuse_only=not suffix and "mta-fuse" in methods,
+                    stacked=out_name in methods,
+                    timer=timer,
+                )
+                for name, values in predictions.items():
+                    out["mta-fuse" if name == "fuse" else out_name].extend(values)
             finally:
                 service.delete_user(ctx, user_id)
         report("mta users", n + 1, len(entries))
     return out
 
 
+def _predict_bank_user(
+    options: EvalOptions,
+    ctx: RegistryContext,
+    user_id: str,
+    fusion: str,
+    seed: int,
+    entry: _Entry,
+    anchor_blobs: dict[str, str],
+    predictor: _Predictor,
+    timings: dict[str, float],
+    *,
+    fuse_only: bool,
+    stacked: bool,
+    timer: str,
+) -> dict[str, list[str]]:
+    """Fuse (and stack) one registered user; predictions keyed "fuse" and "stack"."""
+    from mta.registry import service
+
+    from mta.export import stack_onto
+    from mta.peft_io import adapter_from_bytes
+
+    out: dict[str, list[str]] = {}
+    with _Timer(timings, timer):
+        recipe = service.fuse_user(
+            ctx, user_id, top_k=options.top_k, method=fusion, weight_rule=options.weight_rule
+        )
+        fused = _fused_adapter(ctx, recipe, anchor_blobs)
+        if fuse_only:
+            out["fuse"] = predictor.predict(entry.items, fused)
+    if not stacked:
+        return out
+    with _Timer(timings, "mta" if timer == "mta-fuse" else "mta-factorwise"):
+        stack = service.adapt_user(
+            ctx,
+            user_id,
+            shots=options.shots,
+            rank=options.stack_rank,
+            epochs=options.user_epochs,
+            lr=options.user_lr,
+            seed=seed,
+            max_steps=options.max_steps,
+        )
+        _check_shots(stack, entry)
+        combined = stack_onto(fused, adapter_from_bytes(ctx.store.get_bytes(stack.blob)))
+        out["stack"] = predictor.predict(entry.items, combined)
+    return out
+
+
 def _fused_adapter(ctx: RegistryContext, recipe: Any, anchor_blobs: dict[str, str]) -> Any:
     """The fused adapter a recipe describes, rebuilt in memory as the registry does."""
-    from mta.registry.service import materialize_fused
+    from mta.registry.service_user import materialize_fused
 
     inputs = [(anchor_blobs[a.anchor_id], a.weight) for a in recipe.anchors]
     return materialize_fused(ctx, inputs, recipe.method, recipe.params.get("rank"))

@@ -185,3 +185,18 @@ def test_summarize_rejects_misaligned_predictions():
     items = _items(2, 2)
     with pytest.raises(EvaluationError, match="3 predictions for 4 items"):
         summarize(accuracy_score, ["accuracy"], items, {"base": ["1", "2", "3"]})
+
+
+def test_fast_macro_f1_matches_the_task_metric_on_resamples():
+    from mta.tasks import get_task
+
+    task = get_task("movie_tagging")
+    rng = np.random.default_rng(0)
+    labels = list(task.labels)
+    golds = [labels[i] for i in rng.integers(0, 5, size=40)]
+    preds = [g if rng.random() < 0.5 else labels[rng.integers(0, 15)] for g in golds]
+    preds[:3] = ["", "not a tag", ""]  # unparseable generations count in no class
+    agg = MetricAggregator(task.score, list(task.metrics), preds, golds, task.labels)
+    for idx in bootstrap_draws(40, 20, seed=3):
+        expected = task.score([preds[i] for i in idx], [golds[i] for i in idx])
+        assert agg.aggregate(idx) == pytest.approx(expected)

@@ -1,0 +1,108 @@
+"""`mta eval` end to end on all five LaMP tasks with the tiny random model.
+
+The two real tasks use the shared LaMP users (../shared/lamp or $MTA_LAMP_DIR); the
+other three convert the hand-written official-format fixtures. Training is capped at
+one step and two test entries, so each task runs in seconds; the numbers are noise, the
+test checks the protocol and the output schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from mta.cli.eval import eval_app
+from typer.testing import CliRunner
+
+from mta.evaluation import DEFAULT_METHODS
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "lamp"
+SHARED = Path(os.environ.get("MTA_LAMP_DIR") or ROOT.parent / "shared" / "lamp")
+REAL_TASKS = ("movie_tagging", "news_headline")
+FIXTURE_TASKS = ("citation", "product_rating", "scholarly_title")
+
+
+def _users_file(task: str, tmp_path: Path) -> Path:
+    if task in REAL_TASKS:
+        path = SHARED / task / "users.json"
+        if not path.is_file():
+            pytest.skip(f"shared LaMP users for {task} not present at {path}")
+        return path
+    from mta.lamp_data import convert_official, save_users
+
+    users = convert_official(FIXTURES / task / "questions.json", FIXTURES / task / "outputs.json")
+    return save_users(users, tmp_path / f"{task}.json")
+
+
+def _run(task: str, tmp_path: Path, tiny_model_dir: Path, *extra: str) -> dict:
+    out = tmp_path / "result.json"
+    args = [
+        "--task", task, "--data", str(_users_file(task, tmp_path)),
+        "--base-model", str(tiny_model_dir),
+        "--limit", "2", "--anchors", "2", "--shots", "3", "--epochs", "1",
+        "--user-epochs", "1", "--max-steps", "1", "--max-new-tokens", "4",
+        "--resamples", "50", "--workdir", str(tmp_path / "reg"), "--json-out", str(out),
+        *extra,
+    ]  # fmt: skip
+    result = CliRunner().invoke(eval_app, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("task", REAL_TASKS + FIXTURE_TASKS)
+def test_eval_runs_every_method_on_every_task(task, tmp_path, tiny_model_dir):
+    from mta.tasks import get_task
+
+    res = _run(task, tmp_path, tiny_model_dir)
+    task_obj = get_task(task)
+    expected = [m for m in DEFAULT_METHODS if task_obj.labels or m != "user-majority"]
+    assert res["task"] == task and res["methods"] == expected
+    assert res["skipped_methods"] == ([] if task_obj.labels else ["user-majority"])
+    assert res["reference"] == "mta"
+    assert res["metrics"] == list(task_obj.metrics)
+    (split,) = res["splits"]
+    assert split["test_entries"] == 2 and split["anchors"] == 2
+    query, every = res["subsets"]["query"], res["subsets"]["all"]
+    assert query["n_items"] == split["query_items"] == 2
+    # Shots below the profile length: the non-shot profile items are scored too.
+    assert every["n_items"] == split["query_items"] + split["profile_items"] > query["n_items"]
+    for summary in (query, every):
+        assert set(summary["methods"]) == set(expected)
+        assert set(summary["differences"]) == set(expected) - {"mta"}
+        for method in expected:
+            for metric in task_obj.metrics:
+                iv = summary["methods"][method][metric]
+                assert iv["low"] <= iv["value"] <= iv["high"]
+    assert len(res["items"]) == every["n_items"]
+    for item in res["items"]:
+        assert set(item["predictions"]) == set(expected)
+        assert item["kind"] in {"query", "profile"}
+    assert res["eval_run_id"] >= 1
+    assert res["config"]["shots"] == 3 and res["timings_s"]["total"] > 0
+
+
+def test_eval_records_the_run_writes_a_plot_and_cleans_up_users(tmp_path, tiny_model_dir):
+    from mta.registry import service
+    from mta.registry.context import RegistryContext
+
+    plot = tmp_path / "chart.png"
+    res = _run(
+        "product_rating", tmp_path, tiny_model_dir,
+        "--methods", "base,mta,retrieved,user-majority", "--plot", str(plot),
+    )  # fmt: skip
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    reg = tmp_path / "reg"
+    with RegistryContext.open(f"sqlite:///{reg / 'registry.db'}", f"file://{reg / 'store'}") as ctx:
+        runs = service.list_eval_runs(ctx)
+        assert [r["id"] for r in runs] == [res["eval_run_id"]]
+        assert set(runs[0]["results"]["subsets"]) == {"query", "all"}
+        assert service.list_users(ctx) == []  # eval users are removed after scoring
+        assert len(service.list_banks(ctx)) == 1
+    # The trivial baselines are computed from the data alone, identically for every run.
+    for item in res["items"]:
+        assert item["predictions"]["user-majority"] in {"1", "2", "3", "4", "5"}
