@@ -59,7 +59,7 @@ def error_mappings() -> list[ErrorMapping]:
         NotInitializedError,
         RegistryError,
     )
-    from mta.storage import BlobCorruptedError, BlobNotFoundError, StorageError
+    from mta.storage.errors import BlobCorruptedError, BlobNotFoundError, StorageError
 
     from mta.errors import MtaError, UnknownNameError
 
