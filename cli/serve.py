@@ -87,3 +87,7 @@ def serve_command(
 
 serve_app = typer.Typer(add_completion=False)
 serve_app.command("serve")(serve_command)
+
+if __name__ == "__main__":
+    # `python -m mta.cli.serve ...` runs the command directly (used by bench/http_load.py).
+    serve_app()

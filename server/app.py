@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,6 +19,8 @@ from mta.registry.entities import (
     User,
     UserDetail,
 )
+from mta.registry.errors import NotFoundError
+from mta.registry.names import validate_user_id
 
 from .archive import (
     ARCHIVE_MEDIA_TYPE,
@@ -54,7 +56,14 @@ _bearer = HTTPBearer(
     description="A read token (GET routes) or an admin token (every route).",
 )
 
-UserId = Annotated[str, Path(pattern=USER_ID_REGEX, description="The user's id.")]
+def _user_id(
+    user_id: Annotated[str, Path(pattern=USER_ID_REGEX, description="The user's id.")],
+) -> str:
+    # The pattern lets "." and ".." through; the service's rule refuses them (422).
+    return validate_user_id(user_id)
+
+
+UserId = Annotated[str, Depends(_user_id)]
 Task = Annotated[str, Path(pattern=TASK_REGEX, description="LaMP task name, e.g. citation.")]
 
 
@@ -82,7 +91,7 @@ class AppState:
         self.archives = ArchiveCache(settings.memory_cache_bytes)
         self.metrics = Metrics()
         # Anchor adapter digests per (task, version): bank versions are immutable.
-        self._bank_digests: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._bank_digests: dict[tuple[str, int], dict[str, str]] = {}
         self.metrics.add_gauges(self._gauges)
 
     def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
@@ -93,34 +102,37 @@ class AppState:
         for status, count in self.jobs.counts().items():
             yield "mta_jobs", "Adapt jobs kept in memory, by status.", (("status", status),), count
 
-    def anchor_digests(self, task: str, version: int) -> tuple[str, ...]:
-        """Adapter blob digests of a bank version's anchors, sorted by anchor id."""
+    def anchor_digests(self, task: str, version: int) -> dict[str, str]:
+        """Anchor id -> adapter blob digest of a bank version (cached: versions are immutable)."""
         key = (task, version)
         if key not in self._bank_digests:
             bank = service.get_bank(self.ctx, task, str(version))
-            digests = tuple(a.adapter_blob for a in sorted(bank.anchors, key=lambda a: a.anchor_id))
+            digests = {a.anchor_id: a.adapter_blob for a in bank.anchors}
             if len(self._bank_digests) > 1024:
                 self._bank_digests.clear()  # a crude bound; refilled by one query per bank
             self._bank_digests[key] = digests
         return self._bank_digests[key]
 
     def adapter_identity(self, detail: UserDetail) -> dict[str, Any]:
-        """What fixes a user's exported adapter bytes (the ETag input; see archive.py)."""
+        """What fixes a user's exported adapter bytes (the ETag input; see archive.py).
+
+        The same facts as the service's export-cache key: each anchor's adapter digest and
+        weight, the fusion method and params, and the stack's digest.
+
+        Raises:
+            NotFoundError: the user has no recipe yet, so there is no adapter to serve.
+        """
         recipe, stack = detail.recipe, detail.stack
-        identity: dict[str, Any] = {"user_id": detail.user_id, "task": detail.task}
-        if recipe is not None:
-            identity["recipe"] = {
-                "id": recipe.recipe_id,
-                "bank_version": recipe.bank_version,
-                "anchors": [[a.anchor_id, a.weight] for a in recipe.anchors],
-                "method": recipe.method,
-                "weight_rule": recipe.weight_rule,
-                "params": recipe.params,
-                "anchor_blobs": self.anchor_digests(recipe.task, recipe.bank_version),
-            }
-        if stack is not None:
-            identity["stack"] = {"id": stack.stack_id, "blob": stack.blob, "dtype": stack.dtype}
-        return identity
+        if recipe is None:
+            raise NotFoundError(f"user {detail.user_id!r} has no recipe yet; fuse first")
+        digests = self.anchor_digests(recipe.task, recipe.bank_version)
+        return {
+            "user_id": detail.user_id,
+            "anchors": [[digests.get(a.anchor_id), a.weight] for a in recipe.anchors],
+            "method": recipe.method,
+            "params": recipe.params,
+            "stack": stack.blob if stack is not None else None,
+        }
 
 
 def _state(request: Request) -> AppState:
@@ -136,11 +148,14 @@ def _v1_router() -> APIRouter:
 
     @router.get(
         "/banks", tags=["banks"], dependencies=[ReadAuth],
-        responses=error_responses(401, 403, 503),
+        responses=error_responses(401, 403, 422, 503),
     )
-    def list_banks(request: Request) -> list[BankVersion]:
-        """Every published bank version of every task."""
-        return service.list_banks(_state(request).ctx)
+    def list_banks(
+        request: Request,
+        task: Annotated[str | None, Query(pattern=TASK_REGEX)] = None,
+    ) -> list[BankVersion]:
+        """Every published bank version, optionally of one task."""
+        return service.list_banks(_state(request).ctx, task=task)
 
     @router.get(
         "/banks/{task}", tags=["banks"], dependencies=[ReadAuth],
@@ -174,12 +189,9 @@ def _v1_router() -> APIRouter:
     )
     def add_user(request: Request, body: AddUserRequest) -> User:
         """Register a user: embed their profile and pin their task's bank version."""
-        profile = body.profile
-        if isinstance(profile, list):
-            profile = {"user_id": body.user_id, "profile": profile}
         return service.add_user(
             _state(request).ctx, user_id=body.user_id, task=body.task,
-            profile=profile, bank_ref=body.bank_ref,
+            profile=body.profile, bank_ref=body.bank_ref,
         )
 
     @router.get(
@@ -205,10 +217,7 @@ def _v1_router() -> APIRouter:
     def fuse_user(request: Request, user_id: UserId, body: FuseRequest | None = None) -> Recipe:
         """Retrieve the user's nearest anchors and store the fusion recipe."""
         body = body or FuseRequest()
-        return service.fuse_user(
-            _state(request).ctx, user_id, top_k=body.top_k, method=body.method,
-            weight_rule=body.weight_rule, temperature=body.temperature,
-        )
+        return service.fuse_user(_state(request).ctx, user_id, **body.model_dump())
 
     @router.post(
         "/users/{user_id}/adapt", tags=["jobs"], status_code=202, dependencies=[AdminAuth],
@@ -219,12 +228,7 @@ def _v1_router() -> APIRouter:
     ) -> JobResponse:
         """Queue the training of the user's stack; poll the returned job."""
         state = _state(request)
-        detail = service.get_user(state.ctx, user_id)  # a 404 now, not a failed job later
-        if body.shots > detail.profile_items:
-            raise ApiError(
-                422, "invalid_input",
-                f"shots={body.shots} but user {user_id!r} has {detail.profile_items} profile items",
-            )
+        service.get_user(state.ctx, user_id)  # a 404 now, not a failed job later
         params = body.model_dump()
 
         def run(progress: Callable[[str, int, int], None]) -> dict[str, Any]:
@@ -271,10 +275,13 @@ def _v1_router() -> APIRouter:
             int | None,
             Query(ge=1, le=4096, description="Compress the export to this rank (truncated SVD)."),
         ] = None,
+        dtype: Annotated[
+            Literal["fp32", "fp16", "bf16"], Query(description="Tensor precision of the files.")
+        ] = "fp32",
         if_none_match: Annotated[str | None, Header(max_length=4096)] = None,
     ) -> Response:
         """The user's adapter (fused + stack) as a PEFT folder in a tar archive."""
-        return _adapter_response(_state(request), user_id, max_rank, if_none_match)
+        return _adapter_response(_state(request), user_id, max_rank, dtype, if_none_match)
 
     @router.get(
         "/storage/report", tags=["storage"], dependencies=[ReadAuth],
@@ -288,12 +295,12 @@ def _v1_router() -> APIRouter:
 
 
 def _adapter_response(
-    state: AppState, user_id: str, max_rank: int | None, if_none_match: str | None
+    state: AppState, user_id: str, max_rank: int | None, dtype: str, if_none_match: str | None
 ) -> Response:
     """Answer an adapter fetch: 304, a cached archive, or a fresh export."""
     for _ in range(EXPORT_ATTEMPTS):
         detail = service.get_user(state.ctx, user_id)
-        etag = archive_etag(state.adapter_identity(detail), max_rank)
+        etag = archive_etag(state.adapter_identity(detail), max_rank, dtype)
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         if etag_matches(if_none_match, etag):
             state.metrics.count_cache("not_modified")
@@ -303,7 +310,7 @@ def _adapter_response(
             with state.archives.building(etag):
                 data = state.archives.get(etag)  # built by a concurrent request meanwhile?
                 if data is None:
-                    data = _export_archive(state, detail, max_rank)
+                    data = _export_archive(state, detail, max_rank, dtype)
                     if data is None:
                         continue  # the user changed under us: recompute the ETag
                     state.archives.put(etag, data)
@@ -321,10 +328,14 @@ def _adapter_response(
     )
 
 
-def _export_archive(state: AppState, detail: UserDetail, max_rank: int | None) -> bytes | None:
+def _export_archive(
+    state: AppState, detail: UserDetail, max_rank: int | None, dtype: str
+) -> bytes | None:
     """Materialize and tar the export; None if it no longer matches ``detail``."""
     try:
-        export = service.export_user(state.ctx, detail.user_id, None, max_rank=max_rank)
+        export = service.export_user(
+            state.ctx, detail.user_id, None, max_rank=max_rank, dtype=dtype
+        )
         data = tar_adapter_folder(export.path)
     except FileNotFoundError:
         return None  # the export cache evicted the folder between export and read

@@ -1,9 +1,10 @@
 """Adapter archives: a deterministic tar of a PEFT folder, its ETag, and an in-memory LRU.
 
 The ETag is computed *without* building the archive: it is the sha256 of what
-determines the archive's bytes — the stack blob's digest, the recipe (bank
-version, anchors, weights, method, weight rule), ``max_rank`` and the archive
-format version. Exports are deterministic functions of those inputs and the tar
+determines the archive's bytes — the stack blob's digest, each fused anchor's
+adapter digest and weight, the fusion method and its params, ``max_rank``, the
+tensor dtype and the archive format version (the same facts as the service's
+export-cache key). Exports are deterministic functions of those inputs and the tar
 is written with fixed metadata (sorted names, mtime 0, uid/gid 0, mode 0644), so
 equal keys mean byte-identical archives and the ETag is a strong one. A
 revalidation (``If-None-Match``) therefore costs one registry lookup and no
@@ -29,19 +30,20 @@ ARCHIVE_MEDIA_TYPE = "application/x-tar"
 ARCHIVE_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def archive_etag(identity: dict[str, Any], max_rank: int | None) -> str:
+def archive_etag(identity: dict[str, Any], max_rank: int | None, dtype: str = "fp32") -> str:
     """The quoted strong ETag of an adapter archive.
 
     Args:
         identity: JSON-serializable facts that fix the exported adapter (stack digest,
             recipe, bank version...), as returned by the app's identity lookup.
         max_rank: the requested rank cap, or None.
+        dtype: the requested tensor precision.
 
     Returns:
         ``'"<sha256 hex>"'``, quotes included as HTTP wants them.
     """
     payload = json.dumps(
-        {"format": ARCHIVE_FORMAT, "max_rank": max_rank, "identity": identity},
+        {"format": ARCHIVE_FORMAT, "max_rank": max_rank, "dtype": dtype, "identity": identity},
         sort_keys=True,
         separators=(",", ":"),
         default=str,

@@ -41,13 +41,14 @@ class AddUserRequest(_Strict):
 
     user_id: str = Field(pattern=USER_ID_REGEX, examples=["user42"])
     task: str = Field(pattern=TASK_REGEX, examples=["movie_tagging"])
-    profile: list[dict[str, Any]] = Field(
-        min_length=1,
-        description="The user's history items in the task's LaMP format.",
+    profile: dict[str, Any] | list[dict[str, Any]] = Field(
+        description="The per-user record {profile: [...], query: [...]} (its user_id is "
+        "replaced by this one) or a bare list of history items, in the task's LaMP format.",
         examples=[[{"id": "1", "description": "a heist goes wrong", "tag": "crime"}]],
     )
     bank_ref: str | None = Field(
-        default=None, description="Bank version number or alias to pin (default: latest)."
+        default=None, max_length=64,
+        description="Bank version number or alias to pin (default: the prod alias, else latest).",
     )
 
 
@@ -58,6 +59,11 @@ class FuseRequest(_Strict):
     method: str = Field(default="cat", description="Fusion method: cat (exact), svd, factorwise.")
     weight_rule: str = Field(default="proportional", description="proportional or softmax.")
     temperature: float = Field(default=1.0, gt=0, le=1000)
+    rank: int | None = Field(default=None, ge=1, le=4096, description="Target rank for svd.")
+    bank_ref: str | None = Field(
+        default=None, max_length=64,
+        description="Fuse against this version/alias of the task's bank (default: pinned).",
+    )
 
 
 class AdaptRequest(_Strict):
@@ -68,7 +74,11 @@ class AdaptRequest(_Strict):
     epochs: int = Field(default=3, ge=1, le=100)
     lr: float = Field(default=1e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    dtype: Literal["fp16", "bf16", "fp32"] = Field(
+        default="fp16", description="Stored precision of the stack."
+    )
+    batch_size: int = Field(default=4, ge=1, le=256)
+    max_steps: int | None = Field(default=None, ge=1, le=100_000)
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
