@@ -7,6 +7,9 @@ costs what a plain LoRA step costs) and the pristine weights are copied back aft
 
 Prompts are used raw, without a chat template, both in training and in ``generate``; the
 same text gives the same tokens in both places.
+
+These functions modify the shared model temporarily, so they are not thread-safe: callers
+that share one model between threads serialize its use (the registry holds a lock).
 """
 
 from __future__ import annotations
@@ -150,7 +153,9 @@ def train_lora(
 
     scale = config.scale
     modules = {
-        path: LoraModule(A=a.detach().clone(), B=b.detach().clone(), scale=scale)
+        path: LoraModule(
+            A=a.detach().to("cpu", copy=True), B=b.detach().to("cpu", copy=True), scale=scale
+        )
         for path, (a, b) in factors.items()
     }
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
@@ -236,6 +241,8 @@ def _encode(
     target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
         target_ids.append(tokenizer.eos_token_id)
+    if not target_ids:
+        raise MtaError(f"training example with an empty target (prompt {prompt[:40]!r})")
     if len(target_ids) >= max_length:
         # The first target token needs one token of context to be predicted.
         return prompt_ids[-1:], target_ids[: max_length - 1]
