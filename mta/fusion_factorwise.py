@@ -16,7 +16,7 @@ import torch
 
 from mta.errors import ShapeMismatchError
 from mta.fusion_inputs import align_modules, check_weights, common_base_model
-from mta.lora import LoraAdapter, LoraModule
+from mta.lora import LoraAdapter, LoraModule, one_thread
 
 
 class FactorwiseFusion:
@@ -47,7 +47,8 @@ class FactorwiseFusion:
             raise ValueError("method 'factorwise' keeps the anchors' rank; it takes no rank")
         values = check_weights(adapters, weights)
         modules: dict[str, LoraModule] = {}
-        for path, entries in align_modules(adapters, values).items():
+        aligned = align_modules(adapters, values)
+        for path, entries in aligned.items():
             ref = entries[0][1]
             for _, module in entries[1:]:
                 if module.r != ref.r:
@@ -59,7 +60,9 @@ class FactorwiseFusion:
                         f"{path}: factorwise fusion needs equal scales, got {ref.scale} and "
                         f"{module.scale}; use method 'cat' for anchors with different alphas"
                     )
-            A = torch.stack([m.A.float() * w for w, m in entries]).sum(dim=0)
-            B = torch.stack([m.B.float() * w for w, m in entries]).sum(dim=0)
-            modules[path] = LoraModule(A=A, B=B, scale=ref.scale)
+        with one_thread():  # hundreds of small sums: threads only add stalls
+            for path, entries in aligned.items():
+                A = torch.stack([m.A.float() * w for w, m in entries]).sum(dim=0)
+                B = torch.stack([m.B.float() * w for w, m in entries]).sum(dim=0)
+                modules[path] = LoraModule(A=A, B=B, scale=entries[0][1].scale)
         return LoraAdapter(modules=modules, base_model=common_base_model(adapters))
