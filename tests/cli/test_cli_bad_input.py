@@ -65,16 +65,14 @@ def _corrupt_shape_mismatch(folder: Path, shapes: dict) -> None:
 
 
 def _corrupt_nan(folder: Path, shapes: dict) -> None:
-    from mta.lora import LoraAdapter, LoraModule
-    from mta.peft_io import save_peft_adapter
+    # save_peft_adapter refuses NaN, so poison the written safetensors file directly.
+    from safetensors.torch import load_file, save_file
 
-    adapter = random_adapter(shapes, 8, seed=7)
-    first = next(iter(adapter.modules))
-    module = adapter.modules[first]
-    poisoned = module.A.clone()
-    poisoned[0, 0] = math.nan
-    modules = {**adapter.modules, first: LoraModule(A=poisoned, B=module.B, scale=module.scale)}
-    save_peft_adapter(LoraAdapter(modules=modules), folder)
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    first = sorted(tensors)[0]
+    tensors[first][0, 0] = math.nan
+    save_file(tensors, weights)
 
 
 @pytest.mark.parametrize(
@@ -222,14 +220,6 @@ def test_bad_profiles_are_rejected(
     profile = cli_env.root / "bob.json"
     profile.write_text(content, encoding="utf-8")
     assert_rejected(cli_env, mta, "user", "add", "bob", "--bank", TASK, "--profile", profile)
-
-
-def test_adapt_with_more_shots_than_history_is_rejected(
-    cli_env: CliEnv, mta: Mta, pushed_bank: dict, new_user_file: Path
-) -> None:
-    assert mta("user", "add", "alice", "--bank", TASK, "--profile", new_user_file).code == 0
-    assert mta("user", "fuse", "alice").code == 0
-    assert_rejected(cli_env, mta, "user", "adapt", "alice", "--shots", "50")
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,14 @@ def test_stack_goes_stale_when_a_new_bank_version_lands(
     assert ok(mta("storage", "report", "--json"))["stale_stacks"] == 1
 
 
+def test_adapt_with_more_shots_than_history_uses_every_item(
+    cli_env: CliEnv, mta: Mta, pushed_bank: dict, new_user_file: Path
+) -> None:
+    ok(mta("user", "add", "alice", "--bank", TASK, "--profile", new_user_file, "--json"))
+    stack = ok(mta("user", "adapt", "alice", "--shots", "50", "--epochs", "1", "--json"))
+    assert stack["train_config"]["shot_indices"] == list(range(6))
+
+
 def test_bank_build_from_data(cli_env: CliEnv, mta: Mta) -> None:
     data = write_users(cli_env.root / "users.json", [f"u{i}" for i in range(6)], items=8)
     bank = ok(mta(
