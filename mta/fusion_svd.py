@@ -42,8 +42,12 @@ def truncate_module(module: LoraModule, rank: int) -> LoraModule:
     return LoraModule(A=new_a[0].contiguous(), B=new_b[0].contiguous(), scale=1.0)
 
 
-def _truncate_all(modules: dict[str, LoraModule], ranks: dict[str, int]) -> dict[str, LoraModule]:
+def _truncate_all(
+    modules: dict[str, LoraModule], ranks: dict[str, int], *, copy: bool
+) -> dict[str, LoraModule]:
     """Truncate each module to ``ranks[path]``, batching modules of equal shape and rank.
+
+    Modules already within their rank are kept, cloned when ``copy`` is set.
 
     One batched QR/SVD per (shape, rank) group instead of one per module: a
     30-layer model has ~5 groups, so the many tiny LAPACK calls (slow to schedule
@@ -51,13 +55,17 @@ def _truncate_all(modules: dict[str, LoraModule], ranks: dict[str, int]) -> dict
     """
     result: dict[str, LoraModule] = {}
     groups: dict[tuple[int, int, int, int], list[str]] = {}
-    for path, module in modules.items():
-        if module.r <= ranks[path]:
-            result[path] = truncate_module(module, ranks[path])
-        else:
-            key = (module.out_features, module.in_features, module.r, ranks[path])
-            groups.setdefault(key, []).append(path)
     with one_thread():
+        for path, module in modules.items():
+            if module.r > ranks[path]:
+                key = (module.out_features, module.in_features, module.r, ranks[path])
+                groups.setdefault(key, []).append(path)
+            elif copy:
+                result[path] = LoraModule(
+                    A=module.A.clone(), B=module.B.clone(), scale=module.scale
+                )
+            else:
+                result[path] = module
         for (_, _, _, rank), paths in groups.items():
             A = torch.stack([modules[p].A.float() for p in paths])
             B = torch.stack([modules[p].B.float() for p in paths])
@@ -77,7 +85,9 @@ def compress(adapter: LoraAdapter, rank: int) -> LoraAdapter:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     ranks = {path: rank for path in adapter.modules}
-    return LoraAdapter(modules=_truncate_all(adapter.modules, ranks), base_model=adapter.base_model)
+    return LoraAdapter(
+        modules=_truncate_all(adapter.modules, ranks, copy=True), base_model=adapter.base_model
+    )
 
 
 class SvdFusion:
@@ -106,11 +116,13 @@ class SvdFusion:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         exact = CatFusion().fuse(adapters, weights)
         if rank is not None:
-            return compress(exact, rank)
-        max_ranks: dict[str, int] = {}
-        for adapter in adapters:
-            for path, r in adapter.ranks().items():
-                max_ranks[path] = max(r, max_ranks.get(path, 0))
+            max_ranks = {path: rank for path in exact.modules}
+        else:
+            max_ranks = {}
+            for adapter in adapters:
+                for path, r in adapter.ranks().items():
+                    max_ranks[path] = max(r, max_ranks.get(path, 0))
         return LoraAdapter(
-            modules=_truncate_all(exact.modules, max_ranks), base_model=exact.base_model
+            modules=_truncate_all(exact.modules, max_ranks, copy=False),
+            base_model=exact.base_model,
         )
