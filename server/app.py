@@ -21,6 +21,7 @@ from mta.registry.entities import (
 )
 from mta.registry.errors import NotFoundError
 from mta.registry.names import validate_user_id
+from mta.storage.errors import StorageError
 
 from .archive import (
     ARCHIVE_MEDIA_TYPE,
@@ -185,7 +186,7 @@ def _v1_router() -> APIRouter:
 
     @router.post(
         "/users", tags=["users"], status_code=201, dependencies=[AdminAuth],
-        responses=error_responses(401, 403, 404, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
     )
     def add_user(request: Request, body: AddUserRequest) -> User:
         """Register a user: embed their profile and pin their task's bank version."""
@@ -212,7 +213,7 @@ def _v1_router() -> APIRouter:
 
     @router.post(
         "/users/{user_id}/fuse", tags=["users"], dependencies=[AdminAuth],
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 413, 422, 503),
     )
     def fuse_user(request: Request, user_id: UserId, body: FuseRequest | None = None) -> Recipe:
         """Retrieve the user's nearest anchors and store the fusion recipe."""
@@ -221,7 +222,7 @@ def _v1_router() -> APIRouter:
 
     @router.post(
         "/users/{user_id}/adapt", tags=["jobs"], status_code=202, dependencies=[AdminAuth],
-        responses=error_responses(401, 403, 404, 409, 422, 429, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     )
     def adapt_user(
         request: Request, response: Response, user_id: UserId, body: AdaptRequest
@@ -337,7 +338,9 @@ def _export_archive(
             state.ctx, detail.user_id, None, max_rank=max_rank, dtype=dtype
         )
         data = tar_adapter_folder(export.path)
-    except FileNotFoundError:
+    except FileNotFoundError as error:
+        if isinstance(error, StorageError):
+            raise  # a blob missing from the store is an integrity error, not a race
         return None  # the export cache evicted the folder between export and read
     expected_stack = detail.stack.stack_id if detail.stack is not None else None
     expected_recipe = detail.recipe.recipe_id if detail.recipe is not None else None

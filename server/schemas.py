@@ -118,11 +118,12 @@ class HealthResponse(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for error statuses, all with the ErrorResponse body."""
     descriptions = {
-        400: "Bad request",
+        400: "The body could not be parsed (e.g. not UTF-8)",
         401: "Missing or invalid bearer token",
         403: "Read token used on a write route",
         404: "Not found",
         409: "Conflict (already exists, or a job already running)",
+        413: "Request body too large",
         422: "Invalid input",
         429: "Job queue full",
         500: "Integrity error (registry and store disagree) or a bug",
