@@ -59,8 +59,13 @@ install_postgres() {
   log "PostgreSQL server not found; installing it from the Debian packages"
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+  local apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -q -y)
+  "${apt[@]}" update >&2
+  # Our cluster lives in STATE: stop the package from creating and starting its own.
+  "${apt[@]}" install --no-install-recommends postgresql-common >&2
+  $sudo sed -ri 's/^#? *create_main_cluster.*/create_main_cluster = false/' \
+    /etc/postgresql-common/createcluster.conf
+  "${apt[@]}" install postgresql >&2
 }
 
 pg_running() { [ -f "$PGDATA/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
