@@ -450,15 +450,20 @@ def adapt_user(
 # --- export --------------------------------------------------------------------------------
 
 
+def _cache_prefix(user_id: str) -> str:
+    """The export-cache key prefix of a user (ids may hold "@", which cache keys may not)."""
+    return f"u{hashlib.sha256(user_id.encode()).hexdigest()[:16]}--"
+
+
 def cache_key(user_id: str, payload: dict[str, Any]) -> str:
-    """Export-cache key: the user id (so `delete_user` finds its entries) + a content hash.
+    """Export-cache key: a per-user prefix (so `delete_user` finds the entries) + a content hash.
 
     The hash covers the stack digest, the anchor adapter digests and weights, the fusion
     method and its params, `max_rank` and the export dtype: the same key means the same bytes,
     whatever database the recipe ids come from.
     """
     digest = hashlib.sha256(_canonical_json(payload)).hexdigest()[:32]
-    return f"{user_id}--{digest}"
+    return _cache_prefix(user_id) + digest
 
 
 def export_user(
@@ -598,9 +603,14 @@ def delete_user(ctx: RegistryContext, user_id: str) -> DeleteResult:
 
 
 def _delete_cache_entries(ctx: RegistryContext, user_id: str) -> int:
-    """Remove the user's materialized exports from the adapter cache."""
+    """Remove the user's materialized exports from the adapter cache; returns how many."""
     cache = ctx.adapter_cache
-    remover = getattr(cache, "delete_prefix", None)
-    if remover is not None:
-        return int(remover(f"{user_id}--"))
-    return 0
+    prefix = _cache_prefix(user_id)
+    removed = 0
+    for key in cache.keys():  # noqa: SIM118 - AdapterCache is not a dict
+        if key.startswith(prefix):
+            # AdapterCache has no delete(); a cached folder may vanish at any time anyway
+            # (eviction by another process), so removing it directly is within its contract.
+            shutil.rmtree(cache.path_for(key), ignore_errors=True)
+            removed += 1
+    return removed

@@ -190,15 +190,17 @@ def test_delete_user_removes_every_byte_and_keeps_the_bank(bank_registry, tmp_pa
 
     store_root = tmp_path / "reg" / "store"
     bank_before = {p.name for p in (store_root).rglob("*") if p.is_file()}
-    _add(bank_registry, "ivy")
+    _add(bank_registry, "ivy@home")
     _add(bank_registry, "jack")
     before_ivy = all_file_bytes(store_root)
-    adapt_user(bank_registry, "ivy", shots=2, max_steps=1)
-    export_user(bank_registry, "ivy", None)
-    ivy = get_user(bank_registry, "ivy")
+    adapt_user(bank_registry, "ivy@home", shots=2, max_steps=1)
+    export_user(bank_registry, "ivy@home", None)
+    fuse_user(bank_registry, "jack")
+    jack_export = export_user(bank_registry, "jack", None)
+    ivy = get_user(bank_registry, "ivy@home")
     ivy_blobs = {ivy.profile_blob, ivy.embedding_blob, ivy.stack.blob}
 
-    result = delete_user(bank_registry, "ivy")
+    result = delete_user(bank_registry, "ivy@home")
     assert set(result.blobs_deleted) == ivy_blobs and result.rows_deleted == 3
     assert result.bytes_freed == ivy.bytes
     remaining = {p.name for p in store_root.rglob("*") if p.is_file()}
@@ -206,12 +208,11 @@ def test_delete_user_removes_every_byte_and_keeps_the_bank(bank_registry, tmp_pa
     assert bank_before <= remaining  # bank blobs untouched
     assert all_file_bytes(store_root) <= before_ivy  # nothing of ivy's is left in the store
     with pytest.raises(NotFoundError):
-        get_user(bank_registry, "ivy")
+        get_user(bank_registry, "ivy@home")
     assert get_user(bank_registry, "jack").user_id == "jack"
     assert fsck(bank_registry).ok
-    if result.cache_entries_deleted:
-        cache_files = [p for p in (tmp_path / "reg" / "cache").rglob("*") if "ivy" in str(p)]
-        assert cache_files == []
+    assert result.cache_entries_deleted == 1
+    assert bank_registry.adapter_cache.keys() == [jack_export.cache_path.name]
 
 
 def test_delete_keeps_blobs_another_user_shares(bank_registry):
