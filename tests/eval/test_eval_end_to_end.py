@@ -3,7 +3,8 @@
 The two real tasks use the shared LaMP users (../shared/lamp or $MTA_LAMP_DIR); the
 other three convert the hand-written official-format fixtures. Training is capped at
 one step and two test entries, so each task runs in seconds; the numbers are noise, the
-test checks the protocol and the output schema.
+test checks the protocol and the output schema. Marked slow: the bank and user
+embeddings need the real MiniLM weights.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _run(task: str, tmp_path: Path, tiny_model_dir: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", REAL_TASKS + FIXTURE_TASKS)
 def test_eval_runs_every_method_on_every_task(task, tmp_path, tiny_model_dir):
     from mta.tasks import get_task
@@ -86,6 +88,7 @@ def test_eval_runs_every_method_on_every_task(task, tmp_path, tiny_model_dir):
     assert res["config"]["shots"] == 3 and res["timings_s"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_eval_records_the_run_writes_a_plot_and_cleans_up_users(tmp_path, tiny_model_dir):
     from mta.registry import service
     from mta.registry.context import RegistryContext
