@@ -165,11 +165,10 @@ def get_bank(ctx: RegistryContext, task: str, ref: str | None = None) -> BankDet
         anchors = session.scalars(
             select(SqlAnchor).where(SqlAnchor.bank_id == row.id).order_by(SqlAnchor.id)
         ).all()
-        sizes = _blob_sizes(session, [a.adapter_blob for a in anchors])
         entity = bank_entity(session, row)
-        digests = [row.index_blob] + [a.adapter_blob for a in anchors]
-        digests += [a.embedding_blob for a in anchors]
-        all_sizes = _blob_sizes(session, digests)
+        digests = {row.index_blob}
+        digests.update(d for a in anchors for d in (a.adapter_blob, a.embedding_blob))
+        sizes = _blob_sizes(session, sorted(digests))
         config = {k: v for k, v in row.config.items() if k != "linear_shapes"}
         config["num_linear_modules"] = len(row.config.get("linear_shapes", {}))
         return BankDetail(
@@ -177,7 +176,7 @@ def get_bank(ctx: RegistryContext, task: str, ref: str | None = None) -> BankDet
             anchors=tuple(a.to_entity(adapter_bytes=sizes.get(a.adapter_blob, 0)) for a in anchors),
             config=config,
             index_blob=row.index_blob,
-            total_bytes=sum(all_sizes.values()),
+            total_bytes=sum(sizes.values()),
         )
 
 
@@ -428,6 +427,8 @@ def push_bank(
         InvalidInputError: duplicate folder names or an anchor without a profile.
     """
     from mta.base_model import linear_shapes
+    from mta.embedding import user_embedding
+    from mta.errors import ShapeMismatchError
     from mta.lamp_data import load_users
     from mta.peft_io import adapter_to_bytes, load_peft_adapter, validate_against_shapes
     from mta.tasks import get_task
@@ -457,11 +458,9 @@ def push_bank(
     for anchor_id, adapter in zip(ids, adapters, strict=True):
         try:
             validate_against_shapes(adapter, shapes)
-        except ValueError as error:
-            raise type(error)(f"adapter {anchor_id!r}: {error}") from error
+        except ShapeMismatchError as error:
+            raise ShapeMismatchError(f"adapter {anchor_id!r}: {error}") from error
     emb = ctx.embedder(embedder)
-    from mta.embedding import user_embedding
-
     payloads = []
     for anchor_id, adapter in zip(ids, adapters, strict=True):
         profile = profiles[anchor_id]["profile"]
