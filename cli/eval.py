@@ -161,7 +161,8 @@ def render_results(out: Output, results: dict[str, Any]) -> None:
             continue
         summary = SubsetSummary.from_dict(data)
         what = "queries only" if name == "query" else "all scored items (queries + non-shot items)"
-        title = f"{results['task']} — {what}: {data['n_items']} items, {data['n_users']} test users"
+        counts = f"{data['n_items']} items from {data['n_users']} test entries"
+        title = f"{results['task']} — {what}: {counts}"
         out.table(*results_table(summary), title=title)
         if summary.differences:
             out.table(
