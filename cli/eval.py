@@ -86,6 +86,12 @@ def eval_command(
         Path | None, typer.Option("--json-out", help="Write the full result JSON here.")
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Rewrite this JSON after every finished method (partial results)."
+        ),
+    ] = None,
     db: Annotated[
         str | None,
         typer.Option("--db", help="Use this registry (default: a private temporary one)."),
@@ -132,6 +138,7 @@ def eval_command(
         batch_size=batch_size,
         n_resamples=resamples,
         cluster_bootstrap=cluster_bootstrap,
+        checkpoint=checkpoint,
     )
     options.validate()
     out = Output(json_mode=json_mode)

@@ -78,6 +78,8 @@ class EvalOptions:
     batch_size: int = 8
     n_resamples: int = 1000
     cluster_bootstrap: bool = False
+    # Written after every finished method: predictions so far, for runs that may not finish.
+    checkpoint: Path | None = None
 
     def validate(self) -> None:
         """Raise EvaluationError with a one-line message for an out-of-range option."""
@@ -445,9 +447,10 @@ def _run_seed(
     notes: list[str],
 ) -> tuple[dict, list[ScoredItem], dict[str, list[str]]]:
     """Evaluate one seed's split; returns (split info, items, predictions per method)."""
+    from mta.registry.service import shot_indices
+
     seed = split.seed
     entries = []
-    from mta.registry.service import shot_indices
 
     for entry in split.test:
         # The registry picks a stack's shots this way; OPPU and user-majority use the same.
@@ -475,19 +478,26 @@ def _run_seed(
     def timed(name: str) -> _Timer:
         return _Timer(timings, name)
 
+    def save() -> None:
+        if options.checkpoint is not None:
+            _write_checkpoint(options.checkpoint, task.name, seed, items, preds, timings)
+
     if "retrieved" in methods:
         preds["retrieved"] = [task.answer_from_history(it.query_input, it.history) for it in items]
+        save()
     if "user-majority" in methods:
         preds["user-majority"] = []
         for e in entries:
             prepared = task.prepare_profile(e.entry["profile"])
             label = majority_label([task.item_target(prepared[i]) for i in e.shot_indices])
             preds["user-majority"].extend([label] * len(e.items))
+        save()
     if "base" in methods:
         with timed("base"):
             preds["base"] = predictor.predict(
                 items, progress=lambda done, total: report("base", done, total)
             )
+        save()
     if "task-lora" in methods:
         with timed("task-lora"):
             from mta.tasks import profile_examples
@@ -503,6 +513,7 @@ def _run_seed(
             preds["task-lora"] = predictor.predict(
                 items, adapter, progress=lambda done, total: report("task-lora", done, total)
             )
+        save()
     if "oppu" in methods:
         with timed("oppu"):
             preds["oppu"] = []
@@ -517,6 +528,7 @@ def _run_seed(
                 )
                 preds["oppu"].extend(predictor.predict(e.items, adapter))
                 report("oppu", n + 1, len(entries))
+        save()
     bank_methods = [m for m in methods if METHODS[m].needs_bank]
     if bank_methods:
         bank = _build_bank(options, ctx, task, split, timings, report, say, notes)
@@ -526,7 +538,36 @@ def _run_seed(
             options, ctx, bank, seed, entries, bank_methods, predictor, timings, report
         )
         preds.update(mta_preds)
+        save()
     return info, [it.item for it in items], {m: preds[m] for m in methods}
+
+
+def _write_checkpoint(
+    path: Path,
+    task: str,
+    seed: int,
+    items: Sequence[_Item],
+    preds: dict[str, list[str]],
+    timings: dict[str, float],
+) -> None:
+    """Write the predictions finished so far (one seed) atomically, for interrupted runs."""
+    done = {m: p for m, p in preds.items() if len(p) == len(items)}
+    doc = {
+        "partial": True,
+        "task": task,
+        "seed": seed,
+        "methods_done": list(done),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "items": [
+            {**asdict(it.item), "predictions": {m: p[i] for m, p in done.items()}}
+            for i, it in enumerate(items)
+        ],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(path)
 
 
 class _Timer:

@@ -109,3 +109,20 @@ def test_eval_records_the_run_writes_a_plot_and_cleans_up_users(tmp_path, tiny_m
     # The trivial baselines are computed from the data alone, identically for every run.
     for item in res["items"]:
         assert item["predictions"]["user-majority"] in {"1", "2", "3", "4", "5"}
+
+
+def test_eval_without_the_bank_needs_no_embedder_and_checkpoints(tmp_path, tiny_model_dir):
+    checkpoint = tmp_path / "partial.json"
+    res = _run(
+        "citation", tmp_path, tiny_model_dir,
+        "--methods", "base,task-lora,oppu,retrieved,user-majority",
+        "--checkpoint", str(checkpoint),
+    )  # fmt: skip
+    assert res["reference"] == "base"
+    assert "bank_version" not in res["splits"][0]
+    partial = json.loads(checkpoint.read_text())
+    assert partial["partial"] is True
+    assert partial["methods_done"] == ["retrieved", "user-majority", "base", "task-lora", "oppu"]
+    final = {(it["item_id"], it["user_id"]): it["predictions"] for it in res["items"]}
+    for item in partial["items"]:
+        assert item["predictions"] == final[(item["item_id"], item["user_id"])]
