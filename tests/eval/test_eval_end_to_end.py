@@ -126,3 +126,23 @@ def test_eval_without_the_bank_needs_no_embedder_and_checkpoints(tmp_path, tiny_
     final = {(it["item_id"], it["user_id"]): it["predictions"] for it in res["items"]}
     for item in partial["items"]:
         assert item["predictions"] == final[(item["item_id"], item["user_id"])]
+
+
+def test_eval_records_into_a_given_registry(tmp_path):
+    from mta.registry import service
+    from mta.registry.context import RegistryContext
+
+    db, store = f"sqlite:///{tmp_path / 'r.db'}", f"file://{tmp_path / 'store'}"
+    with RegistryContext.open(db, store, tmp_path / "cache") as ctx:
+        service.init_registry(ctx)
+    data = _users_file("product_rating", tmp_path)
+    args = ["--task", "product_rating", "--data", str(data), "--methods", "retrieved,user-majority",
+            "--resamples", "20", "--db", db, "--store", store, "--json"]  # fmt: skip
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "items" not in summary and summary["reference"] == "retrieved"
+    with RegistryContext.open(db, store, tmp_path / "cache") as ctx:
+        (run,) = service.list_eval_runs(ctx)
+        assert run["id"] == summary["eval_run_id"] and run["task"] == "product_rating"
+        assert run["config"]["methods"] == ["retrieved", "user-majority"]
