@@ -47,9 +47,12 @@ def is_finite(tensor: torch.Tensor) -> bool:
     return math.isfinite(float(tensor.sum(dtype=torch.float64)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoraModule:
-    """The low-rank factors of one target module and its effective scaling."""
+    """The low-rank factors of one target module and its effective scaling.
+
+    Equality is identity (``eq=False``): comparing tensors elementwise has no single truth value.
+    """
 
     A: torch.Tensor  # (r, in_features)
     B: torch.Tensor  # (out_features, r)
@@ -95,7 +98,7 @@ class LoraModule:
         return LoraModule(A=self.A.to(dtype), B=self.B.to(dtype), scale=self.scale)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoraAdapter:
     """A LoRA adapter: modules keyed by their path inside the base model.
 
