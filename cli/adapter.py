@@ -112,12 +112,14 @@ def write_folder_atomically(
 def adapter_fuse(
     adapters: Annotated[
         list[Path],
-        typer.Argument(help="PEFT LoRA folders to fuse (the anchors).", metavar="DIR..."),
+        typer.Argument(help="PEFT LoRA folders to fuse (the anchors).", metavar="DIR"),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the fused PEFT adapter.")],
     weights: Annotated[
         str | None,
-        typer.Option("--weights", "-w", help="Comma-separated weights, one per folder [uniform]."),
+        typer.Option(
+            "--weights", "-w", help="Comma-separated weights, one per folder (default: uniform)."
+        ),
     ] = None,
     method: Annotated[
         str, typer.Option("--method", "-m", help="cat (exact), svd (compressed) or factorwise.")
