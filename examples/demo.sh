@@ -31,8 +31,9 @@ mta() { "$MTA_BIN" --cache-dir "$OUT/cache" "$@"; }
 
 START=$(date +%s)
 step() {
-    printf '\n\033[1m== [%3ss] %s\033[0m\n' "$(($(date +%s) - START))" "$*"
-    printf '   $ mta %s\n' "${*:2}"
+    printf '\n\033[1m== [%3ss] %s\033[0m\n' "$(($(date +%s) - START))" "$1"
+    [ $# -gt 1 ] && printf '   $ mta %s\n' "${*:2}"
+    return 0
 }
 
 echo "demo folder : $OUT"
