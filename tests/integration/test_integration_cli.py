@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,14 +99,15 @@ def test_kill_during_adapt_on_postgres_and_s3(
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Kill once training has started, so the fuse recipe and maybe blobs are being written.
+    # Kill as training starts: the recipe is committed, the stack is not yet written.
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("train:"):
             break
-    time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert ok(mta("user", "show", "k", "--json"))["stack"] is None
     fsck = ok(mta("fsck", "--json"))
     assert fsck["ok"] is True
     ok(mta("gc", "--grace", "0", "--json"))
