@@ -373,6 +373,13 @@ class BodyLimitMiddleware:
         await self.app(scope, receive, send)
 
 
+def _warm_imports() -> None:
+    """Import the export path's heavy modules before serving, not in the first request."""
+    import mta.export  # noqa: F401 - imported for its side effect (torch, safetensors)
+    import mta.fusion  # noqa: F401
+    import mta.peft_io  # noqa: F401
+
+
 def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) -> FastAPI:
     """Build the FastAPI application.
 
@@ -390,6 +397,7 @@ def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        _warm_imports()
         yield
         state.jobs.shutdown(wait=False)
         if owned:
