@@ -26,7 +26,8 @@ def _peft_file_bytes(shape: LlamaShape, rank: int, dtype: torch.dtype) -> int:
 
 def _blob_bytes(shape: LlamaShape, rank: int, dtype: torch.dtype) -> int:
     """Size of the blob our registry stores for an adapter of this rank and dtype."""
-    return len(adapter_to_bytes(random_adapter(shape.linear_shapes(), rank, seed=rank), dtype=dtype))
+    adapter = random_adapter(shape.linear_shapes(), rank, seed=rank)
+    return len(adapter_to_bytes(adapter, dtype=dtype))
 
 
 def bench_bytes(quick: bool) -> Section:
@@ -38,22 +39,26 @@ def bench_bytes(quick: bool) -> Section:
     for shape in (SMOLLM2, LLAMA3_8B):
         bank = BANK_ANCHORS * _blob_bytes(shape, 8, torch.float16)
         oppu32 = _peft_file_bytes(shape, 8, torch.float32)
+        stack1 = _blob_bytes(shape, 1, torch.float16) + EMBEDDING_BYTES
+        stack2 = _blob_bytes(shape, 2, torch.float16) + EMBEDDING_BYTES
         rows = [
-            ("MTA stack r1 fp16 (+ embedding)", _blob_bytes(shape, 1, torch.float16) + EMBEDDING_BYTES, bank),
-            ("MTA stack r2 fp16 (+ embedding)", _blob_bytes(shape, 2, torch.float16) + EMBEDDING_BYTES, bank),
+            ("MTA stack r1 fp16 (+ embedding)", stack1, bank),
+            ("MTA stack r2 fp16 (+ embedding)", stack2, bank),
             ("paper release: r4 stack fp32", _peft_file_bytes(shape, 4, torch.float32), bank),
             ("OPPU r8 fp16", _peft_file_bytes(shape, 8, torch.float16), 0),
             ("OPPU r8 fp32", oppu32, 0),
         ]
         for label, per_user, fixed in rows:
             total = fixed + USERS * per_user
-            section.add(shape.name, label, _human(per_user), _human(total),
-                        (USERS * oppu32) / total)
-        merged = shape.base_params() * 4
+            section.add(
+                shape.name, label, _human(per_user), _human(total), (USERS * oppu32) / total
+            )
+        merged = shape.base_params() * shape.native_bytes
+        dtype = "fp32" if shape.native_bytes == 4 else "bf16"
         section.notes.append(
             f"{shape.name}: the paper's pipeline also writes a merged full model per user while "
-            f"training ({_human(merged)} fp32), deleted or not; the bank is {BANK_ANCHORS} rank-8 "
-            f"fp16 anchors = {_human(bank)}."
+            f"training ({_human(merged)} in {dtype}); the bank is {BANK_ANCHORS} rank-8 fp16 "
+            f"anchors = {_human(bank)}."
         )
     section.notes.append(
         "Sizes are real serialized bytes (our safetensors blob / PEFT folder) of random adapters; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
@@ -105,26 +106,53 @@ def bench_fusion(quick: bool) -> Section:
         target = _dense_target(anchors, weights, list(shapes))
         target0 = {p: target[p] for p in layer0}
         peft_model = _peft_model(SMOLLM2, anchors)
-        t_peft_cat = median_time(lambda: _peft_fuse(peft_model, n, weights, "cat"), repeats)
+        t_peft_cat = median_time(partial(_peft_fuse, peft_model, n, weights, "cat"), repeats)
         peft_cat = _peft_deltas(peft_model, list(shapes))
-        t_peft_svd = median_time(lambda: _peft_fuse(peft_model, n, weights, "svd"), repeats)
+        t_peft_svd = median_time(partial(_peft_fuse, peft_model, n, weights, "svd"), repeats)
         peft_svd = _peft_deltas(peft_model, list(shapes))
-        del peft_model
-        t_cat = median_time(lambda: fuse(anchors, weights, method="cat"), repeats + 2)
+        t_cat = median_time(partial(fuse, anchors, weights, method="cat"), repeats + 2)
         ours_cat = fuse(anchors, weights, method="cat")
         cat_deltas = {p: m.delta() for p, m in ours_cat.modules.items()}
-        t_svd = median_time(lambda: fuse(anchors, weights, method="svd", rank=SVD_RANK), repeats)
+        t_svd = median_time(partial(fuse, anchors, weights, method="svd", rank=SVD_RANK), repeats)
         ours_svd = fuse(anchors, weights, method="svd", rank=SVD_RANK)
         svd_deltas = {p: m.delta() for p, m in ours_svd.modules.items()}
         label = SMOLLM2.name
-        section.add(label, n, "ours cat", t_cat, t_peft_cat / t_cat,
-                    _max_err(cat_deltas, target), _rel_fro(cat_deltas, target0))
-        section.add(label, n, "PEFT cat", t_peft_cat, 1.0,
-                    _max_err(peft_cat, target), _rel_fro(peft_cat, target0))
-        section.add(label, n, f"ours svd r{SVD_RANK}", t_svd, t_peft_cat / t_svd,
-                    _max_err(svd_deltas, target), _rel_fro(svd_deltas, target0))
-        section.add(label, n, f"PEFT svd r{SVD_RANK}", t_peft_svd, t_peft_cat / t_peft_svd,
-                    _max_err(peft_svd, target), _rel_fro(peft_svd, target0))
+        section.add(
+            label,
+            n,
+            "ours cat",
+            t_cat,
+            t_peft_cat / t_cat,
+            _max_err(cat_deltas, target),
+            _rel_fro(cat_deltas, target0),
+        )
+        section.add(
+            label,
+            n,
+            "PEFT cat",
+            t_peft_cat,
+            1.0,
+            _max_err(peft_cat, target),
+            _rel_fro(peft_cat, target0),
+        )
+        section.add(
+            label,
+            n,
+            f"ours svd r{SVD_RANK}",
+            t_svd,
+            t_peft_cat / t_svd,
+            _max_err(svd_deltas, target),
+            _rel_fro(svd_deltas, target0),
+        )
+        section.add(
+            label,
+            n,
+            f"PEFT svd r{SVD_RANK}",
+            t_peft_svd,
+            t_peft_cat / t_peft_svd,
+            _max_err(peft_svd, target),
+            _rel_fro(peft_svd, target0),
+        )
         if n * RANK > SVD_RANK:
             section.notes.append(
                 f"{n} anchors: optimal rank-{SVD_RANK} rel. Fro error on layer 0 = "
@@ -146,14 +174,28 @@ def _llama_rows(section: Section, counts: Sequence[int], repeats: int) -> None:
         anchors = [random_adapter(shapes, RANK, seed=100 + i) for i in range(n)]
         weights = _weights(n)
         target0 = _dense_target(anchors, weights, layer0)
-        t_cat = median_time(lambda: fuse(anchors, weights, method="cat"), repeats)
+        t_cat = median_time(partial(fuse, anchors, weights, method="cat"), repeats)
         fused = fuse(anchors, weights, method="cat")
         cat0 = {p: fused.modules[p].delta() for p in layer0}
-        t_svd = median_time(lambda: fuse(anchors, weights, method="svd", rank=SVD_RANK), 1, warmup=0)
+        svd_fn = partial(fuse, anchors, weights, method="svd", rank=SVD_RANK)
+        t_svd = median_time(svd_fn, 1, warmup=0)
         svd = fuse(anchors, weights, method="svd", rank=SVD_RANK)
         svd0 = {p: svd.modules[p].delta() for p in layer0}
-        section.add(LLAMA3_8B.name, n, "ours cat", t_cat, float("nan"),
-                    _max_err(cat0, target0), _rel_fro(cat0, target0))
-        section.add(LLAMA3_8B.name, n, f"ours svd r{SVD_RANK}", t_svd, float("nan"),
-                    _max_err(svd0, target0), _rel_fro(svd0, target0))
-        del anchors, fused, svd
+        section.add(
+            LLAMA3_8B.name,
+            n,
+            "ours cat",
+            t_cat,
+            float("nan"),
+            _max_err(cat0, target0),
+            _rel_fro(cat0, target0),
+        )
+        section.add(
+            LLAMA3_8B.name,
+            n,
+            f"ours svd r{SVD_RANK}",
+            t_svd,
+            float("nan"),
+            _max_err(svd0, target0),
+            _rel_fro(svd0, target0),
+        )

@@ -110,7 +110,10 @@ def make_tiny_embedder(path: Path, seed: int = 0) -> Path:
     (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     config = BertConfig(
         vocab_size=json.loads((source / "config.json").read_text())["vocab_size"],
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
         max_position_embeddings=256,
     )
     torch.manual_seed(seed)
@@ -154,8 +157,12 @@ def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str,
     with RegistryContext.open(where["db"], where["store"], where["cache"]) as ctx:
         service.init_registry(ctx)
         service.push_bank(
-            ctx, task=TASK, adapter_dirs=anchor_dirs, profiles_path=profiles,
-            base_model=str(model_dir), embedder=str(make_tiny_embedder(root / "embedder", seed)),
+            ctx,
+            task=TASK,
+            adapter_dirs=anchor_dirs,
+            profiles_path=profiles,
+            base_model=str(model_dir),
+            embedder=str(make_tiny_embedder(root / "embedder", seed)),
         )
         for n in range(users):
             user_id = f"u{n:04d}"
@@ -216,8 +223,13 @@ def _cache_counters(base: str) -> dict[str, float]:
 
 
 async def _run_phase(
-    base: str, name: str, user_ids: list[str], clients: int, seconds: float,
-    etags: dict[str, str], seed: int,
+    base: str,
+    name: str,
+    user_ids: list[str],
+    clients: int,
+    seconds: float,
+    etags: dict[str, str],
+    seed: int,
 ) -> PhaseResult:
     import httpx
 
@@ -288,6 +300,74 @@ def markdown_table(results: list[PhaseResult], clients: int, users: int) -> str:
     return "\n".join(lines)
 
 
+def run_load(
+    *,
+    users: int,
+    anchors: int,
+    clients: int,
+    seconds: float,
+    phases: list[str],
+    memory_cache_mb: int = 256,
+    seed: int = 0,
+    work_dir: Path | None = None,
+) -> list[PhaseResult]:
+    """Build a registry, start `mta serve` on loopback, run the phases, stop the server."""
+    with tempfile.TemporaryDirectory(prefix="mta-http-load-") as tmp:
+        root = work_dir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"building a registry of {users} users in {root}", file=sys.stderr)
+        started = time.perf_counter()
+        where = build_registry(root, users, anchors, seed)
+        print(f"  built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        process, base = start_server(where, root, memory_cache_mb)
+        try:
+            user_ids = [f"u{n:04d}" for n in range(users)]
+            etags: dict[str, str] = {}
+            results = []
+            for phase in phases:
+                if phase == "revalidate":
+                    _collect_etags(base, user_ids, etags)
+                print(f"phase {phase}: {clients} clients for {seconds:g} s", file=sys.stderr)
+                results.append(
+                    asyncio.run(_run_phase(base, phase, user_ids, clients, seconds, etags, seed))
+                )
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return results
+
+
+def bench_http(quick: bool) -> Any:
+    """The load test as a `make bench` section (32 clients; 30 s per phase, 5 s quick)."""
+    from bench.report import Section
+
+    users, seconds = (40, 5.0) if quick else (200, 30.0)
+    results = run_load(
+        users=users, anchors=8, clients=32, seconds=seconds, phases=["full", "revalidate"]
+    )
+    section = Section(
+        f"HTTP adapter fetches on loopback (mta serve, 32 clients, {users} users, "
+        f"{seconds:g} s per phase)",
+        ["phase", "requests", "req/s", "p50 ms", "p99 ms", "errors", "cache hit ratio"],
+    )
+    for r in results:
+        section.add(
+            r.name,
+            r.requests,
+            r.requests / r.seconds,
+            r.percentile(50),
+            r.percentile(99),
+            r.errors,
+            r.hit_ratio(),
+        )
+    section.notes.append(
+        "Tiny random Llama adapters (the cost is the registry lookup + archive, not the "
+        "model); client and server share this machine's cores. 'revalidate' sends "
+        "If-None-Match and gets 304s."
+    )
+    return section
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the load test; the exit code is 1 when any request failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -306,32 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     if not phases or set(phases) - {"full", "revalidate"}:
         parser.error("--phases is a comma list of: full, revalidate")
 
-    with tempfile.TemporaryDirectory(prefix="mta-http-load-") as tmp:
-        root = args.work_dir or Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
-        print(f"building a registry of {args.users} users in {root}", file=sys.stderr)
-        started = time.perf_counter()
-        where = build_registry(root, args.users, args.anchors, args.seed)
-        print(f"  built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        process, base = start_server(where, root, args.memory_cache_mb)
-        try:
-            user_ids = [f"u{n:04d}" for n in range(args.users)]
-            etags: dict[str, str] = {}
-            results = []
-            for phase in phases:
-                if phase == "revalidate":
-                    _collect_etags(base, user_ids, etags)
-                print(f"phase {phase}: {args.clients} clients for {args.seconds:g} s",
-                      file=sys.stderr)
-                results.append(
-                    asyncio.run(
-                        _run_phase(base, phase, user_ids, args.clients, args.seconds, etags,
-                                   args.seed)
-                    )
-                )
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    results = run_load(
+        users=args.users,
+        anchors=args.anchors,
+        clients=args.clients,
+        seconds=args.seconds,
+        phases=phases,
+        memory_cache_mb=args.memory_cache_mb,
+        seed=args.seed,
+        work_dir=args.work_dir,
+    )
     print(markdown_table(results, args.clients, args.users))
     return 1 if any(r.errors for r in results) else 0
 

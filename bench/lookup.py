@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 
@@ -28,6 +29,16 @@ def _latencies(fn, queries: np.ndarray) -> tuple[list[float], list]:
     return times, results
 
 
+def _exact(vectors: np.ndarray, ids: list[str], q: np.ndarray) -> list[str]:
+    scores = vectors @ q
+    top = np.argpartition(-scores, TOP_K)[:TOP_K]
+    return [ids[i] for i in top[np.argsort(-scores[top])]]
+
+
+def _hnsw(index: AnchorIndex, q: np.ndarray) -> list[str]:
+    return [anchor for anchor, _ in index.query(q, TOP_K)]
+
+
 def bench_lookup(quick: bool) -> Section:
     """p50/p99 query latency and recall@2 of HNSW vs brute force at 1k and 100k anchors."""
     section = Section(
@@ -48,22 +59,22 @@ def bench_lookup(quick: bool) -> Section:
         index = AnchorIndex.build(ids, vectors)
         build_s = time.perf_counter() - start
 
-        def exact(q: np.ndarray) -> list[str]:
-            scores = vectors @ q
-            top = np.argpartition(-scores, TOP_K)[:TOP_K]
-            return [ids[i] for i in top[np.argsort(-scores[top])]]
-
-        def hnsw(q: np.ndarray) -> list[str]:
-            return [anchor for anchor, _ in index.query(q, TOP_K)]
-
-        t_exact, truth = _latencies(exact, queries)
-        t_hnsw, found = _latencies(hnsw, queries)
+        t_exact, truth = _latencies(partial(_exact, vectors, ids), queries)
+        t_hnsw, found = _latencies(partial(_hnsw, index), queries)
         recall = np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(truth, found, strict=True)])
         ratio = percentile(t_exact, 50) / percentile(t_hnsw, 50)
-        section.add(size, "HNSW", build_s, percentile(t_hnsw, 50), percentile(t_hnsw, 99),
-                    float(recall), ratio)
-        section.add(size, "exact numpy", 0.0, percentile(t_exact, 50), percentile(t_exact, 99),
-                    1.0, 1.0)
+        section.add(
+            size,
+            "HNSW",
+            build_s,
+            percentile(t_hnsw, 50),
+            percentile(t_hnsw, 99),
+            float(recall),
+            ratio,
+        )
+        section.add(
+            size, "exact numpy", 0.0, percentile(t_exact, 50), percentile(t_exact, 99), 1.0, 1.0
+        )
     section.notes.append(
         f"{n_queries} queries per size; HNSW parameters are AnchorIndex defaults. Exact search is "
         "one matrix-vector product + argpartition; HNSW latency includes the Python wrapper."

@@ -20,11 +20,12 @@ TOP_K = 2
 
 def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     """A registry with a bank of random SmolLM2-shaped anchors and one adapted user."""
-    from mta.base_model import DEFAULT_TARGET_MODULES
-    from mta.embedding import DEFAULT_EMBEDDER, Embedder
     from mta.registry.context import RegistryContext
     from mta.registry.service import adapt_user, add_user, fuse_user, init_registry
     from mta.registry.service_bank import AnchorPayload, publish_bank
+
+    from mta.base_model import DEFAULT_TARGET_MODULES
+    from mta.embedding import DEFAULT_EMBEDDER, Embedder
 
     ctx = RegistryContext.open(
         db_url=f"sqlite:///{root / 'registry.db'}",
@@ -32,24 +33,37 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
         cache_dir=root / "cache",
     )
     init_registry(ctx)
-    users = json.loads((Path(__file__).resolve().parents[1] / "examples" / "data"
-                        / "movie_tagging_demo.json").read_text())
+    users = json.loads(
+        (
+            Path(__file__).resolve().parents[1] / "examples" / "data" / "movie_tagging_demo.json"
+        ).read_text()
+    )
     embedder = Embedder(DEFAULT_EMBEDDER)
     anchors = []
     for i in range(ANCHORS):
         texts = [item["description"] for item in users[i % len(users)]["profile"]]
         vector = embedder.encode(texts).mean(axis=0)
         vector = vector + np.random.default_rng(i).normal(0, 0.01, vector.shape)
-        anchors.append(AnchorPayload(
-            anchor_id=f"anchor{i}",
-            adapter_bytes=adapter_to_bytes(random_adapter(shapes, 8, seed=i)),
-            embedding=(vector / np.linalg.norm(vector)).astype(np.float32),
-            history_length=10,
-            cluster_size=1,
-        ))
-    publish_bank(ctx, task="movie_tagging", base_model="smollm2", embedder=DEFAULT_EMBEDDER,
-                 target_modules=DEFAULT_TARGET_MODULES, rank=8, anchor_data="user",
-                 config={"shapes": {p: list(s) for p, s in shapes.items()}}, anchors=anchors)
+        anchors.append(
+            AnchorPayload(
+                anchor_id=f"anchor{i}",
+                adapter_bytes=adapter_to_bytes(random_adapter(shapes, 8, seed=i)),
+                embedding=(vector / np.linalg.norm(vector)).astype(np.float32),
+                history_length=10,
+                cluster_size=1,
+            )
+        )
+    publish_bank(
+        ctx,
+        task="movie_tagging",
+        base_model="smollm2",
+        embedder=DEFAULT_EMBEDDER,
+        target_modules=DEFAULT_TARGET_MODULES,
+        rank=8,
+        anchor_data="user",
+        config={"shapes": {p: list(s) for p, s in shapes.items()}},
+        anchors=anchors,
+    )
     user = users[-1]
     add_user(ctx, user_id="bench-user", task="movie_tagging", profile=user)
     fuse_user(ctx, "bench-user", top_k=TOP_K)
@@ -59,8 +73,9 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
 
 def bench_materialize(quick: bool) -> Section:
     """Latency of producing a user's PEFT folder: cold, warm, and PEFT add_weighted_adapter."""
-    from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
     from mta.registry.service import export_user
+
+    from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
 
     repeats = 2 if quick else 5
     model, _ = load_base_model()
@@ -106,7 +121,6 @@ def _naive_peft(model: torch.nn.Module, dirs: list[Path], out: Path) -> None:
     for i, folder in enumerate(dirs[1:], start=1):
         peft_model.load_adapter(str(folder), adapter_name=f"a{i}")
     names = [f"a{i}" for i in range(len(dirs))]
-    peft_model.add_weighted_adapter(names, [0.6, 0.4][: len(dirs)], "fused",
-                                    combination_type="cat")
+    peft_model.add_weighted_adapter(names, [0.6, 0.4][: len(dirs)], "fused", combination_type="cat")
     peft_model.save_pretrained(str(out), selected_adapters=["fused"])
     peft_model.unload()  # restore the plain base model for the next repeat

@@ -51,8 +51,16 @@ def bench_personalize(quick: bool) -> Section:
     weights = [0.6, 0.4]
     section = Section(
         f"Time to personalize a new user (SmolLM2, {steps} steps of batch {batch})",
-        ["pipeline", "fuse s", "prepare s", "train s", "save s", "total s", "bytes written",
-         "paper / MTA time"],
+        [
+            "pipeline",
+            "fuse s",
+            "prepare s",
+            "train s",
+            "save s",
+            "total s",
+            "bytes written",
+            "paper / MTA time",
+        ],
     )
     with tempfile.TemporaryDirectory(prefix="mta-bench-") as tmp:
         root = Path(tmp)
@@ -68,8 +76,7 @@ def bench_personalize(quick: bool) -> Section:
         (root / "stack.safetensors").write_bytes(blob)
         t_save = time.perf_counter() - t0
         mta_total = t_fuse + t_train + t_save
-        mta_row = ["MTA (in-memory stack, r1)", t_fuse, 0.0, t_train, t_save, mta_total,
-                   len(blob)]
+        mta_row = ["MTA (in-memory stack, r1)", t_fuse, 0.0, t_train, t_save, mta_total, len(blob)]
 
         t0 = time.perf_counter()
         fused_p = fuse(anchors, weights, method="cat")
@@ -91,8 +98,16 @@ def bench_personalize(quick: bool) -> Section:
         written = _folder_bytes(merged_dir) + _folder_bytes(Path(out))
         paper_total = t_fuse_p + t_prepare + t_train_p + t_save_p
         section.add(*mta_row, paper_total / mta_total)
-        section.add("paper shape (merge, save, reload, r4)", t_fuse_p, t_prepare, t_train_p,
-                    t_save_p, paper_total, written, 1.0)
+        section.add(
+            "paper shape (merge, save, reload, r4)",
+            t_fuse_p,
+            t_prepare,
+            t_train_p,
+            t_save_p,
+            paper_total,
+            written,
+            1.0,
+        )
     section.notes.append(
         f"{len(examples)} leave-one-out examples of one demo user; the base model is already in "
         "memory for both; 'prepare' is fold + save_pretrained + reload of the merged model. "

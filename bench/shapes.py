@@ -21,6 +21,8 @@ class LlamaShape:
     vocab: int
     heads: int
     kv_heads: int
+    tied: bool  # input and output embeddings shared
+    native_bytes: int  # bytes per parameter of the checkpoint users run (fp32 / bf16)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """Module path -> (out_features, in_features) over all seven linear modules per layer."""
@@ -41,14 +43,15 @@ class LlamaShape:
         }
 
     def base_params(self) -> int:
-        """Parameters of the full base model (tied embeddings ignored: counted once)."""
+        """Parameters of the full base model (embeddings counted twice when untied)."""
         linear = sum(o * i for o, i in self.linear_shapes().values())
         norms = self.layers * 2 * self.hidden + self.hidden
-        return linear + self.vocab * self.hidden + norms
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return linear + embeddings + norms
 
 
-SMOLLM2 = LlamaShape("SmolLM2-135M", 576, 1536, 192, 30, 49152, 9, 3)
-LLAMA3_8B = LlamaShape("Llama-3-8B", 4096, 14336, 1024, 32, 128256, 32, 8)
+SMOLLM2 = LlamaShape("SmolLM2-135M", 576, 1536, 192, 30, 49152, 9, 3, True, 4)
+LLAMA3_8B = LlamaShape("Llama-3-8B", 4096, 14336, 1024, 32, 128256, 32, 8, False, 2)
 
 
 def random_adapter(
@@ -76,5 +79,5 @@ def tiny_llama_config(shape: LlamaShape):  # -> transformers.LlamaConfig
         num_attention_heads=shape.heads,
         num_key_value_heads=shape.kv_heads,
         vocab_size=shape.vocab,
-        tie_word_embeddings=True,
+        tie_word_embeddings=shape.tied,
     )
