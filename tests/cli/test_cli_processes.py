@@ -104,7 +104,9 @@ def test_kill_during_user_adapt(cli_env: CliEnv, mta: Mta, pushed_bank: dict) ->
         code = run_and_kill(argv(user_id), cli_env.env(), delay)
         assert_consistent_then_collect(mta, cli_env)
         shown = json.loads(mta("user", "show", user_id, "--json").stdout)
-        assert (shown["stack"] is not None) == (code == 0)
+        # A finished run stored its stack; a killed one did so only if it got past the commit.
+        if code == 0:
+            assert shown["stack"] is not None
         # The user is still usable: adapting again after the crash succeeds.
         assert mta("user", "adapt", user_id, "--shots", "2", "--epochs", "1").code == 0
     assert_consistent_then_collect(mta, cli_env)
