@@ -93,7 +93,11 @@ def user_add(
         user = add_user(
             registry, user_id=user_id, task=task, profile=data, bank_ref=bank_ref or None
         ).to_dict()
-    out.result(f"added user {user_id!r} to {task}", **user)
+    out.result(
+        f"added user {user_id!r} to {user['task']} v{user['bank_version']} "
+        f"({user['profile_items']} history items); next: mta user fuse {user_id}",
+        **user,
+    )
 
 
 @user_app.command("fuse")
@@ -200,7 +204,24 @@ def user_adapt(
     if json_mode:
         out.emit_json(stack)
         return
-    out.record(stack, title=f"Stack for {user_id}")
+    config = stack.get("train_config") or {}
+    losses = config.get("losses") or []
+    out.record(
+        {
+            "stack": stack["stack_id"],
+            "recipe": stack["recipe_id"],
+            "bank": f"{stack['task']} v{stack['bank_version']}",
+            "rank / dtype": f"{stack['rank']} / {stack['dtype']}",
+            "stored bytes": stack["bytes"],
+            "shots (items)": f"{config.get('shots')} {config.get('shot_indices')}",
+            "epochs / steps": f"{config.get('epochs')} / {config.get('steps')}",
+            "loss first -> last": (
+                f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else stack.get("final_loss")
+            ),
+            "blob": stack["blob"],
+        },
+        title=f"Stack for {user_id}",
+    )
 
 
 @user_app.command("export")
@@ -373,4 +394,8 @@ def user_delete(
     out = Output(json_mode)
     with registry_context(ctx, db, store, cache_dir) as registry:
         result = delete_user(registry, user_id).to_dict()
-    out.result(f"deleted user {user_id!r}", **result)
+    out.result(
+        f"deleted user {user_id!r}: {result['rows_deleted']} row(s), "
+        f"{len(result['blobs_deleted'])} blob(s), {result['bytes_freed']} bytes freed",
+        **result,
+    )
