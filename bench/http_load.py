@@ -124,12 +124,12 @@ def make_tiny_embedder(path: Path, seed: int = 0) -> Path:
 def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str, str]:
     """Create the registry the server will serve; return its locations and the user ids."""
     import torch
-    from mta.registry import service
-    from mta.registry.context import RegistryContext
 
     from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
     from mta.lora import LoraAdapter, LoraModule
     from mta.peft_io import save_peft_adapter
+    from mta.registry import service
+    from mta.registry.context import RegistryContext
     from mta.tiny import make_tiny_llama
 
     rng = random.Random(seed)

@@ -20,12 +20,11 @@ TOP_K = 2
 
 def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     """A registry with a bank of random SmolLM2-shaped anchors and one adapted user."""
+    from mta.base_model import DEFAULT_TARGET_MODULES
+    from mta.embedding import DEFAULT_EMBEDDER, Embedder
     from mta.registry.context import RegistryContext
     from mta.registry.service import adapt_user, add_user, fuse_user, init_registry
     from mta.registry.service_bank import AnchorPayload, publish_bank
-
-    from mta.base_model import DEFAULT_TARGET_MODULES
-    from mta.embedding import DEFAULT_EMBEDDER, Embedder
 
     ctx = RegistryContext.open(
         db_url=f"sqlite:///{root / 'registry.db'}",
@@ -73,9 +72,8 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
 
 def bench_materialize(quick: bool) -> Section:
     """Latency of producing a user's PEFT folder: cold, warm, and PEFT add_weighted_adapter."""
-    from mta.registry.service import export_user
-
     from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
+    from mta.registry.service import export_user
 
     repeats = 2 if quick else 5
     model, _ = load_base_model()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
 from mta.cli.output import Output
 
 if TYPE_CHECKING:

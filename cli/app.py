@@ -6,9 +6,13 @@ import os
 import sys
 
 import typer
+
 from mta.cli.adapter import adapter_app
 from mta.cli.bank import bank_app
+from mta.cli.data import data_app
+from mta.cli.eval import eval_command
 from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt
+from mta.cli.serve import serve_command
 from mta.cli.storage import storage_app, storage_fsck, storage_gc, storage_init
 from mta.cli.user import user_app
 
@@ -39,6 +43,9 @@ app.add_typer(user_app, name="user")
 app.add_typer(storage_app, name="storage")
 app.command("gc")(storage_gc)
 app.command("fsck")(storage_fsck)
+app.command("eval")(eval_command)
+app.add_typer(data_app, name="data")
+app.command("serve")(serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,7 +52,7 @@ class Output:
         rows = [list(r) for r in rows]
         if self.json_mode:
             keys = [_snake(c) for c in columns]
-            self.emit_json([dict(zip(keys, r)) for r in rows])
+            self.emit_json([dict(zip(keys, r, strict=True)) for r in rows])
             return
         table = Table(title=title)
         for column in columns:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
-from mta.cli.output import log, stderr_console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,6 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from mta.cli.output import log, stderr_console
 
 
 class StageProgress:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt, resolve_locations
 
 
@@ -48,6 +49,7 @@ def serve_command(
     with a shared database and store rather than with uvicorn workers.
     """
     import uvicorn
+
     from mta.cli import output
     from mta.registry.context import RegistryContext
     from mta.registry.db import check_schema

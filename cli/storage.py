@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+
 from mta.cli.errors import EXIT_INTEGRITY
 from mta.cli.options import CacheDirOpt, DbUrlOpt, JsonOpt, StoreUrlOpt, registry_context
 from mta.cli.output import Output

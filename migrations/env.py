@@ -8,6 +8,7 @@ SQLite settings; developers can also run `alembic upgrade head` from the reposit
 from __future__ import annotations
 
 from alembic import context
+
 from mta.registry.db import default_db_url, make_engine
 from mta.registry.models import Base
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mta.registry.context import RegistryContext
-from mta.registry.models import BLOB_REFERENCES, SqlBlob, utcnow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from mta.registry.context import RegistryContext
+from mta.registry.models import BLOB_REFERENCES, SqlBlob, utcnow
 
 # Blob kinds recorded in the `blobs` table, and the report bucket each one counts under.
 KIND_ANCHOR_ADAPTER = "anchor_adapter"

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
 from mta.registry.db import (
     check_schema,
     default_db_url,
@@ -17,13 +20,10 @@ from mta.registry.db import (
     make_session_factory,
     session_scope,
 )
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
-    from mta.storage import AdapterCache, BlobStore
-
     from mta.embedding import Embedder
+    from mta.storage import AdapterCache, BlobStore
 
 DEFAULT_STORE_URL = "file://.mta/store"
 DEFAULT_CACHE_DIR = ".mta/cache"

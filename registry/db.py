@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mta.registry.errors import AlreadyExistsError, NotInitializedError, RegistryError
 from sqlalchemy import Engine, create_engine, event, exc, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from mta.registry.errors import AlreadyExistsError, NotInitializedError, RegistryError
 
 DEFAULT_DB_URL = "sqlite:///.mta/registry.db"
 SQLITE_BUSY_TIMEOUT_MS = 60_000

@@ -10,8 +10,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from mta.registry.entities import Anchor, BankVersion, Recipe, RecipeAnchor, Stack, User
-from mta.registry.errors import ImmutableError
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -26,6 +24,9 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mta.registry.entities import Anchor, BankVersion, Recipe, RecipeAnchor, Stack, User
+from mta.registry.errors import ImmutableError
 
 # Deterministic constraint names keep Alembic autogenerate and batch mode (SQLite) stable.
 NAMING_CONVENTION = {

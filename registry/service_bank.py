@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from mta.registry.blobrefs import (
     KIND_ANCHOR_ADAPTER,
     KIND_ANCHOR_EMBEDDING,
@@ -28,8 +31,6 @@ from mta.registry.entities import BankDetail, BankVersion
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from mta.registry.models import SqlAnchor, SqlBank, SqlBankAlias, SqlBlob, utcnow
 from mta.registry.names import validate_alias
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 ProgressFn = Callable[[str, int, int], None]
 ANCHOR_DATA_MODES = ("user", "cluster")

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
+
 from mta.registry.blobrefs import REPORT_BUCKET, referenced_digests, unreferenced
 from mta.registry.context import RegistryContext
 from mta.registry.db import current_revision, upgrade
@@ -22,7 +24,6 @@ from mta.registry.models import (
     SqlUser,
     utcnow,
 )
-from sqlalchemy import func, select
 
 OPPU_RANK = 8
 _DTYPE_BYTES = {"fp16": 2, "fp32": 4}

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
 from mta.registry.blobrefs import (
     KIND_PROFILE,
     KIND_STACK,
@@ -36,8 +39,6 @@ from mta.registry.service_bank import (
     latest_version,
     resolve_bank,
 )
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
 
 DEFAULT_TOP_K = 2
 STACK_DTYPES = ("fp16", "bf16", "fp32")

@@ -50,6 +50,7 @@ class ErrorMapping:
 
 def error_mappings() -> list[ErrorMapping]:
     """Exception types and their HTTP errors, subclass-first (the first match wins)."""
+    from mta.errors import MtaError, UnknownNameError
     from mta.registry.errors import (
         AlreadyExistsError,
         ImmutableError,
@@ -60,8 +61,6 @@ def error_mappings() -> list[ErrorMapping]:
         RegistryError,
     )
     from mta.storage.errors import BlobCorruptedError, BlobNotFoundError, StorageError
-
-    from mta.errors import MtaError, UnknownNameError
 
     return [
         # Integrity first: BlobCorruptedError is also a StorageError. A missing blob is an

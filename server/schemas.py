@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from mta.registry.names import USER_ID_PATTERN
 from pydantic import BaseModel, ConfigDict, Field
+
+from mta.registry.names import USER_ID_PATTERN
 
 # The service's own rule (registry/names.py), anchored for OpenAPI; "." and ".." pass the
 # pattern and are refused by the service with a 422.

@@ -170,8 +170,9 @@ def registry_snapshot(db_url: str, store_url: str) -> tuple[dict[str, list], fro
 
     Two equal snapshots mean a command changed nothing.
     """
-    from mta.storage import open_store
     from sqlalchemy import create_engine, inspect, text
+
+    from mta.storage import open_store
 
     engine = create_engine(db_url)
     try:

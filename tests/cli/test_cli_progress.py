@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mta.cli.progress import StageProgress
 from mta.cli.user import peft_snippet
 

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from mta.registry.context import RegistryContext
 from mta.registry.entities import BankVersion
-
 from tests.registry.registry_env import (
     TASK,
     make_tiny_embedder,

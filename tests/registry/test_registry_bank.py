@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from mta.registry.errors import ImmutableError, InvalidInputError, NotFoundError
-from mta.registry.service import get_bank, init_registry, list_banks, push_bank, set_alias
 
 from mta.errors import AdapterFormatError, ShapeMismatchError
+from mta.registry.errors import ImmutableError, InvalidInputError, NotFoundError
+from mta.registry.service import get_bank, init_registry, list_banks, push_bank, set_alias
 from tests.registry.conftest import ANCHOR_IDS
 from tests.registry.registry_env import TASK, movie_user, write_anchor_adapters, write_users
 
@@ -72,8 +72,9 @@ def test_unknown_refs_name_what_exists(bank_registry):
 
 
 def test_versions_are_immutable(bank_registry):
-    from mta.registry.models import SqlBank
     from sqlalchemy import select
+
+    from mta.registry.models import SqlBank
 
     with pytest.raises(ImmutableError), bank_registry.session() as session:
         row = session.scalars(select(SqlBank)).one()

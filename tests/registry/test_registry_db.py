@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+
 from mta.registry.db import (
     check_schema,
     current_revision,
@@ -17,7 +19,6 @@ from mta.registry.db import (
 )
 from mta.registry.errors import AlreadyExistsError, NotInitializedError, RegistryError
 from mta.registry.models import SqlBlob, utcnow
-from sqlalchemy import text
 
 TABLES = ["anchors", "bank_aliases", "banks", "blobs", "eval_runs", "recipes", "stacks", "users"]
 
@@ -59,6 +60,7 @@ def test_check_schema_rejects_db_without_registry_and_old_revision(engine, tmp_p
 def test_migration_matches_the_models(engine):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
+
     from mta.registry.models import Base
 
     upgrade(engine)
@@ -71,6 +73,7 @@ def test_migration_matches_the_models(engine):
 
 def test_downgrade_to_base_drops_everything(engine):
     from alembic import command
+
     from mta.registry.db import alembic_config
 
     upgrade(engine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mta.registry.context import RegistryContext
 from mta.registry.errors import AlreadyExistsError
 from mta.registry.service import (
@@ -22,7 +23,6 @@ from mta.registry.service import (
     set_alias,
     storage_report,
 )
-
 from tests.registry.conftest import open_registry
 from tests.registry.registry_env import TASK, check_parallel_adapt, movie_user
 

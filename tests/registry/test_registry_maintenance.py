@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mta.registry.service import (
     adapt_user,
     add_user,
@@ -20,7 +21,6 @@ from mta.registry.service import (
     storage_report,
 )
 from mta.registry.service_storage import OPPU_RANK
-
 from tests.registry.registry_env import TASK, movie_user
 
 

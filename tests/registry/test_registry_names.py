@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mta.registry.errors import InvalidInputError
 from mta.registry.names import validate_alias, validate_user_id
 

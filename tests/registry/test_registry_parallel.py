@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from mta.registry.context import RegistryContext
-
 from tests.registry.registry_env import check_parallel_adapt
 
 

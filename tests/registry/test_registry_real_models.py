@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from mta.registry.context import RegistryContext
 from mta.registry.service import (
     adapt_user,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from mta.errors import UnknownNameError
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from mta.registry.service import (
     adapt_user,
@@ -20,8 +22,6 @@ from mta.registry.service import (
     shot_indices,
     storage_report,
 )
-
-from mta.errors import UnknownNameError
 from tests.registry.registry_env import TASK, movie_user
 
 
@@ -124,9 +124,8 @@ def test_shot_indices_are_seeded_and_in_profile_order():
 
 
 def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
-    from mta.registry.service_user import _recipe_inputs, materialize_fused
-
     from mta.peft_io import adapter_from_bytes, load_peft_adapter
+    from mta.registry.service_user import _recipe_inputs, materialize_fused
 
     _add(bank_registry, "frank")
     steps = []

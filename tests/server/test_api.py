@@ -245,10 +245,9 @@ def test_fuse_stores_a_recipe(client: TestClient) -> None:
 def test_adapter_archive_matches_the_service_export(
     client: TestClient, registry: Registry, tmp_path: Path
 ) -> None:
+    from mta.peft_io import load_peft_adapter
     from mta.registry import service
     from mta.registry.context import RegistryContext
-
-    from mta.peft_io import load_peft_adapter
 
     response = client.get("/v1/users/alice/adapter", headers=READ)
     assert response.status_code == 200, response.text

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from mta.server.archive import ArchiveCache, archive_etag, etag_matches, tar_adapter_folder
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from mta.registry.errors import InvalidInputError
 from mta.server.auth import Role, TokenSet, authorize, load_tokens
 from mta.server.errors import ApiError

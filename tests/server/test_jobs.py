@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from mta.registry.errors import NotFoundError
 from mta.server.errors import ApiError
 from mta.server.jobs import JobRunner

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mta.server.metrics import BUCKETS, Metrics
-
 from tests.server.prom import parse_metrics, value
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from mta.server.app import create_app
-from mta.server.settings import ServerSettings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -25,6 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from mta.server.app import create_app
+from mta.server.settings import ServerSettings
 from tests.server.conftest import ADMIN, Registry, make_client
 
 CHECKS = [

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mta.cli.serve import serve_app
-from mta.registry.errors import InvalidInputError, NotInitializedError
 from typer.testing import CliRunner
 
+from mta.cli.serve import serve_app
+from mta.registry.errors import InvalidInputError, NotInitializedError
 from tests.server.conftest import ADMIN_TOKEN, READ_TOKEN, Registry
 
 

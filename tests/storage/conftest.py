@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from mta.storage import BlobStore, LocalBlobStore, S3BlobStore, open_store
 
 

@@ -9,6 +9,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
+
 from mta.storage import AdapterCache
 
 UNIT = 1000  # bytes of payload per fake adapter folder (plus a small config file)

@@ -11,6 +11,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
+
 from mta.storage import (
     BlobCorruptedError,
     BlobNotFoundError,

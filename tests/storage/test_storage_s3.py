@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+
 from mta.storage import (
     BlobCorruptedError,
     BlobNotFoundError,
