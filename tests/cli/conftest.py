@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from mta.tiny import make_tiny_embedder
 from tests.cli.cli_env import (
     Result,
     invoke,
-    make_tiny_embedder,
     movie_user,
     registry_snapshot,
     write_anchor_adapters,

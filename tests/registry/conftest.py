@@ -9,9 +9,9 @@ import pytest
 
 from mta.registry.context import RegistryContext
 from mta.registry.entities import BankVersion
+from mta.tiny import make_tiny_embedder
 from tests.registry.registry_env import (
     TASK,
-    make_tiny_embedder,
     movie_user,
     write_anchor_adapters,
     write_users,
@@ -21,9 +21,9 @@ ANCHOR_IDS = ("a1", "a2", "a3", "a4")
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 64-d sentence-transformers folder (fast stand-in for MiniLM)."""
-    return make_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"), tiny_model_dir)
+    return make_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"), dim=64)
 
 
 def open_registry(

@@ -1,4 +1,4 @@
-"""Builders for registry tests: synthetic LaMP users, a tiny embedder, pushed anchor folders."""
+"""Builders for registry tests: synthetic LaMP users, pushed anchor folders, parallel adapts."""
 
 from __future__ import annotations
 
@@ -64,19 +64,6 @@ def write_users(path: Path, users: Sequence[dict]) -> Path:
     """Write a per-user JSON file."""
     path.write_text(json.dumps(list(users)))
     return path
-
-
-def make_tiny_embedder(folder: Path, model_dir: Path) -> Path:
-    """A sentence-transformers folder: the tiny Llama's encoder with mean pooling (64-d)."""
-    from sentence_transformers import SentenceTransformer, models
-
-    encoder = models.Transformer(str(model_dir))
-    dim_of = (
-        getattr(encoder, "get_embedding_dimension", None) or encoder.get_word_embedding_dimension
-    )
-    pooling = models.Pooling(dim_of(), pooling_mode="mean")
-    SentenceTransformer(modules=[encoder, pooling], device="cpu").save(str(folder))
-    return folder
 
 
 def write_anchor_adapters(

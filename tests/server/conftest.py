@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.cli.cli_env import make_tiny_embedder, movie_user, write_anchor_adapters, write_users
+from mta.tiny import make_tiny_embedder
+from tests.cli.cli_env import movie_user, write_anchor_adapters, write_users
 
 TASK = "movie_tagging"
 ANCHOR_IDS = ("a1", "a2", "a3", "a4")
