@@ -53,6 +53,14 @@ def random_adapter(
     return LoraAdapter(modules=modules)
 
 
+def fresh_tiny_model(model_dir: Path):  # -> PreTrainedModel
+    """A new float32 copy of the tiny Llama: PEFT injects layers into the model it is given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder with a random tiny Llama (seed 0) and its tokenizer."""

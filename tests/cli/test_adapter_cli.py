@@ -11,34 +11,17 @@ from safetensors.torch import load_file
 
 from mta.peft_io import load_peft_adapter, save_peft_adapter
 from tests.cli.cli_env import run_subprocess
-from tests.fixtures_model import random_adapter
+from tests.fixtures_model import fresh_tiny_model, random_adapter
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def fresh_model(model_dir: Path):
-    """A new copy of the tiny Llama (PEFT modifies the model it loads into)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def shapes(tiny_model_dir: Path) -> dict[str, tuple[int, int]]:
-    model = fresh_model(tiny_model_dir)
-    return {
-        name: tuple(module.weight.shape)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS
-    }
-
-
 @pytest.fixture
-def anchors(tmp_path: Path, shapes) -> list[Path]:
+def anchors(tmp_path: Path, tiny_shapes) -> list[Path]:
     """Two rank-4 anchor folders with different scales."""
     return [
-        save_peft_adapter(random_adapter(shapes, 4, seed=1, scale=2.0), tmp_path / "a1"),
-        save_peft_adapter(random_adapter(shapes, 4, seed=2, scale=0.5), tmp_path / "a2"),
+        save_peft_adapter(random_adapter(tiny_shapes, 4, seed=1, scale=2.0), tmp_path / "a1"),
+        save_peft_adapter(random_adapter(tiny_shapes, 4, seed=2, scale=0.5), tmp_path / "a2"),
     ]
 
 
@@ -63,7 +46,7 @@ def test_fuse_writes_a_folder_peft_loads_with_the_exact_delta(
     assert recipe["anchors"] == [str(a) for a in anchors] and recipe["method"] == "cat"
 
     first, second = (load_peft_adapter(a) for a in anchors)
-    peft_model = PeftModel.from_pretrained(fresh_model(tiny_model_dir), out)
+    peft_model = PeftModel.from_pretrained(fresh_tiny_model(tiny_model_dir), out)
     inner = peft_model.base_model.model
     for path in first.modules:
         theirs = inner.get_submodule(path).get_delta_weight("default")
@@ -165,18 +148,18 @@ def test_missing_out_is_a_usage_error(mta, anchors) -> None:
     assert mta("adapter", "fuse", *anchors).code == 2
 
 
-def test_inspect_summary_and_modules(mta, anchors, shapes) -> None:
+def test_inspect_summary_and_modules(mta, anchors, tiny_shapes) -> None:
     result = mta("adapter", "inspect", anchors[0], "--json")
     assert result.code == 0, result.stderr
     info = result.json()
-    assert info["modules"] == len(shapes)
+    assert info["modules"] == len(tiny_shapes)
     assert info["rank"] == 4 and info["ranks"] == [4] and info["scales"] == [1.0]
     assert info["target_modules"] == sorted(TARGETS)
-    assert info["params"] == sum(4 * (i + o) for o, i in shapes.values())
+    assert info["params"] == sum(4 * (i + o) for o, i in tiny_shapes.values())
     assert info["bytes"] == sum(p.stat().st_size for p in anchors[0].iterdir())
 
     rows = mta("adapter", "inspect", anchors[0], "--modules", "--json").json()
-    assert {row["module"] for row in rows} == set(shapes)
+    assert {row["module"] for row in rows} == set(tiny_shapes)
     assert all(row["rank"] == 4 and row["dtype"] == "float32" for row in rows)
 
 

@@ -22,27 +22,9 @@ from mta.peft_io import (
     save_peft_adapter,
     validate_against_shapes,
 )
-from tests.fixtures_model import random_adapter
+from tests.fixtures_model import fresh_tiny_model, random_adapter
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def fresh_model(model_dir: Path):
-    """A new copy of the tiny Llama: PEFT injects layers into the model it is given."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def shapes(tiny_model_dir: Path) -> dict[str, tuple[int, int]]:
-    """(out, in) of every target linear of the tiny Llama, keyed by module path."""
-    model = fresh_model(tiny_model_dir)
-    return {
-        name: tuple(module.weight.shape)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS
-    }
 
 
 def peft_deltas(model_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -50,7 +32,7 @@ def peft_deltas(model_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    peft_model = PeftModel.from_pretrained(fresh_model(model_dir), adapter_dir)
+    peft_model = PeftModel.from_pretrained(fresh_tiny_model(model_dir), adapter_dir)
     inner = peft_model.base_model.model
     return {
         name: module.get_delta_weight("default").float()
@@ -68,9 +50,11 @@ def assert_deltas_close(ours: LoraAdapter, theirs: dict[str, torch.Tensor], tol=
 # --- our folders, loaded by PEFT ------------------------------------------------------------
 
 
-def test_saved_fusion_loads_in_peft_with_the_same_delta(tiny_model_dir, shapes, tmp_path) -> None:
-    a1 = random_adapter(shapes, 4, seed=1, scale=2.0)
-    a2 = random_adapter(shapes, 2, seed=2, scale=0.5)
+def test_saved_fusion_loads_in_peft_with_the_same_delta(
+    tiny_model_dir, tiny_shapes, tmp_path
+) -> None:
+    a1 = random_adapter(tiny_shapes, 4, seed=1, scale=2.0)
+    a2 = random_adapter(tiny_shapes, 2, seed=2, scale=0.5)
     fused = fuse([a1, a2], [0.7, 0.3])
     folder = save_peft_adapter(fused, tmp_path / "fused", base_model="tiny-llama")
     config = json.loads((folder / "adapter_config.json").read_text())
@@ -78,13 +62,15 @@ def test_saved_fusion_loads_in_peft_with_the_same_delta(tiny_model_dir, shapes, 
     assert config["r"] == config["lora_alpha"] == 6
     assert config["base_model_name_or_path"] == "tiny-llama"
     theirs = peft_deltas(tiny_model_dir, folder)
-    for path in shapes:
+    for path in tiny_shapes:
         expected = 0.7 * a1.modules[path].delta() + 0.3 * a2.modules[path].delta()
         torch.testing.assert_close(theirs[path], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_per_module_ranks_use_rank_and_alpha_patterns(tiny_model_dir, shapes, tmp_path) -> None:
-    base = random_adapter(shapes, 5, seed=3, scale=1.5)
+def test_per_module_ranks_use_rank_and_alpha_patterns(
+    tiny_model_dir, tiny_shapes, tmp_path
+) -> None:
+    base = random_adapter(tiny_shapes, 5, seed=3, scale=1.5)
     low = compress(base, 2)
     modules = dict(low.modules)
     odd = "model.layers.1.mlp.down_proj"
@@ -106,8 +92,10 @@ def test_per_module_ranks_use_rank_and_alpha_patterns(tiny_model_dir, shapes, tm
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
-def test_half_precision_folders_load_in_peft(tiny_model_dir, shapes, tmp_path, dtype, tol) -> None:
-    adapter = random_adapter(shapes, 3, seed=4, scale=4.0)
+def test_half_precision_folders_load_in_peft(
+    tiny_model_dir, tiny_shapes, tmp_path, dtype, tol
+) -> None:
+    adapter = random_adapter(tiny_shapes, 3, seed=4, scale=4.0)
     folder = save_peft_adapter(adapter, tmp_path / "half", dtype=dtype)
     assert {t.dtype for t in load_file(folder / "adapter_model.safetensors").values()} == {dtype}
     assert_deltas_close(adapter, peft_deltas(tiny_model_dir, folder), tol=tol)
@@ -137,7 +125,7 @@ def peft_saved(model_dir: Path, folder: Path, **config_kwargs) -> dict[str, torc
 
     torch.manual_seed(0)
     config = LoraConfig(target_modules=TARGETS, init_lora_weights=False, **config_kwargs)
-    peft_model = get_peft_model(fresh_model(model_dir), config)
+    peft_model = get_peft_model(fresh_tiny_model(model_dir), config)
     peft_model.save_pretrained(folder)
     return {
         name.removeprefix("base_model.model."): module.get_delta_weight("default").float()
@@ -377,13 +365,13 @@ def test_bytes_refuse_non_finite_and_overflow() -> None:
 # --- shape validation -------------------------------------------------------------------------
 
 
-def test_validate_against_shapes(shapes) -> None:
-    adapter = random_adapter(shapes, 2, seed=9)
-    validate_against_shapes(adapter, shapes)
-    wrong = dict(shapes)
+def test_validate_against_shapes(tiny_shapes) -> None:
+    adapter = random_adapter(tiny_shapes, 2, seed=9)
+    validate_against_shapes(adapter, tiny_shapes)
+    wrong = dict(tiny_shapes)
     wrong["model.layers.0.self_attn.q_proj"] = (1, 1)
     with pytest.raises(ShapeMismatchError, match=r"q_proj is \(out, in\)"):
         validate_against_shapes(adapter, wrong)
-    fewer = {k: v for k, v in shapes.items() if not k.endswith("down_proj")}
+    fewer = {k: v for k, v in tiny_shapes.items() if not k.endswith("down_proj")}
     with pytest.raises(ShapeMismatchError, match=r"not a linear module .*\(and 1 more\)"):
         validate_against_shapes(adapter, fewer)
