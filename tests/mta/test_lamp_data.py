@@ -1,7 +1,6 @@
 """LaMP data files: validation, official-format conversion, real-user grouping."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,8 @@ from mta.lamp_data import (
     save_users,
     validate_user,
 )
+from tests.mta.lamp_env import FIXTURES, REPO, shared_users_path
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures" / "lamp"
-SHARED_LAMP = Path(os.environ.get("MTA_LAMP_DIR") or REPO / ".." / "shared" / "lamp")
 EXAMPLES = REPO / "examples" / "data"
 
 
@@ -179,10 +176,7 @@ def test_group_real_users_joins_entries_sharing_five_items() -> None:
     ("task", "entries", "real_users"), [("movie_tagging", 48, 16), ("news_headline", 70, 35)]
 )
 def test_real_lamp_entries_group_into_real_users(task: str, entries: int, real_users: int) -> None:
-    path = SHARED_LAMP / task / "users.json"
-    if not path.is_file():
-        pytest.skip(f"real LaMP users not found at {path} (set MTA_LAMP_DIR)")
-    users = load_users(path, task=task)
+    users = load_users(shared_users_path(task), task=task)
     groups = group_real_users(users)
     assert (len(users), len(groups)) == (entries, real_users)
     # Entries of one user have consecutive ids (PROVENANCE.md).

@@ -1,8 +1,6 @@
 """LaMP tasks: registry, prompts, parsing, metrics, BM25 retrieval, leave-one-out examples."""
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 
@@ -20,10 +18,8 @@ from mta.tasks import (
 from mta.tasks.base import truncate_words
 from mta.tasks.metrics import accuracy_f1, higher_is_better, mae_rmse, rouge
 from mta.tasks.movie_tagging import MOVIE_TAGS
+from tests.mta.lamp_env import FIXTURES, shared_users_path
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures" / "lamp"
-SHARED_LAMP = Path(os.environ.get("MTA_LAMP_DIR") or REPO / ".." / "shared" / "lamp")
 FIXTURE_TASKS = ("citation", "product_rating", "scholarly_title")
 SHARED_TASKS = ("movie_tagging", "news_headline")
 
@@ -33,10 +29,7 @@ def task_users(name: str) -> list[dict]:
     if name in FIXTURE_TASKS:
         folder = FIXTURES / name
         return convert_official(folder / "questions.json", folder / "outputs.json")
-    path = SHARED_LAMP / name / "users.json"
-    if not path.is_file():
-        pytest.skip(f"real LaMP users not found at {path} (set MTA_LAMP_DIR)")
-    return load_users(path, task=name)
+    return load_users(shared_users_path(name), task=name)
 
 
 # --- registry --------------------------------------------------------------------------
