@@ -11,8 +11,8 @@ from mta.registry.context import RegistryContext
 from mta.registry.entities import BankVersion
 from mta.tiny import make_tiny_embedder
 from tests.registry.registry_env import (
-    TASK,
     movie_user,
+    push_folders,
     write_anchor_adapters,
     write_users,
 )
@@ -57,20 +57,12 @@ def push_bank_fn(
     tiny_shapes: dict[str, tuple[int, int]],
 ) -> Callable[..., BankVersion]:
     """`push(ctx, seed=0, ids=ANCHOR_IDS)`: push random rank-8 PEFT anchors as a new version."""
-    from mta.registry.service import push_bank
 
     def push(ctx: RegistryContext, seed: int = 0, ids: tuple[str, ...] = ANCHOR_IDS) -> BankVersion:
         root = tmp_path / f"anchors-{seed}"
         folders = write_anchor_adapters(root, tiny_shapes, ids, seed=seed)
         profiles = write_users(root / "profiles.json", [movie_user(i, 8) for i in ids])
-        return push_bank(
-            ctx,
-            task=TASK,
-            adapter_dirs=folders,
-            profiles_path=profiles,
-            base_model=str(tiny_model_dir),
-            embedder=str(tiny_embedder_dir),
-        )
+        return push_folders(ctx, folders, profiles, tiny_model_dir, tiny_embedder_dir)
 
     return push
 

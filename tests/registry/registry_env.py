@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mta.registry.context import RegistryContext
+from mta.registry.entities import BankVersion
 
 TASK = "movie_tagging"
 TAGS = ("sci-fi", "comedy", "action", "romance", "classic", "fantasy", "dystopia", "violence")
@@ -64,6 +65,26 @@ def write_users(path: Path, users: Sequence[dict]) -> Path:
     """Write a per-user JSON file."""
     path.write_text(json.dumps(list(users)))
     return path
+
+
+def push_folders(
+    ctx: RegistryContext,
+    folders: Sequence[Path],
+    profiles: Path,
+    base_model: Path,
+    embedder: Path,
+) -> BankVersion:
+    """Push anchor folders with their profiles as a new movie_tagging bank version."""
+    from mta.registry.service import push_bank
+
+    return push_bank(
+        ctx,
+        task=TASK,
+        adapter_dirs=folders,
+        profiles_path=profiles,
+        base_model=str(base_model),
+        embedder=str(embedder),
+    )
 
 
 def write_anchor_adapters(

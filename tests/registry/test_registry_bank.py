@@ -10,9 +10,15 @@ import torch
 
 from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.registry.errors import ImmutableError, InvalidInputError, NotFoundError
-from mta.registry.service import get_bank, init_registry, list_banks, push_bank, set_alias
+from mta.registry.service import get_bank, init_registry, list_banks, set_alias
 from tests.registry.conftest import ANCHOR_IDS
-from tests.registry.registry_env import TASK, movie_user, write_anchor_adapters, write_users
+from tests.registry.registry_env import (
+    TASK,
+    movie_user,
+    push_folders,
+    write_anchor_adapters,
+    write_users,
+)
 
 
 def test_push_publishes_version_one_with_every_anchor(bank_registry, tiny_shapes):
@@ -89,17 +95,6 @@ def _folders(tmp_path: Path, shapes, ids=("x1", "x2")) -> tuple[list[Path], Path
     return folders, profiles
 
 
-def _push(ctx, folders, profiles, tiny_model_dir, tiny_embedder_dir):
-    return push_bank(
-        ctx,
-        task=TASK,
-        adapter_dirs=folders,
-        profiles_path=profiles,
-        base_model=str(tiny_model_dir),
-        embedder=str(tiny_embedder_dir),
-    )
-
-
 def test_push_refuses_pickle_weights(
     registry, tmp_path, tiny_shapes, tiny_model_dir, tiny_embedder_dir
 ):
@@ -107,7 +102,7 @@ def test_push_refuses_pickle_weights(
     weights = folders[0] / "adapter_model.safetensors"
     weights.rename(folders[0] / "adapter_model.bin")
     with pytest.raises(AdapterFormatError, match="bin"):
-        _push(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
+        push_folders(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
     assert list_banks(registry) == []
 
 
@@ -119,7 +114,7 @@ def test_push_refuses_garbled_config_and_nan(
     folders, profiles = _folders(tmp_path, tiny_shapes)
     (folders[0] / "adapter_config.json").write_text("{not json")
     with pytest.raises(AdapterFormatError):
-        _push(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
+        push_folders(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
     folders, profiles = _folders(tmp_path / "b", tiny_shapes)
     weights = folders[1] / "adapter_model.safetensors"
     tensors = load_file(str(weights))
@@ -128,7 +123,7 @@ def test_push_refuses_garbled_config_and_nan(
     weights.unlink()
     save_file(tensors, str(weights))
     with pytest.raises(AdapterFormatError):
-        _push(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
+        push_folders(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
     assert list_banks(registry) == []
 
 
@@ -138,7 +133,7 @@ def test_push_refuses_adapters_that_do_not_fit_the_base_model(
     wrong = {path: (out_f, in_f + 3) for path, (out_f, in_f) in tiny_shapes.items()}
     folders, profiles = _folders(tmp_path, wrong)
     with pytest.raises(ShapeMismatchError, match="x1"):
-        _push(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
+        push_folders(registry, folders, profiles, tiny_model_dir, tiny_embedder_dir)
 
 
 def test_push_needs_a_profile_per_anchor_and_unique_names(
@@ -147,10 +142,10 @@ def test_push_needs_a_profile_per_anchor_and_unique_names(
     folders, _ = _folders(tmp_path, tiny_shapes)
     only_one = write_users(tmp_path / "one.json", [movie_user("x1", 8)])
     with pytest.raises(InvalidInputError, match="x2"):
-        _push(registry, folders, only_one, tiny_model_dir, tiny_embedder_dir)
+        push_folders(registry, folders, only_one, tiny_model_dir, tiny_embedder_dir)
     twice = [folders[0], folders[0]]
     with pytest.raises(InvalidInputError, match="unique"):
-        _push(registry, twice, only_one, tiny_model_dir, tiny_embedder_dir)
+        push_folders(registry, twice, only_one, tiny_model_dir, tiny_embedder_dir)
 
 
 def test_init_is_idempotent_and_keeps_data(bank_registry):
