@@ -62,6 +62,9 @@ def bench_personalize(quick: bool) -> Section:
             "paper / MTA time",
         ],
     )
+    # One untimed step first: the first backward pass pays allocator and kernel warm-up.
+    warmup = TrainConfig(rank=1, epochs=1, batch_size=batch, max_steps=1)
+    train_lora(model, tokenizer, examples[:batch], warmup, progress=False)
     with tempfile.TemporaryDirectory(prefix="mta-bench-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
