@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from mta.cli.options import JsonOpt
 from mta.cli.output import Output, log
 

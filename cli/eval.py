@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt
 from mta.cli.output import Output, log
 from mta.cli.progress import StageProgress

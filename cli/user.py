@@ -71,9 +71,7 @@ def user_add(
             help="Task whose bank the user joins; TASK@VERSION or TASK@ALIAS pins a version.",
         ),
     ],
-    profile: Annotated[
-        str, typer.Option("--profile", help="Per-user JSON file, or - for stdin.")
-    ],
+    profile: Annotated[str, typer.Option("--profile", help="Per-user JSON file, or - for stdin.")],
     json_mode: JsonOpt = False,
     db: DbUrlOpt = None,
     store: StoreUrlOpt = None,

@@ -22,8 +22,13 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE_MODEL = "smollm2"
 DEFAULT_TARGET_MODULES = [
-    "q_proj", "k_proj", "v_proj", "o_proj",  # attention
-    "gate_proj", "up_proj", "down_proj",  # MLP
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",  # attention
+    "gate_proj",
+    "up_proj",
+    "down_proj",  # MLP
 ]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mta.registry.context import MODEL_LOCK, RegistryContext
-
 from mta.errors import MtaError
 from mta.evaluation import (
     METHODS,
@@ -34,6 +32,7 @@ from mta.evaluation import (
     reference_method,
     summarize,
 )
+from mta.registry.context import MODEL_LOCK, RegistryContext
 
 ProgressFn = Callable[[str, int, int], None]
 LogFn = Callable[[str], None]
@@ -706,10 +705,9 @@ def _predict_bank_user(
     timer: str,
 ) -> dict[str, list[str]]:
     """Fuse (and stack) one registered user; predictions keyed "fuse" and "stack"."""
-    from mta.registry import service
-
     from mta.export import stack_onto
     from mta.peft_io import adapter_from_bytes
+    from mta.registry import service
 
     out: dict[str, list[str]] = {}
     with _Timer(timings, timer):
@@ -740,7 +738,7 @@ def _predict_bank_user(
 
 def _fused_adapter(ctx: RegistryContext, recipe: Any, anchor_blobs: dict[str, str]) -> Any:
     """The fused adapter a recipe describes, rebuilt in memory as the registry does."""
-    from mta.registry.service_user import materialize_fused
+    from mta.registry.service import materialize_fused
 
     inputs = [(anchor_blobs[a.anchor_id], a.weight) for a in recipe.anchors]
     return materialize_fused(ctx, inputs, recipe.method, recipe.params.get("rank"))

@@ -30,6 +30,7 @@ from mta.registry.service_user import (
     fuse_user,
     get_user,
     list_users,
+    materialize_fused,
     shot_indices,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "list_banks",
     "list_eval_runs",
     "list_users",
+    "materialize_fused",
     "push_bank",
     "record_eval_run",
     "set_alias",

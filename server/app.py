@@ -58,6 +58,7 @@ _bearer = HTTPBearer(
     description="A read token (GET routes) or an admin token (every route).",
 )
 
+
 def _user_id(
     user_id: Annotated[str, Path(pattern=USER_ID_REGEX, description="The user's id.")],
 ) -> str:
@@ -98,8 +99,10 @@ class AppState:
 
     def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
         yield (
-            "mta_adapter_memory_cache_bytes", "Bytes of adapter archives held in memory.",
-            (), self.archives.total_bytes,
+            "mta_adapter_memory_cache_bytes",
+            "Bytes of adapter archives held in memory.",
+            (),
+            self.archives.total_bytes,
         )
         for status, count in self.jobs.counts().items():
             yield "mta_jobs", "Adapt jobs kept in memory, by status.", (("status", status),), count
@@ -149,7 +152,9 @@ def _v1_router() -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.get(
-        "/banks", tags=["banks"], dependencies=[ReadAuth],
+        "/banks",
+        tags=["banks"],
+        dependencies=[ReadAuth],
         responses=error_responses(401, 403, 422, 503),
     )
     def list_banks(
@@ -160,7 +165,9 @@ def _v1_router() -> APIRouter:
         return service.list_banks(_state(request).ctx, task=task)
 
     @router.get(
-        "/banks/{task}", tags=["banks"], dependencies=[ReadAuth],
+        "/banks/{task}",
+        tags=["banks"],
+        dependencies=[ReadAuth],
         responses=error_responses(401, 403, 404, 422, 503),
     )
     def get_bank(
@@ -175,7 +182,9 @@ def _v1_router() -> APIRouter:
         return service.get_bank(_state(request).ctx, task, ref)
 
     @router.get(
-        "/users", tags=["users"], dependencies=[ReadAuth],
+        "/users",
+        tags=["users"],
+        dependencies=[ReadAuth],
         responses=error_responses(401, 403, 422, 503),
     )
     def list_users(
@@ -186,18 +195,26 @@ def _v1_router() -> APIRouter:
         return service.list_users(_state(request).ctx, task=task)
 
     @router.post(
-        "/users", tags=["users"], status_code=201, dependencies=[AdminAuth],
+        "/users",
+        tags=["users"],
+        status_code=201,
+        dependencies=[AdminAuth],
         responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
     )
     def add_user(request: Request, body: AddUserRequest) -> User:
         """Register a user: embed their profile and pin their task's bank version."""
         return service.add_user(
-            _state(request).ctx, user_id=body.user_id, task=body.task,
-            profile=body.profile, bank_ref=body.bank_ref,
+            _state(request).ctx,
+            user_id=body.user_id,
+            task=body.task,
+            profile=body.profile,
+            bank_ref=body.bank_ref,
         )
 
     @router.get(
-        "/users/{user_id}", tags=["users"], dependencies=[ReadAuth],
+        "/users/{user_id}",
+        tags=["users"],
+        dependencies=[ReadAuth],
         responses=error_responses(401, 403, 404, 422, 503),
     )
     def get_user(request: Request, user_id: UserId) -> UserDetail:
@@ -205,7 +222,9 @@ def _v1_router() -> APIRouter:
         return service.get_user(_state(request).ctx, user_id)
 
     @router.delete(
-        "/users/{user_id}", tags=["users"], dependencies=[AdminAuth],
+        "/users/{user_id}",
+        tags=["users"],
+        dependencies=[AdminAuth],
         responses=error_responses(401, 403, 404, 422, 503),
     )
     def delete_user(request: Request, user_id: UserId) -> DeleteResult:
@@ -213,7 +232,9 @@ def _v1_router() -> APIRouter:
         return service.delete_user(_state(request).ctx, user_id)
 
     @router.post(
-        "/users/{user_id}/fuse", tags=["users"], dependencies=[AdminAuth],
+        "/users/{user_id}/fuse",
+        tags=["users"],
+        dependencies=[AdminAuth],
         responses=error_responses(400, 401, 403, 404, 413, 422, 503),
     )
     def fuse_user(request: Request, user_id: UserId, body: FuseRequest | None = None) -> Recipe:
@@ -222,7 +243,10 @@ def _v1_router() -> APIRouter:
         return service.fuse_user(_state(request).ctx, user_id, **body.model_dump())
 
     @router.post(
-        "/users/{user_id}/adapt", tags=["jobs"], status_code=202, dependencies=[AdminAuth],
+        "/users/{user_id}/adapt",
+        tags=["jobs"],
+        status_code=202,
+        dependencies=[AdminAuth],
         responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     )
     def adapt_user(
@@ -242,7 +266,9 @@ def _v1_router() -> APIRouter:
         return _job_response(job)
 
     @router.get(
-        "/jobs/{job_id}", tags=["jobs"], dependencies=[ReadAuth],
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        dependencies=[ReadAuth],
         responses=error_responses(401, 403, 404, 422),
     )
     def get_job(
@@ -286,7 +312,9 @@ def _v1_router() -> APIRouter:
         return _adapter_response(_state(request), user_id, max_rank, dtype, if_none_match)
 
     @router.get(
-        "/storage/report", tags=["storage"], dependencies=[ReadAuth],
+        "/storage/report",
+        tags=["storage"],
+        dependencies=[ReadAuth],
         responses=error_responses(401, 403, 503),
     )
     def storage_report(request: Request) -> dict[str, Any]:
@@ -325,7 +353,9 @@ def _adapter_response(
         headers["Content-Disposition"] = f'attachment; filename="{user_id}.tar"'
         return Response(content=data, media_type=ARCHIVE_MEDIA_TYPE, headers=headers)
     raise ApiError(
-        503, "busy", f"user {user_id!r} kept changing during the export; retry",
+        503,
+        "busy",
+        f"user {user_id!r} kept changing during the export; retry",
         {"Retry-After": "1"},
     )
 
@@ -366,9 +396,7 @@ class BodyLimitMiddleware:
             if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
                 from fastapi.responses import JSONResponse
 
-                body = error_body(
-                    "payload_too_large", f"request body over {self.max_bytes} bytes"
-                )
+                body = error_body("payload_too_large", f"request body over {self.max_bytes} bytes")
                 await JSONResponse(body, status_code=413)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -417,7 +445,9 @@ def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) 
     app.include_router(_v1_router())
 
     @app.get(
-        "/healthz", tags=["ops"], response_class=Response,
+        "/healthz",
+        tags=["ops"],
+        response_class=Response,
         responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}},
     )
     def healthz() -> Response:
@@ -438,7 +468,10 @@ def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) 
         return Response(body.model_dump_json(), 200 if ok else 503, media_type="application/json")
 
     @app.get(
-        "/metrics", tags=["ops"], dependencies=[ReadAuth], response_class=Response,
+        "/metrics",
+        tags=["ops"],
+        dependencies=[ReadAuth],
+        response_class=Response,
         responses={
             200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}},
             **error_responses(401, 403),

@@ -91,12 +91,18 @@ class JobRunner:
                 )
             if sum(j.status == QUEUED for j in active) >= self._max_queued:
                 raise ApiError(
-                    429, "queue_full", f"{self._max_queued} jobs are already queued; retry later",
+                    429,
+                    "queue_full",
+                    f"{self._max_queued} jobs are already queued; retry later",
                     {"Retry-After": "30"},
                 )
             job = Job(
-                id=uuid.uuid4().hex, kind=kind, user_id=user_id, status=QUEUED,
-                created_at=_now(), params=params,
+                id=uuid.uuid4().hex,
+                kind=kind,
+                user_id=user_id,
+                status=QUEUED,
+                created_at=_now(),
+                params=params,
             )
             self._jobs[job.id] = job
             self._trim()

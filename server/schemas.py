@@ -48,7 +48,8 @@ class AddUserRequest(_Strict):
         examples=[[{"id": "1", "description": "a heist goes wrong", "tag": "crime"}]],
     )
     bank_ref: str | None = Field(
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
         description="Bank version number or alias to pin (default: the prod alias, else latest).",
     )
 
@@ -62,7 +63,8 @@ class FuseRequest(_Strict):
     temperature: float = Field(default=1.0, gt=0, le=1000)
     rank: int | None = Field(default=None, ge=1, le=4096, description="Target rank for svd.")
     bank_ref: str | None = Field(
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
         description="Fuse against this version/alias of the task's bank (default: pinned).",
     )
 

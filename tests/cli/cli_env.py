@@ -108,7 +108,10 @@ def mta_command(*argv: str | Path) -> list[str]:
 
 
 def run_subprocess(
-    argv: Sequence[str | Path], env: Mapping[str, str], *, cwd: Path | None = None,
+    argv: Sequence[str | Path],
+    env: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
     timeout: float = 600,
 ) -> Result:
     """Run `mta argv` as a child process with `env` added to the environment."""

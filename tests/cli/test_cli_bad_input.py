@@ -37,7 +37,7 @@ def _corrupt_missing_config(folder: Path, shapes: dict) -> None:
 
 
 def _corrupt_garbled_config(folder: Path, shapes: dict) -> None:
-    (folder / "adapter_config.json").write_text("{\"r\": 8, \"lora_alpha\": ", encoding="utf-8")
+    (folder / "adapter_config.json").write_text('{"r": 8, "lora_alpha": ', encoding="utf-8")
 
 
 def _corrupt_config_schema(folder: Path, shapes: dict) -> None:
@@ -118,9 +118,7 @@ def test_bank_push_rejects_unknown_task(cli_env: CliEnv, mta: Mta, tiny_shapes: 
     assert_rejected(cli_env, mta, *argv)
 
 
-def test_bank_push_rejects_missing_base_model(
-    cli_env: CliEnv, mta: Mta, tiny_shapes: dict
-) -> None:
+def test_bank_push_rejects_missing_base_model(cli_env: CliEnv, mta: Mta, tiny_shapes: dict) -> None:
     argv = push_bank_argv(cli_env, tiny_shapes)
     argv[argv.index("--base-model") + 1] = str(cli_env.root / "no-model")
     assert_rejected(cli_env, mta, *argv)

@@ -159,9 +159,7 @@ def test_bank_build_from_data(cli_env: CliEnv, mta: Mta) -> None:
     assert ok(mta("fsck", "--json"))["ok"] is True
 
 
-def test_gc_reclaims_only_unreferenced_blobs(
-    cli_env: CliEnv, mta: Mta, pushed_bank: dict
-) -> None:
+def test_gc_reclaims_only_unreferenced_blobs(cli_env: CliEnv, mta: Mta, pushed_bank: dict) -> None:
     from mta.storage import open_store
 
     store = open_store(cli_env.store_url)
@@ -216,9 +214,7 @@ def test_profile_from_stdin(
     assert user["bank_version"] == 1
 
 
-def test_profile_list_picks_the_users_entry(
-    cli_env: CliEnv, mta: Mta, pushed_bank: dict
-) -> None:
+def test_profile_list_picks_the_users_entry(cli_env: CliEnv, mta: Mta, pushed_bank: dict) -> None:
     users = write_users(cli_env.root / "many.json", ["bob", "carol"], items=5)
     user = ok(mta("user", "add", "carol", "--bank", TASK, "--profile", users, "--json"))
     assert user["user_id"] == "carol" and user["profile_items"] == 5

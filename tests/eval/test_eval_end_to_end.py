@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
-from mta.cli.eval import eval_app
 from typer.testing import CliRunner
 
+from mta.cli.eval import eval_app
 from mta.evaluation import DEFAULT_METHODS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mta.cli.data import data_app
-from mta.cli.errors import describe, exit_code_for
 from typer.testing import CliRunner
 
+from mta.cli.data import data_app
+from mta.cli.errors import describe, exit_code_for
 from mta.errors import UnknownNameError
 from mta.lamp_fetch import FetchError, fetch_task, task_paths
 

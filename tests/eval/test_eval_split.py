@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from mta.registry.eval_runner import build_items, resolve_data_path, split_users
 
 from mta.evaluation import EvaluationError
 from mta.lamp_data import group_real_users
+from mta.registry.eval_runner import build_items, resolve_data_path, split_users
 
 SHARED_MOVIES = Path(__file__).resolve().parents[3] / "shared" / "lamp" / "movie_tagging"
 

@@ -57,9 +57,7 @@ def test_cli_flow_on_postgres_and_s3(
     assert ok(mta("fsck", "--json"))["ok"] is True
 
 
-def test_parallel_adapt_on_postgres_and_s3(
-    remote_env: CliEnv, mta: Mta, tiny_shapes: dict
-) -> None:
+def test_parallel_adapt_on_postgres_and_s3(remote_env: CliEnv, mta: Mta, tiny_shapes: dict) -> None:
     ok(mta(*push_bank_argv(remote_env, tiny_shapes)))
     users = ["p0", "p1", "p2"]
     for user_id in users:

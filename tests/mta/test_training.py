@@ -51,9 +51,7 @@ def reference_loss(model: torch.nn.Module, tokenizer, examples) -> float:
             ids = torch.tensor([prompt_ids + target_ids])
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
             total += float(
-                torch.nn.functional.cross_entropy(
-                    logits, torch.tensor(target_ids), reduction="sum"
-                )
+                torch.nn.functional.cross_entropy(logits, torch.tensor(target_ids), reduction="sum")
             )
             count += len(target_ids)
     return total / count
@@ -85,8 +83,9 @@ def test_adapter_has_configured_rank_scale_and_targets(tiny_model: tuple) -> Non
     module = adapter.modules["model.layers.0.self_attn.v_proj"]
     assert module.scale == 2.0  # alpha defaults to 2 * rank
     assert module.A.shape == (3, 64) and module.B.shape == (32, 3)
-    custom, _ = train_lora(model, tokenizer, EXAMPLES, fast_config(rank=4, alpha=2, epochs=1),
-                           progress=False)
+    custom, _ = train_lora(
+        model, tokenizer, EXAMPLES, fast_config(rank=4, alpha=2, epochs=1), progress=False
+    )
     assert next(iter(custom.modules.values())).scale == 0.5
 
 
@@ -95,8 +94,7 @@ def test_training_is_deterministic_for_a_seed(tiny_model: tuple) -> None:
     config = fast_config(epochs=3)
     first, first_losses = train_lora(model, tokenizer, EXAMPLES, config, progress=False)
     second, second_losses = train_lora(model, tokenizer, EXAMPLES, config, progress=False)
-    other, _ = train_lora(model, tokenizer, EXAMPLES, fast_config(epochs=3, seed=1),
-                          progress=False)
+    other, _ = train_lora(model, tokenizer, EXAMPLES, fast_config(epochs=3, seed=1), progress=False)
     assert first_losses == second_losses
     for path, module in first.modules.items():
         assert torch.equal(module.A, second.modules[path].A)
@@ -110,8 +108,9 @@ def test_returned_delta_is_what_was_trained(tiny_model: tuple) -> None:
     model, tokenizer = tiny_model
     config = fast_config(batch_size=len(EXAMPLES), epochs=5)
     adapter, _ = train_lora(model, tokenizer, EXAMPLES, config, progress=False)
-    _, longer = train_lora(model, tokenizer, EXAMPLES, fast_config(batch_size=8, epochs=6),
-                           progress=False)
+    _, longer = train_lora(
+        model, tokenizer, EXAMPLES, fast_config(batch_size=8, epochs=6), progress=False
+    )
     with apply_adapter(model, adapter):
         merged = reference_loss(model, tokenizer, EXAMPLES)
     assert merged == pytest.approx(longer[5], abs=1e-4)
@@ -122,7 +121,10 @@ def test_gradient_accumulation_equals_the_big_batch(tiny_model: tuple) -> None:
     model, tokenizer = tiny_model
     big, big_losses = train_lora(model, tokenizer, EXAMPLES, fast_config(epochs=2), progress=False)
     acc, acc_losses = train_lora(
-        model, tokenizer, EXAMPLES, fast_config(epochs=2, batch_size=2, grad_accum=2),
+        model,
+        tokenizer,
+        EXAMPLES,
+        fast_config(epochs=2, batch_size=2, grad_accum=2),
         progress=False,
     )
     assert acc_losses == pytest.approx(big_losses, abs=1e-5)
@@ -134,8 +136,12 @@ def test_max_steps_and_on_step_callback(tiny_model: tuple) -> None:
     model, tokenizer = tiny_model
     seen: list[tuple[int, float]] = []
     _, losses = train_lora(
-        model, tokenizer, EXAMPLES, fast_config(max_steps=3),
-        progress=False, on_step=lambda step, loss: seen.append((step, loss)),
+        model,
+        tokenizer,
+        EXAMPLES,
+        fast_config(max_steps=3),
+        progress=False,
+        on_step=lambda step, loss: seen.append((step, loss)),
     )
     assert len(losses) == 3
     assert seen == list(enumerate(losses, start=1))
@@ -206,8 +212,13 @@ def test_model_restored_when_training_is_interrupted(
 
     with pytest.raises(type(interrupt)):
         train_lora(
-            model, tokenizer, EXAMPLES, fast_config(), frozen=random_adapter_factory(4),
-            progress=False, on_step=stop,
+            model,
+            tokenizer,
+            EXAMPLES,
+            fast_config(),
+            frozen=random_adapter_factory(4),
+            progress=False,
+            on_step=stop,
         )
     assert_bit_identical(model, before)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads_before
@@ -222,10 +233,16 @@ def test_bad_inputs_raise_clear_errors(
     with pytest.raises(MtaError, match="rank must be a positive integer"):
         train_lora(model, tokenizer, EXAMPLES, fast_config(rank=0), progress=False)
     with pytest.raises(ShapeMismatchError, match="c_attn"):
-        train_lora(model, tokenizer, EXAMPLES, fast_config(target_modules=["c_attn"]),
-                   progress=False)
-    wrong = LoraAdapter({"model.layers.0.self_attn.k_proj": LoraModule(
-        A=torch.zeros(2, 64), B=torch.zeros(64, 2), scale=1.0)})
+        train_lora(
+            model, tokenizer, EXAMPLES, fast_config(target_modules=["c_attn"]), progress=False
+        )
+    wrong = LoraAdapter(
+        {
+            "model.layers.0.self_attn.k_proj": LoraModule(
+                A=torch.zeros(2, 64), B=torch.zeros(64, 2), scale=1.0
+            )
+        }
+    )
     before = snapshot(model)
     with pytest.raises(ShapeMismatchError, match="k_proj"):
         train_lora(model, tokenizer, EXAMPLES, fast_config(), frozen=wrong, progress=False)
@@ -251,8 +268,10 @@ def test_apply_adapter_changes_outputs_and_restores_exactly(
     assert (both - one).abs().max() > 1e-3
     weight = model.get_submodule("model.layers.0.self_attn.q_proj").weight
     with apply_adapter(model, first):
-        expected = before["model.layers.0.self_attn.q_proj.weight"] + first.modules[
-            "model.layers.0.self_attn.q_proj"].delta()
+        expected = (
+            before["model.layers.0.self_attn.q_proj.weight"]
+            + first.modules["model.layers.0.self_attn.q_proj"].delta()
+        )
         assert torch.equal(weight, expected)
 
 
@@ -263,8 +282,13 @@ def test_apply_adapter_restores_on_error_and_checks_paths(tiny_model: tuple) -> 
     with pytest.raises(ValueError, match="boom"), apply_adapter(model, adapter):
         raise ValueError("boom")
     assert_bit_identical(model, before)
-    missing = LoraAdapter({"model.layers.7.self_attn.q_proj": LoraModule(
-        A=torch.zeros(1, 64), B=torch.zeros(64, 1), scale=1.0)})
+    missing = LoraAdapter(
+        {
+            "model.layers.7.self_attn.q_proj": LoraModule(
+                A=torch.zeros(1, 64), B=torch.zeros(64, 1), scale=1.0
+            )
+        }
+    )
     with (
         pytest.raises(ShapeMismatchError, match="not in the base model"),
         apply_adapter(model, missing),

@@ -48,8 +48,13 @@ def _registry_at(root: Path) -> Registry:
 
 
 def populate(
-    registry_db_url: str, store_url: str, cache_dir: Path, work: Path,
-    shapes: dict[str, tuple[int, int]], base_model: Path, embedder: Path,
+    registry_db_url: str,
+    store_url: str,
+    cache_dir: Path,
+    work: Path,
+    shapes: dict[str, tuple[int, int]],
+    base_model: Path,
+    embedder: Path,
 ) -> None:
     """Init a registry, push the four-anchor bank, add user 'alice' and fuse her."""
     from mta.registry import service
@@ -60,8 +65,12 @@ def populate(
     with RegistryContext.open(registry_db_url, store_url, cache_dir) as ctx:
         service.init_registry(ctx)
         service.push_bank(
-            ctx, task=TASK, adapter_dirs=dirs, profiles_path=profiles,
-            base_model=str(base_model), embedder=str(embedder),
+            ctx,
+            task=TASK,
+            adapter_dirs=dirs,
+            profiles_path=profiles,
+            base_model=str(base_model),
+            embedder=str(embedder),
         )
         service.add_user(ctx, user_id="alice", task=TASK, profile=movie_user("alice", 6, seed=1))
         service.fuse_user(ctx, "alice")
@@ -83,8 +92,13 @@ def registry_template(
     """A registry built once: bank v1 with anchors a1-a4, user alice with a recipe."""
     template = _registry_at(tmp_path_factory.mktemp("server-registry"))
     populate(
-        template.db_url, template.store_url, template.cache_dir, template.root,
-        tiny_shapes, tiny_model_dir, tiny_embedder_dir,
+        template.db_url,
+        template.store_url,
+        template.cache_dir,
+        template.root,
+        tiny_shapes,
+        tiny_model_dir,
+        tiny_embedder_dir,
     )
     return template
 

@@ -108,9 +108,10 @@ def test_healthz_needs_no_token_and_checks_the_database(
     Path(registry.db_url.removeprefix("sqlite:///")).unlink()
     broken = client.get("/healthz")
     assert broken.status_code == 503
-    assert broken.json()["status"] == "unavailable" and "mta init" in broken.json()["checks"][
-        "database"
-    ]
+    assert (
+        broken.json()["status"] == "unavailable"
+        and "mta init" in broken.json()["checks"]["database"]
+    )
 
 
 def test_insecure_mode_needs_no_token(registry: Registry) -> None:
@@ -186,8 +187,9 @@ def test_bank_of_another_task_is_not_found(client: TestClient) -> None:
 
 def test_malformed_json_and_oversized_bodies(registry: Registry) -> None:
     with make_client(registry, max_body_bytes=1000) as small:
-        raw = small.post("/v1/users", content=b"{nope", headers={**ADMIN, "content-type":
-                                                                  "application/json"})
+        raw = small.post(
+            "/v1/users", content=b"{nope", headers={**ADMIN, "content-type": "application/json"}
+        )
         _error(raw, 422, "validation_error")
         big = {"user_id": "x", "task": TASK, "profile": [{"description": "w" * 2000}]}
         _error(small.post("/v1/users", json=big, headers=ADMIN), 413, "payload_too_large")
@@ -233,11 +235,13 @@ def test_fuse_stores_a_recipe(client: TestClient) -> None:
     assert client.post("/v1/users/alice/fuse", headers=ADMIN).status_code == 200  # no body
     _error(
         client.post("/v1/users/alice/fuse", json={"method": "nope"}, headers=ADMIN),
-        422, "invalid_input",
+        422,
+        "invalid_input",
     )
     _error(
         client.post("/v1/users/alice/fuse", json={"top_k": 0}, headers=ADMIN),
-        422, "validation_error",
+        422,
+        "validation_error",
     )
     _error(client.post("/v1/users/ghost/fuse", json={}, headers=ADMIN), 404, "not_found")
 
@@ -288,8 +292,7 @@ def test_etag_revalidation_and_cache_counters(client: TestClient) -> None:
     half = client.get("/v1/users/alice/adapter?dtype=fp16", headers=READ)
     assert half.headers["etag"] not in (etag, compressed.headers["etag"])
     assert len(half.content) < len(first.content)
-    _error(client.get("/v1/users/alice/adapter?max_rank=0", headers=READ), 422,
-           "validation_error")
+    _error(client.get("/v1/users/alice/adapter?max_rank=0", headers=READ), 422, "validation_error")
 
     # A new recipe changes what would be exported, so the old ETag no longer matches.
     client.post("/v1/users/alice/fuse", json={"top_k": 1}, headers=ADMIN)
@@ -355,8 +358,11 @@ def test_adapt_job_lifecycle(client: TestClient) -> None:
     assert max(ranks) == 2 * 8 + 1  # two fused rank-8 anchors + the rank-1 stack
 
     _error(client.post("/v1/users/ghost/adapt", json=body, headers=ADMIN), 404, "not_found")
-    _error(client.post("/v1/users/alice/adapt", json={"shots": 0}, headers=ADMIN), 422,
-           "validation_error")
+    _error(
+        client.post("/v1/users/alice/adapt", json={"shots": 0}, headers=ADMIN),
+        422,
+        "validation_error",
+    )
 
 
 def test_failed_job_reports_the_error(client: TestClient, registry: Registry) -> None:

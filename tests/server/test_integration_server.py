@@ -21,8 +21,13 @@ def test_http_flow_on_postgres_and_s3(
     tiny_embedder_dir: Path,
 ) -> None:
     populate(
-        pg_db_url, s3_store_url, tmp_path / "cache", tmp_path,
-        tiny_shapes, tiny_model_dir, tiny_embedder_dir,
+        pg_db_url,
+        s3_store_url,
+        tmp_path / "cache",
+        tmp_path,
+        tiny_shapes,
+        tiny_model_dir,
+        tiny_embedder_dir,
     )
     registry = Registry(tmp_path, pg_db_url, s3_store_url, tmp_path / "cache", tmp_path)
     with make_client(registry) as client:

@@ -28,8 +28,10 @@ def test_render_parses_and_counts() -> None:
     assert value(samples, f"{hist}_bucket", **route, le="0.25") == 2
     assert value(samples, f"{hist}_bucket", **route, le="10") == 2
     assert value(samples, f"{hist}_bucket", **route, le="+Inf") == 3
-    buckets = [value(samples, f"{hist}_bucket", **route, le=str(b).rstrip("0").rstrip("."))
-               for b in BUCKETS]
+    buckets = [
+        value(samples, f"{hist}_bucket", **route, le=str(b).rstrip("0").rstrip("."))
+        for b in BUCKETS
+    ]
     assert buckets == sorted(buckets)  # cumulative
     assert value(samples, "mta_adapter_cache_total", result="hit") == 2
     assert value(samples, "mta_adapter_cache_total", result="miss") == 1
@@ -41,5 +43,7 @@ def test_label_values_are_escaped() -> None:
     metrics = Metrics()
     metrics.observe_request('/a"b\\c', "GET", 200, 0.1)
     samples = parse_metrics(metrics.render())
-    assert value(samples, "mta_http_requests_total", route='/a\\"b\\\\c', method="GET",
-                 status="200") == 1
+    assert (
+        value(samples, "mta_http_requests_total", route='/a\\"b\\\\c', method="GET", status="200")
+        == 1
+    )

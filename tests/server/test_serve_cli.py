@@ -49,9 +49,7 @@ def test_refuses_a_bad_tokens_file(registry: Registry, tmp_path: Path) -> None:
     assert isinstance(error, InvalidInputError) and "at least 16" in str(error)
 
 
-def test_refuses_an_uninitialized_registry(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_refuses_an_uninitialized_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTA_ADMIN_TOKEN", ADMIN_TOKEN)
     error = _serve("--db", f"sqlite:///{tmp_path / 'none.db'}", "--store", f"file://{tmp_path}")
     assert isinstance(error, NotInitializedError) and "mta init" in str(error)
