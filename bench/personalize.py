@@ -9,6 +9,7 @@ Both use the same examples, steps, batch size and learning rate.
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def _anchors(shapes: dict[str, tuple[int, int]], n: int):
 def bench_personalize(quick: bool) -> Section:
     """Seconds and bytes written to personalize one user on SmolLM2, MTA vs the paper's shape."""
     steps = 2 if quick else 4
+    repeats = 1 if quick else 3
     batch = 2
     examples = _examples(steps * batch)
     model, tokenizer = load_base_model()
@@ -65,55 +67,27 @@ def bench_personalize(quick: bool) -> Section:
     # One untimed step first: the first backward pass pays allocator and kernel warm-up.
     warmup = TrainConfig(rank=1, epochs=1, batch_size=batch, max_steps=1)
     train_lora(model, tokenizer, examples[:batch], warmup, progress=False)
+    runs: dict[str, list[list[float]]] = {"mta": [], "paper": []}
+    written = {"mta": 0, "paper": 0}
     with tempfile.TemporaryDirectory(prefix="mta-bench-") as tmp:
-        root = Path(tmp)
-        t0 = time.perf_counter()
-        fused = fuse(anchors, weights, method="cat")
-        t_fuse = time.perf_counter() - t0
-        config = TrainConfig(rank=1, epochs=1, batch_size=batch, lr=1e-3, max_length=256)
-        t0 = time.perf_counter()
-        stack, _ = train_lora(model, tokenizer, examples, config, frozen=fused, progress=False)
-        t_train = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        blob = adapter_to_bytes(stack, dtype=torch.float16)
-        (root / "stack.safetensors").write_bytes(blob)
-        t_save = time.perf_counter() - t0
-        mta_total = t_fuse + t_train + t_save
-        mta_row = ["MTA (in-memory stack, r1)", t_fuse, 0.0, t_train, t_save, mta_total, len(blob)]
-
-        t0 = time.perf_counter()
-        fused_p = fuse(anchors, weights, method="cat")
-        t_fuse_p = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        merged_dir = root / "merged"
-        with apply_adapter(model, fused_p):
-            model.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-        merged_model, merged_tok = _reload(merged_dir)
-        t_prepare = time.perf_counter() - t0
-        paper_config = TrainConfig(rank=4, epochs=1, batch_size=batch, lr=1e-3, max_length=256)
-        t0 = time.perf_counter()
-        lora, _ = train_lora(merged_model, merged_tok, examples, paper_config, progress=False)
-        t_train_p = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = save_peft_adapter(lora, root / "paper-lora", dtype=torch.float32)
-        t_save_p = time.perf_counter() - t0
-        written = _folder_bytes(merged_dir) + _folder_bytes(Path(out))
-        paper_total = t_fuse_p + t_prepare + t_train_p + t_save_p
-        section.add(*mta_row, paper_total / mta_total)
-        section.add(
-            "paper shape (merge, save, reload, r4)",
-            t_fuse_p,
-            t_prepare,
-            t_train_p,
-            t_save_p,
-            paper_total,
-            written,
-            1.0,
-        )
+        # Alternate the order so neither pipeline always runs on a warmer machine.
+        for rep in range(repeats):
+            order = ("mta", "paper") if rep % 2 == 0 else ("paper", "mta")
+            for name in order:
+                root = Path(tmp) / f"{name}{rep}"
+                root.mkdir()
+                pipeline = _mta_pipeline if name == "mta" else _paper_pipeline
+                times, nbytes = pipeline(model, tokenizer, anchors, weights, examples, batch, root)
+                runs[name].append(times)
+                written[name] = nbytes
+    mta_t = [statistics.median(col) for col in zip(*runs["mta"], strict=True)]
+    paper_t = [statistics.median(col) for col in zip(*runs["paper"], strict=True)]
+    section.add("MTA (in-memory stack, r1)", *mta_t, written["mta"], paper_t[-1] / mta_t[-1])
+    section.add("paper shape (merge, save, reload, r4)", *paper_t, written["paper"], 1.0)
     section.notes.append(
-        f"{len(examples)} leave-one-out examples of one demo user; the base model is already in "
-        "memory for both; 'prepare' is fold + save_pretrained + reload of the merged model. "
+        f"median of {repeats} alternating runs; {len(examples)} leave-one-out examples of one "
+        "demo user; the base model is already in memory for both; 'prepare' is fold + "
+        "save_pretrained + reload of the merged model. "
         "Bytes written: MTA's fp16 stack blob vs the merged model folder + the fp32 rank-4 LoRA."
     )
     return section
@@ -127,3 +101,44 @@ def _reload(folder: Path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def _mta_pipeline(model, tokenizer, anchors, weights, examples, batch, root: Path):
+    """Fuse in memory, train a rank-1 stack over the merged-in-memory fused delta, save it."""
+    t0 = time.perf_counter()
+    fused = fuse(anchors, weights, method="cat")
+    t_fuse = time.perf_counter() - t0
+    config = TrainConfig(rank=1, epochs=1, batch_size=batch, lr=1e-3, max_length=256)
+    t0 = time.perf_counter()
+    stack, _ = train_lora(model, tokenizer, examples, config, frozen=fused, progress=False)
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    blob = adapter_to_bytes(stack, dtype=torch.float16)
+    (root / "stack.safetensors").write_bytes(blob)
+    t_save = time.perf_counter() - t0
+    return [t_fuse, 0.0, t_train, t_save, t_fuse + t_train + t_save], len(blob)
+
+
+def _paper_pipeline(model, tokenizer, anchors, weights, examples, batch, root: Path):
+    """Fold the fused LoRA into the weights, save and reload the full model, train a rank-4."""
+    t0 = time.perf_counter()
+    fused = fuse(anchors, weights, method="cat")
+    t_fuse = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    merged_dir = root / "merged"
+    with apply_adapter(model, fused):
+        model.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    merged_model, merged_tok = _reload(merged_dir)
+    t_prepare = time.perf_counter() - t0
+    config = TrainConfig(rank=4, epochs=1, batch_size=batch, lr=1e-3, max_length=256)
+    t0 = time.perf_counter()
+    lora, _ = train_lora(merged_model, merged_tok, examples, config, progress=False)
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = save_peft_adapter(lora, root / "paper-lora", dtype=torch.float32)
+    t_save = time.perf_counter() - t0
+    total = t_fuse + t_prepare + t_train + t_save
+    return [t_fuse, t_prepare, t_train, t_save, total], _folder_bytes(merged_dir) + _folder_bytes(
+        Path(out)
+    )
