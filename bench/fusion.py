@@ -75,13 +75,12 @@ def _peft_model(shape: LlamaShape, anchors: Sequence[LoraAdapter]):
     return peft_model
 
 
-def _peft_fuse(peft_model, n: int, weights: Sequence[float], kind: str) -> dict[str, torch.Tensor]:
+def _peft_fuse(peft_model, n: int, weights: Sequence[float], kind: str) -> None:
     names = [f"a{i}" for i in range(n)]
     if "fused" in peft_model.peft_config:
         peft_model.delete_adapter("fused")
     extra = {"svd_rank": SVD_RANK} if kind == "svd" else {}
     peft_model.add_weighted_adapter(names, list(weights), "fused", combination_type=kind, **extra)
-    return {}
 
 
 def _peft_deltas(peft_model, paths: Sequence[str]) -> dict[str, torch.Tensor]:

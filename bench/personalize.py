@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.report import Section
+from bench.shapes import random_adapter
 from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
 from mta.fusion import fuse
 from mta.peft_io import adapter_to_bytes, save_peft_adapter
@@ -36,8 +37,6 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _anchors(shapes: dict[str, tuple[int, int]], n: int):
-    from bench.shapes import random_adapter
-
     return [random_adapter(shapes, 8, seed=i) for i in range(n)]
 
 
