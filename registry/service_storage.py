@@ -24,6 +24,7 @@ from mta.registry.models import (
     SqlUser,
     utcnow,
 )
+from mta.storage import BlobCorruptedError, BlobNotFoundError
 
 OPPU_RANK = 8
 _DTYPE_BYTES = {"fp16": 2, "fp32": 4}
@@ -200,6 +201,10 @@ def gc(ctx: RegistryContext, *, grace_seconds: int = 3600, dry_run: bool = False
                     session.delete(session.get_one(SqlBlob, digest))
                 rows_deleted = len(gone)
             doomed = {d: s for d, s in doomed.items() if d not in set(stale_rows) - set(gone)}
+        kept = [d for d in doomed if not _still_old(ctx, d, cutoff)]
+        young += len(kept)
+        for digest in kept:
+            del doomed[digest]
         for digest in doomed:
             with contextlib.suppress(FileNotFoundError):
                 ctx.store.delete(digest)
@@ -213,6 +218,14 @@ def gc(ctx: RegistryContext, *, grace_seconds: int = 3600, dry_run: bool = False
         blob_rows_deleted=rows_deleted,
         dry_run=dry_run,
     )
+
+
+def _still_old(ctx: RegistryContext, digest: str, cutoff: datetime) -> bool:
+    """Re-check before deleting: a writer that re-put the blob since the listing made it young."""
+    try:
+        return ctx.store.modified(digest) <= cutoff
+    except BlobNotFoundError:
+        return True  # already gone; deleting is a no-op
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -230,8 +243,6 @@ def fsck(ctx: RegistryContext, *, verify: bool = True) -> FsckReport:
         A report; `ok` is False when a row's blob is missing, corrupt or of the wrong size
         (the CLI exits 3). Orphan blobs are listed but are `gc`'s business, not an error.
     """
-    from mta.storage import BlobCorruptedError, BlobNotFoundError
-
     with ctx.session() as session:
         sizes = dict(session.execute(select(SqlBlob.digest, SqlBlob.size)).tuples().all())
         refs: list[tuple[str, str, str, str]] = []

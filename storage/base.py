@@ -82,7 +82,11 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def put_bytes(self, data: bytes) -> str:
-        """Store `data` and return its sha256 hex digest; a blob already stored is not rewritten."""
+        """Store `data` and return its sha256 hex digest.
+
+        A blob already stored is not rewritten, but its modification time is refreshed, so a
+        concurrent `gc` sees it as young and keeps it until the caller's rows reference it.
+        """
 
     @abc.abstractmethod
     def put_file(self, path: str | Path) -> str:
@@ -104,6 +108,10 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def size(self, digest: str) -> int:
         """Size in bytes of a stored blob; BlobNotFoundError when it is missing."""
+
+    @abc.abstractmethod
+    def modified(self, digest: str) -> datetime:
+        """When a blob was last written or re-put (UTC); BlobNotFoundError when it is missing."""
 
     @abc.abstractmethod
     def delete(self, digest: str) -> None:

@@ -105,6 +105,14 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             raise self._not_found(digest) from None
 
+    def modified(self, digest: str) -> datetime:
+        """Modification time of the blob file."""
+        try:
+            mtime = self.path_for(digest).stat().st_mtime
+        except FileNotFoundError:
+            raise self._not_found(digest) from None
+        return datetime.fromtimestamp(mtime, tz=timezone.utc)
+
     def delete(self, digest: str) -> None:
         """Remove the blob file (read-only files can be unlinked: only the folder's mode counts)."""
         path = self.path_for(digest)
@@ -143,10 +151,17 @@ class LocalBlobStore(BlobStore):
 
     def _already_stored(self, digest: str, size: int) -> bool:
         # A size mismatch means a damaged copy: let the new write replace it.
+        path = self.path_for(digest)
         try:
-            return self.path_for(digest).stat().st_size == size
-        except FileNotFoundError:
+            if path.stat().st_size != size:
+                return False
+            # Re-putting makes the blob young again, so a gc that listed it as an old orphan
+            # re-checks, sees the new mtime and keeps it for the writer about to reference it.
+            os.utime(path)
+        except (FileNotFoundError, PermissionError):
+            # Not ours to touch (another user's blob): rewriting it also makes it young.
             return False
+        return True
 
     def _write(self, digest: str, chunks: Iterable[bytes]) -> str:
         """Write chunks to a temp file beside the final path, then rename; return their hash."""

@@ -7,7 +7,7 @@ import functools
 import hashlib
 import os
 from collections.abc import Iterator
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -136,14 +136,14 @@ class S3BlobStore(BlobStore):
     def put_bytes(self, data: bytes) -> str:
         """Upload `data` unless already stored; the server checks the SHA256 we send."""
         digest = sha256_bytes(data)
-        if not self.exists(digest):
+        if not self._refresh(digest):
             self._put(digest, data)
         return digest
 
     def put_file(self, path: str | Path) -> str:
         """Upload a file unless already stored; hashed in chunks, streamed from disk."""
         digest = sha256_file(path)
-        if not self.exists(digest):
+        if not self._refresh(digest):
             with open(path, "rb") as handle:
                 self._put(digest, handle)
         return digest
@@ -169,6 +169,10 @@ class S3BlobStore(BlobStore):
     def size(self, digest: str) -> int:
         """Content length from a HEAD request."""
         return int(self._head(digest)["ContentLength"])
+
+    def modified(self, digest: str) -> datetime:
+        """LastModified from a HEAD request."""
+        return self._head(digest)["LastModified"].astimezone(timezone.utc)
 
     def delete(self, digest: str) -> None:
         """Delete the object (S3 deletes silently, so existence is checked first)."""
@@ -219,6 +223,27 @@ class S3BlobStore(BlobStore):
             )
         except Exception as exc:
             self._raise(exc, "writing", digest)
+
+    def _refresh(self, digest: str) -> bool:
+        """Bump an existing object's LastModified (copy onto itself); False when it is missing.
+
+        Makes a re-put blob young again for `gc`, like the file store's utime.
+        """
+        if not self.exists(digest):
+            return False
+        key = self.key_for(digest)
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+            )
+        except Exception as exc:
+            if _error_code(exc) in {"NoSuchKey", "404"}:  # deleted by gc in between
+                return False
+            self._raise(exc, "writing", digest)
+        return True
 
     def _head(self, digest: str) -> dict[str, Any]:
         try:

@@ -56,6 +56,22 @@ def test_gc_honours_the_grace_period_and_dry_run(bank_registry):
     assert gc(bank_registry, grace_seconds=0).deleted == ()
 
 
+def test_gc_keeps_an_old_orphan_a_writer_re_puts_while_gc_runs(bank_registry, monkeypatch):
+    data = b"an old orphan a new user is about to reference"
+    digest = bank_registry.store.put_bytes(data)
+    _age(bank_registry, digest, 7200)
+    listed = bank_registry.store.iter_blobs
+
+    def list_then_writer_re_puts():
+        yield from listed()
+        bank_registry.store.put_bytes(data)  # a writer between gc's listing and its deletes
+
+    monkeypatch.setattr(bank_registry.store, "iter_blobs", list_then_writer_re_puts)
+    result = gc(bank_registry, grace_seconds=3600)
+    assert result.deleted == () and result.kept_in_grace == 1
+    assert bank_registry.store.get_bytes(digest) == data
+
+
 def test_gc_never_touches_referenced_blobs_however_old(bank_registry):
     bank = get_bank(bank_registry, TASK)
     for anchor in bank.anchors:

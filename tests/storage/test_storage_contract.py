@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -45,6 +46,23 @@ def test_put_is_idempotent(store: BlobStore) -> None:
     assert [info.digest for info in store.iter_blobs()] == [first]
 
 
+def test_re_putting_a_stored_blob_makes_it_young_again(store: BlobStore, tmp_path: Path) -> None:
+    # gc judges orphans by age: a writer about to reference an old orphan must refresh it.
+    digest = store.put_bytes(b"old orphan")
+    first = store.modified(digest)
+    time.sleep(1.1)  # S3's LastModified has one-second resolution
+    assert store.put_bytes(b"old orphan") == digest
+    second = store.modified(digest)
+    assert second > first
+    path = tmp_path / "orphan.bin"
+    path.write_bytes(b"old orphan")
+    time.sleep(1.1)
+    assert store.put_file(path) == digest
+    assert store.modified(digest) > second
+    assert [info.modified for info in store.iter_blobs()] == [store.modified(digest)]
+    assert store.get_bytes(digest) == b"old orphan"
+
+
 def test_put_file_streams_and_matches_put_bytes(store: BlobStore, tmp_path: Path) -> None:
     data = os.urandom((1 << 20) + 123)  # more than one read chunk
     path = tmp_path / "payload.bin"
@@ -67,7 +85,7 @@ def test_exists_size_delete(store: BlobStore) -> None:
 
 def test_missing_blob_raises_not_found_everywhere(store: BlobStore) -> None:
     assert not store.exists(MISSING)
-    for operation in (store.get_bytes, store.size, store.verify, store.delete):
+    for operation in (store.get_bytes, store.size, store.modified, store.verify, store.delete):
         with pytest.raises(BlobNotFoundError, match=MISSING):
             operation(MISSING)
 
