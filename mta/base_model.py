@@ -127,7 +127,7 @@ def _load_uncached(
     source = resolved
     if resolved.endswith(".gguf"):
         source = str(converted_gguf_dir(Path(resolved), cache_dir))
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
@@ -156,7 +156,7 @@ def converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
     tmp = target.parent / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             _convert_gguf(gguf, tmp)
         try:
             # A folder rename is atomic: readers see either no copy or a complete one.
@@ -171,7 +171,7 @@ def converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Hide transformers' tqdm bars (weight loading, GGUF dequantizing); callers show their own."""
     from transformers.utils import logging as hf_logging
 

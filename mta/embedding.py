@@ -49,8 +49,11 @@ def _load_model(location: str, local_only: bool) -> Any:
         if model is None:
             from sentence_transformers import SentenceTransformer
 
+            from mta.base_model import quiet_transformers
+
             # local_files_only keeps the bundled default offline even without HF_HUB_OFFLINE.
-            model = SentenceTransformer(location, device="cpu", local_files_only=local_only)
+            with quiet_transformers():
+                model = SentenceTransformer(location, device="cpu", local_files_only=local_only)
             _MODELS[location] = model
         return model
 

@@ -88,3 +88,15 @@ def test_minilm_places_the_new_sci_fi_user_next_to_the_sci_fi_fan() -> None:
     vector = user_embedding(embedder, [task.item_text(i) for i in newcomer["profile"]])
     nearest = users[int(np.argmax(matrix @ vector))]["user_id"]
     assert nearest == "demo-02-ben"
+
+
+@pytest.mark.slow
+def test_loading_minilm_prints_no_progress_bar_on_stderr() -> None:
+    # Our CLI draws its own progress; transformers' "Loading weights" bars would interleave.
+    import subprocess
+    import sys
+
+    code = "from mta.embedding import Embedder; print(Embedder().encode(['a film']).shape)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "(1, 384)"
+    assert "Loading weights" not in done.stderr and "it/s" not in done.stderr
