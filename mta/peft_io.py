@@ -20,7 +20,6 @@ import math
 import os
 import re
 import tempfile
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -246,10 +245,14 @@ def load_peft_adapter(path: str | Path) -> LoraAdapter:
     return adapter
 
 
-def _dominant_rank(adapter: LoraAdapter) -> int:
-    """The most common module rank (largest on ties): it becomes the config's plain ``r``."""
-    counts = Counter(adapter.ranks().values())
-    return max(counts, key=lambda rank: (counts[rank], rank))
+def _config_rank(adapter: LoraAdapter) -> int:
+    """The largest module rank: it becomes the config's plain ``r``.
+
+    Serving engines size their LoRA slots from the config's ``r`` (vLLM's
+    ``--max-lora-rank`` check) and some ignore ``rank_pattern``; with ``r`` the maximum
+    and ``lora_alpha == r`` they still see a correct bound and a scaling of exactly 1.
+    """
+    return max(adapter.ranks().values())
 
 
 def _cast_finite(
@@ -280,10 +283,10 @@ def peft_config_for(adapter: LoraAdapter, base_model: str | None = None) -> dict
     """The adapter_config.json that makes PEFT's scaling exactly 1 on every module.
 
     Each module is written with ``r = lora_alpha = its rank`` (scale folded into B);
-    ranks other than the most common one go to ``rank_pattern``/``alpha_pattern``,
-    keyed by the full module path.
+    the config's ``r`` is the largest rank, and smaller ranks go to
+    ``rank_pattern``/``alpha_pattern``, keyed by the full module path.
     """
-    rank = _dominant_rank(adapter)
+    rank = _config_rank(adapter)
     pattern = {path: r for path, r in sorted(adapter.ranks().items()) if r != rank}
     return {
         "peft_type": "LORA",

@@ -81,8 +81,11 @@ def test_per_module_ranks_use_rank_and_alpha_patterns(
     mixed = LoraAdapter(modules=modules)
     folder = save_peft_adapter(mixed, tmp_path / "mixed")
     config = json.loads((folder / "adapter_config.json").read_text())
-    assert config["r"] == 2
-    assert config["rank_pattern"] == {"model.layers.0.self_attn.q_proj": 3, odd: 5}
+    # r is the largest rank, so an engine that ignores the patterns still gets a bound.
+    assert config["r"] == config["lora_alpha"] == 5
+    assert config["rank_pattern"] == {p: r for p, r in mixed.ranks().items() if r != 5}
+    assert config["rank_pattern"]["model.layers.0.self_attn.q_proj"] == 3
+    assert odd not in config["rank_pattern"]
     assert config["alpha_pattern"] == config["rank_pattern"]
     assert_deltas_close(mixed, peft_deltas(tiny_model_dir, folder))
     back = load_peft_adapter(folder)
