@@ -343,3 +343,38 @@ def test_smollm2_rank1_stack_over_fused_leaves_weights_unchanged() -> None:
         texts = generate(model, tokenizer, ["The capital of France is"], max_new_tokens=6)
     assert len(texts) == 1 and texts[0].strip() != ""
     assert_bit_identical(model, before)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "target", "text"),
+    [
+        ("Review: robots on a planet. Tag:", "comedy", " comedy"),  # the space generation emits
+        ("Review: robots on a planet. Tag: ", "comedy", "comedy"),  # the prompt has it already
+        ("Review: robots on a planet.\n", "comedy", "comedy"),
+        ("Review: robots on a planet. Tag:", " comedy", " comedy"),  # the target has it
+    ],
+)
+def test_targets_are_tokenized_as_the_prompt_continues(
+    tiny_model: tuple, prompt: str, target: str, text: str
+) -> None:
+    from mta.training import continuation_ids
+
+    _, tokenizer = tiny_model
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    ids = continuation_ids(tokenizer, prompt, prompt_ids, target)
+    assert tokenizer.decode(ids) == text
+    if not prompt.endswith(" "):  # a trailing space merges into the next word's token
+        # Exactly the tokens that follow the prompt in the running text the model generates.
+        assert tokenizer(prompt + text)["input_ids"] == prompt_ids + ids
+
+
+@pytest.mark.slow
+def test_smollm2_targets_start_with_the_space_token_after_an_answer_cue() -> None:
+    from mta.base_model import load_base_model
+    from mta.training import continuation_ids
+
+    _, tokenizer = load_base_model(None)
+    prompt = "Which tag fits this movie?\nAnswer:"
+    ids = continuation_ids(tokenizer, prompt, tokenizer(prompt)["input_ids"], "dark comedy")
+    assert ids == tokenizer(" dark comedy", add_special_tokens=False)["input_ids"]
+    assert ids != tokenizer("dark comedy", add_special_tokens=False)["input_ids"]
