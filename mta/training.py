@@ -259,9 +259,9 @@ def continuation_ids(
     A prompt ending in "Answer:" is continued by " comedy", not "comedy": tokenizing the
     target alone gives the no-space token, which the base model almost never emits there,
     so a few training steps spent on it mostly teach an early EOS (fused anchors trained
-    that way answered nothing on half the movie-tagging items). Tokenizing prompt and
-    target together and keeping the tokens past the prompt matches generation for
-    byte-level BPE and SentencePiece tokenizers alike.
+    that way named no tag on half the movie-tagging items). Tokenizing prompt and target
+    together and keeping the tokens past the prompt matches generation without assuming
+    how the tokenizer marks spaces.
     """
     sep = "" if not prompt or prompt[-1].isspace() or target[:1].isspace() else " "
     full = list(tokenizer(prompt + sep + target, add_special_tokens=True)["input_ids"])

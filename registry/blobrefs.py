@@ -54,10 +54,10 @@ def put_blob(ctx: RegistryContext, data: bytes, kind: str) -> PendingBlob:
 def reassert_blobs(ctx: RegistryContext, blobs: Iterable[PendingBlob]) -> None:
     """After the rows committed, re-store any blob that vanished meanwhile.
 
-    `put_bytes` of a blob that already exists (an old, unreferenced copy of the same bytes)
-    does not make it young again, so a `gc` running between our put and our commit may have
-    deleted it. Once our rows are committed the blob is referenced and no later `gc` touches
-    it; writing it back closes that window.
+    `put_bytes` of a blob that already exists refreshes its modification time and `gc`
+    re-checks that time just before deleting, but a `gc` that re-checked a moment before
+    our put can still delete it. Once our rows are committed the blob is referenced and
+    no later `gc` touches it; writing it back closes that last window.
     """
     for blob in blobs:
         if not ctx.store.exists(blob.digest):

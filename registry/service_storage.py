@@ -201,10 +201,9 @@ def gc(ctx: RegistryContext, *, grace_seconds: int = 3600, dry_run: bool = False
                     session.delete(session.get_one(SqlBlob, digest))
                 rows_deleted = len(gone)
             doomed = {d: s for d, s in doomed.items() if d not in set(stale_rows) - set(gone)}
-        kept = [d for d in doomed if not _still_old(ctx, d, cutoff)]
-        young += len(kept)
-        for digest in kept:
-            del doomed[digest]
+        still_old = {d: s for d, s in doomed.items() if _still_old(ctx, d, cutoff)}
+        young += len(doomed) - len(still_old)
+        doomed = still_old
         for digest in doomed:
             with contextlib.suppress(FileNotFoundError):
                 ctx.store.delete(digest)

@@ -227,10 +227,9 @@ class S3BlobStore(BlobStore):
     def _refresh(self, digest: str) -> bool:
         """Bump an existing object's LastModified (copy onto itself); False when it is missing.
 
-        Makes a re-put blob young again for `gc`, like the file store's utime.
+        Makes a re-put blob young again for `gc`, like the file store's utime. One request
+        either way: the copy's NoSuchKey is the existence check.
         """
-        if not self.exists(digest):
-            return False
         key = self.key_for(digest)
         try:
             self.client.copy_object(
@@ -240,7 +239,7 @@ class S3BlobStore(BlobStore):
                 MetadataDirective="REPLACE",
             )
         except Exception as exc:
-            if _error_code(exc) in {"NoSuchKey", "404"}:  # deleted by gc in between
+            if _error_code(exc) in _NOT_FOUND_CODES:
                 return False
             self._raise(exc, "writing", digest)
         return True

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from mta.tiny import make_tiny_embedder
 from tests.cli.cli_env import movie_user, write_anchor_adapters, write_users
+from tests.registry.registry_env import push_folders
 
 TASK = "movie_tagging"
 ANCHOR_IDS = ("a1", "a2", "a3", "a4")
@@ -64,14 +65,7 @@ def populate(
     profiles = write_users(work / "anchor_profiles.json", ANCHOR_IDS, items=9)
     with RegistryContext.open(registry_db_url, store_url, cache_dir) as ctx:
         service.init_registry(ctx)
-        service.push_bank(
-            ctx,
-            task=TASK,
-            adapter_dirs=dirs,
-            profiles_path=profiles,
-            base_model=str(base_model),
-            embedder=str(embedder),
-        )
+        push_folders(ctx, dirs, profiles, base_model, embedder)
         service.add_user(ctx, user_id="alice", task=TASK, profile=movie_user("alice", 6, seed=1))
         service.fuse_user(ctx, "alice")
 
