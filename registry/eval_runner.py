@@ -737,11 +737,14 @@ def _predict_bank_user(
 
 
 def _fused_adapter(ctx: RegistryContext, recipe: Any, anchor_blobs: dict[str, str]) -> Any:
-    """The fused adapter a recipe describes, rebuilt in memory as the registry does."""
+    """The fused adapter a recipe describes, rebuilt in memory from its adapter identity."""
+    from mta.registry.identity import identity_of
     from mta.registry.service import materialize_fused
 
-    inputs = [(anchor_blobs[a.anchor_id], a.weight) for a in recipe.anchors]
-    return materialize_fused(ctx, inputs, recipe.method, recipe.params.get("rank"))
+    identity = identity_of(recipe, None, anchor_blobs, base_model="")
+    return materialize_fused(
+        ctx, list(identity.anchors), identity.method, identity.params.get("rank")
+    )
 
 
 def _check_shots(stack: Any, entry: _Entry) -> None:

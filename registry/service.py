@@ -24,6 +24,7 @@ from mta.registry.service_storage import (
 )
 from mta.registry.service_user import (
     adapt_user,
+    adapter_identity,
     add_user,
     delete_user,
     export_user,
@@ -37,6 +38,7 @@ from mta.registry.service_user import (
 __all__ = [
     "ProgressFn",
     "adapt_user",
+    "adapter_identity",
     "add_user",
     "build_bank",
     "delete_user",

@@ -30,6 +30,7 @@ from mta.registry.blobrefs import (
 from mta.registry.context import MODEL_LOCK, RegistryContext
 from mta.registry.entities import DeleteResult, Export, Recipe, Stack, User, UserDetail
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from mta.registry.identity import AdapterIdentity, identity_of
 from mta.registry.models import SqlAnchor, SqlBank, SqlBlob, SqlRecipe, SqlStack, SqlUser, utcnow
 from mta.registry.names import validate_user_id
 from mta.registry.service_bank import (
@@ -456,15 +457,43 @@ def _cache_prefix(user_id: str) -> str:
     return f"u{hashlib.sha256(user_id.encode()).hexdigest()[:16]}--"
 
 
-def cache_key(user_id: str, payload: dict[str, Any]) -> str:
-    """Export-cache key: a per-user prefix (so `delete_user` finds the entries) + a content hash.
+def cache_key(identity: AdapterIdentity, **options: Any) -> str:
+    """Export-cache key: a per-user prefix (so `delete_user` finds the entries) + the digest.
 
-    The hash covers the stack digest, the anchor adapter digests and weights, the fusion
-    method and its params, `max_rank` and the export dtype: the same key means the same bytes,
-    whatever database the recipe ids come from.
+    The digest is the adapter identity's with the export options (`max_rank`, `dtype`,
+    `base_model_name`): the same key means the same bytes, whatever database the ids come from.
     """
-    digest = hashlib.sha256(_canonical_json(payload)).hexdigest()[:32]
-    return _cache_prefix(user_id) + digest
+    return _cache_prefix(identity.user_id) + identity.digest(**options)[:32]
+
+
+def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
+    """The user's adapter identity from their current recipe and stack rows."""
+    _get_user_row(session, user_id)
+    recipe = _latest(session, SqlRecipe, user_id)
+    if recipe is None:
+        raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
+    stack = _current_stack(session, recipe)
+    digests = dict(
+        session.execute(
+            select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
+                SqlAnchor.bank_id == recipe.bank_id
+            )
+        )
+        .tuples()
+        .all()
+    )
+    return identity_of(
+        _recipe_entity(session, recipe),
+        _stack_entity(session, stack) if stack is not None else None,
+        digests,
+        session.get_one(SqlBank, recipe.bank_id).base_model,
+    )
+
+
+def adapter_identity(ctx: RegistryContext, user_id: str) -> AdapterIdentity:
+    """What the user's exported adapter is made of now (see `mta.registry.identity`)."""
+    with ctx.session() as session:
+        return _read_identity(session, user_id)
 
 
 def export_user(
@@ -474,65 +503,38 @@ def export_user(
     *,
     max_rank: int | None = None,
     dtype: str = "fp32",
+    base_model_name: str | None = None,
 ) -> Export:
     """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
 
     The current recipe is the latest; the current stack is the newest one trained on it (a
     stack is only valid on its own fused delta). A user without one gets the fused adapter
-    alone. The folder is cached (see `cache_key`)
-    and copied to `out_dir` when given.
+    alone. The folder is cached under the adapter identity (see `cache_key`) and copied to
+    `out_dir` when given.
 
     Args:
         user_id: a registered user with a recipe.
         out_dir: destination folder (created; files overwritten), or None for the cache path.
         max_rank: compress to this rank with the truncated SVD (engines that cap LoRA rank).
         dtype: tensor precision of the written folder ("fp32" default, "fp16", "bf16").
+        base_model_name: written as `base_model_name_or_path` instead of the bank's base
+            model (serving engines match it against the model they serve).
 
     Raises:
         NotFoundError: the user has no recipe yet (run `mta user fuse`).
     """
-    from mta.export import export_adapter
-    from mta.peft_io import adapter_from_bytes, save_peft_adapter
-
     torch_dtype = _torch_dtype(dtype)
     if max_rank is not None and max_rank < 1:
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
     with ctx.session() as session:
-        _get_user_row(session, user_id)
-        recipe = _latest(session, SqlRecipe, user_id)
-        if recipe is None:
-            raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
-        stack = _current_stack(session, recipe)
-        inputs = _recipe_inputs(session, recipe)
-        bank = session.get_one(SqlBank, recipe.bank_id)
-        recipe_id, method, params = recipe.id, recipe.method, dict(recipe.params)
-        stack_id = stack.id if stack is not None else None
-        stack_blob = stack.blob if stack is not None else None
-        base_model = bank.base_model
-    key = cache_key(
-        user_id,
-        {
-            "stack": stack_blob,
-            "anchors": inputs,
-            "method": method,
-            "params": params,
-            "max_rank": max_rank,
-            "dtype": dtype,
-        },
-    )
+        identity = _read_identity(session, user_id)
+    options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": base_model_name}
+    key = cache_key(identity, **options)
     cache = ctx.adapter_cache
     cached = cache.get(key)
     from_cache = cached is not None
     if cached is None:
-        fused = materialize_fused(ctx, inputs, method, params.get("rank"))
-        stack_adapter = adapter_from_bytes(ctx.store.get_bytes(stack_blob)) if stack_blob else None
-        adapter = export_adapter(fused, stack_adapter, max_rank=max_rank)
-        with tempfile.TemporaryDirectory(prefix="mta-export-") as tmp:
-            folder = save_peft_adapter(
-                adapter, Path(tmp) / "adapter", dtype=torch_dtype, base_model=base_model
-            )
-            cached = cache.put(key, folder)
-        rank = max(adapter.ranks().values())
+        cached, rank = _materialize_into_cache(ctx, identity, key, torch_dtype, **options)
     else:
         rank = _exported_rank(cached)
     path = cached
@@ -547,10 +549,41 @@ def export_user(
         from_cache=from_cache,
         rank=rank,
         max_rank=max_rank,
-        recipe_id=recipe_id,
-        stack_id=stack_id,
+        recipe_id=identity.recipe_id,
+        stack_id=identity.stack_id,
         bytes=size,
     )
+
+
+def _materialize_into_cache(
+    ctx: RegistryContext,
+    identity: AdapterIdentity,
+    key: str,
+    torch_dtype: Any,
+    *,
+    max_rank: int | None,
+    dtype: str,
+    base_model_name: str | None,
+) -> tuple[Path, int]:
+    """Fuse, stack and write the identity's PEFT folder into the export cache."""
+    from mta.export import export_adapter
+    from mta.peft_io import adapter_from_bytes, save_peft_adapter
+
+    del dtype  # part of the key; the tensors use torch_dtype
+    fused = materialize_fused(
+        ctx, list(identity.anchors), identity.method, identity.params.get("rank")
+    )
+    stack = adapter_from_bytes(ctx.store.get_bytes(identity.stack)) if identity.stack else None
+    adapter = export_adapter(fused, stack, max_rank=max_rank)
+    with tempfile.TemporaryDirectory(prefix="mta-export-") as tmp:
+        folder = save_peft_adapter(
+            adapter,
+            Path(tmp) / "adapter",
+            dtype=torch_dtype,
+            base_model=base_model_name or identity.base_model,
+        )
+        cached = ctx.adapter_cache.put(key, folder)
+    return cached, max(adapter.ranks().values())
 
 
 def _exported_rank(folder: Path) -> int:

@@ -21,6 +21,7 @@ from mta.registry.entities import (
     UserDetail,
 )
 from mta.registry.errors import NotFoundError
+from mta.registry.identity import AdapterIdentity, identity_of
 from mta.registry.names import validate_user_id
 from mta.storage.errors import StorageError
 
@@ -94,7 +95,7 @@ class AppState:
         self.archives = ArchiveCache(settings.memory_cache_bytes)
         self.metrics = Metrics()
         # Anchor adapter digests per (task, version): bank versions are immutable.
-        self._bank_digests: dict[tuple[str, int], dict[str, str]] = {}
+        self._bank_digests: dict[tuple[str, int], tuple[dict[str, str], str]] = {}
         self.metrics.add_gauges(self._gauges)
 
     def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
@@ -107,37 +108,29 @@ class AppState:
         for status, count in self.jobs.counts().items():
             yield "mta_jobs", "Adapt jobs kept in memory, by status.", (("status", status),), count
 
-    def anchor_digests(self, task: str, version: int) -> dict[str, str]:
-        """Anchor id -> adapter blob digest of a bank version (cached: versions are immutable)."""
+    def bank_facts(self, task: str, version: int) -> tuple[dict[str, str], str]:
+        """Anchor id -> adapter digest, and the base model, of a bank version (cached)."""
         key = (task, version)
         if key not in self._bank_digests:
             bank = service.get_bank(self.ctx, task, str(version))
             digests = {a.anchor_id: a.adapter_blob for a in bank.anchors}
             if len(self._bank_digests) > 1024:
                 self._bank_digests.clear()  # a crude bound; refilled by one query per bank
-            self._bank_digests[key] = digests
+            self._bank_digests[key] = (digests, bank.base_model)
         return self._bank_digests[key]
 
-    def adapter_identity(self, detail: UserDetail) -> dict[str, Any]:
-        """What fixes a user's exported adapter bytes (the ETag input; see archive.py).
+    def adapter_identity(self, detail: UserDetail) -> AdapterIdentity:
+        """What fixes a user's exported adapter bytes: the ETag input (see archive.py).
 
-        The same facts as the service's export-cache key: each anchor's adapter digest and
-        weight, the fusion method and params, and the stack's digest.
+        Built by the same `identity_of` as the service's export-cache key, so the two agree.
 
         Raises:
             NotFoundError: the user has no recipe yet, so there is no adapter to serve.
         """
-        recipe, stack = detail.recipe, detail.stack
-        if recipe is None:
+        if detail.recipe is None:
             raise NotFoundError(f"user {detail.user_id!r} has no recipe yet; fuse first")
-        digests = self.anchor_digests(recipe.task, recipe.bank_version)
-        return {
-            "user_id": detail.user_id,
-            "anchors": [[digests.get(a.anchor_id), a.weight] for a in recipe.anchors],
-            "method": recipe.method,
-            "params": recipe.params,
-            "stack": stack.blob if stack is not None else None,
-        }
+        digests, base_model = self.bank_facts(detail.recipe.task, detail.recipe.bank_version)
+        return identity_of(detail.recipe, detail.stack, digests, base_model)
 
 
 def _state(request: Request) -> AppState:

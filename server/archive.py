@@ -1,12 +1,13 @@
 """Adapter archives: a deterministic tar of a PEFT folder, its ETag, and an in-memory LRU.
 
-The ETag is computed *without* building the archive: it is the sha256 of what
-determines the archive's bytes — the stack blob's digest, each fused anchor's
-adapter digest and weight, the fusion method and its params, ``max_rank``, the
-tensor dtype and the archive format version (the same facts as the service's
-export-cache key). Exports are deterministic functions of those inputs and the tar
-is written with fixed metadata (sorted names, mtime 0, uid/gid 0, mode 0644), so
-equal keys mean byte-identical archives and the ETag is a strong one. A
+The ETag is computed *without* building the archive: it is the sha256 of the
+archive format version and the adapter identity's digest (`mta.registry.identity`:
+the stack blob's digest, each fused anchor's adapter digest and weight, the fusion
+method and its params, the base model, ``max_rank`` and the tensor dtype), the same
+digest the service's export-cache key uses. Exports are deterministic functions
+of those inputs and the tar is written with fixed metadata (sorted names, mtime 0,
+uid/gid 0, mode 0644), so equal keys mean byte-identical archives and the ETag is a
+strong one. A
 revalidation (``If-None-Match``) therefore costs one registry lookup and no
 tensor work or blob read.
 """
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mta.registry.identity import AdapterIdentity
 
 # Bump when the archive layout changes, so old ETags stop matching.
 ARCHIVE_FORMAT = "mta-peft-tar/1"
@@ -30,24 +33,19 @@ ARCHIVE_MEDIA_TYPE = "application/x-tar"
 ARCHIVE_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def archive_etag(identity: dict[str, Any], max_rank: int | None, dtype: str = "fp32") -> str:
+def archive_etag(identity: AdapterIdentity, max_rank: int | None, dtype: str = "fp32") -> str:
     """The quoted strong ETag of an adapter archive.
 
     Args:
-        identity: JSON-serializable facts that fix the exported adapter (stack digest,
-            recipe, bank version...), as returned by the app's identity lookup.
+        identity: what fixes the exported adapter (`mta.registry.identity`).
         max_rank: the requested rank cap, or None.
         dtype: the requested tensor precision.
 
     Returns:
         ``'"<sha256 hex>"'``, quotes included as HTTP wants them.
     """
-    payload = json.dumps(
-        {"format": ARCHIVE_FORMAT, "max_rank": max_rank, "dtype": dtype, "identity": identity},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
+    adapter = identity.digest(max_rank=max_rank, dtype=dtype)
+    payload = f"{ARCHIVE_FORMAT}:{adapter}"
     return '"' + hashlib.sha256(payload.encode()).hexdigest() + '"'
 
 

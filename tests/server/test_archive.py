@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mta.registry.identity import AdapterIdentity
 from mta.server.archive import ArchiveCache, archive_etag, etag_matches, tar_adapter_folder
 
 
@@ -39,13 +40,28 @@ def test_tar_of_incomplete_folder_raises(tmp_path: Path) -> None:
         tar_adapter_folder(folder)
 
 
-def test_etag_depends_on_identity_and_max_rank_only() -> None:
-    identity = {"stack": {"blob": "ab" * 32}, "recipe": {"anchors": [["a1", 0.5]]}}
-    same = {"recipe": {"anchors": [["a1", 0.5]]}, "stack": {"blob": "ab" * 32}}
-    assert archive_etag(identity, None) == archive_etag(same, None)
+def _identity(stack: str | None, weight: float = 0.5, recipe_id: int = 1) -> AdapterIdentity:
+    return AdapterIdentity(
+        user_id="u",
+        anchors=(("a1" * 32, weight),),
+        method="cat",
+        params={"top_k": 1},
+        stack=stack,
+        base_model="m",
+        recipe_id=recipe_id,
+        stack_id=None,
+    )
+
+
+def test_etag_depends_on_identity_and_options_only() -> None:
+    identity = _identity("ab" * 32)
+    # Row ids do not fix bytes: another database with the same content gives the same tag.
+    assert archive_etag(identity, None) == archive_etag(_identity("ab" * 32, recipe_id=9), None)
     assert archive_etag(identity, None) != archive_etag(identity, 4)
-    other = {"stack": {"blob": "cd" * 32}, "recipe": {"anchors": [["a1", 0.5]]}}
-    assert archive_etag(identity, None) != archive_etag(other, None)
+    assert archive_etag(identity, None) != archive_etag(identity, None, "fp16")
+    assert archive_etag(identity, None) != archive_etag(_identity("cd" * 32), None)
+    assert archive_etag(identity, None) != archive_etag(_identity("ab" * 32, weight=0.6), None)
+    assert archive_etag(identity, None) != archive_etag(_identity(None), None)
     tag = archive_etag(identity, None)
     assert tag.startswith('"') and tag.endswith('"') and len(tag) == 66
 

@@ -1,0 +1,97 @@
+"""The one definition of what fixes a user's exported adapter bytes.
+
+The export cache key, the HTTP ETag, `mta publish` and the evaluation all derive from
+`AdapterIdentity`: equal digests mean byte-equal PEFT folders, and any change to the
+stack, the recipe's anchors or weights, the fusion method or the export options changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mta.registry.entities import Recipe, Stack
+from mta.registry.errors import NotFoundError
+
+# Bump when the export's byte layout changes, so every cache entry and ETag turns over.
+IDENTITY_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AdapterIdentity:
+    """What a user's exported adapter is made of; the fused adapter is rebuilt from it."""
+
+    user_id: str
+    anchors: tuple[tuple[str, float], ...]  # (anchor adapter blob digest, weight), recipe order
+    method: str
+    params: dict[str, Any] = field(hash=False)
+    stack: str | None  # the current stack's blob digest; None serves the fused adapter alone
+    base_model: str
+    recipe_id: int = field(compare=False)
+    stack_id: int | None = field(compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The byte-determining facts as plain JSON values (ids of rows excluded)."""
+        return {
+            "user_id": self.user_id,
+            "anchors": [[digest, weight] for digest, weight in self.anchors],
+            "method": self.method,
+            "params": self.params,
+            "stack": self.stack,
+            "base_model": self.base_model,
+        }
+
+    def digest(
+        self,
+        *,
+        max_rank: int | None = None,
+        dtype: str = "fp32",
+        base_model_name: str | None = None,
+    ) -> str:
+        """sha256 hex of the identity and the export options (rank cap, dtype, config name)."""
+        payload = {
+            "format": IDENTITY_FORMAT,
+            "adapter": self.to_dict(),
+            "max_rank": max_rank,
+            "dtype": dtype,
+            "base_model_name": base_model_name,
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def identity_of(
+    recipe: Recipe | None,
+    stack: Stack | None,
+    anchor_digests: Mapping[str, str],
+    base_model: str,
+) -> AdapterIdentity:
+    """Build the identity from a user's current recipe and stack entities.
+
+    Args:
+        recipe: the user's current recipe; None means there is nothing to export.
+        stack: the current stack (trained on `recipe`), or None.
+        anchor_digests: anchor id -> adapter blob digest of the recipe's bank version.
+        base_model: the bank's base model, written into the exported config.
+
+    Raises:
+        NotFoundError: no recipe yet, or the recipe names an anchor the bank lacks.
+    """
+    if recipe is None:
+        raise NotFoundError("the user has no recipe yet; run `mta user fuse`")
+    missing = [a.anchor_id for a in recipe.anchors if a.anchor_id not in anchor_digests]
+    if missing:
+        raise NotFoundError(f"recipe {recipe.recipe_id} names unknown anchors {', '.join(missing)}")
+    return AdapterIdentity(
+        user_id=recipe.user_id,
+        anchors=tuple((anchor_digests[a.anchor_id], float(a.weight)) for a in recipe.anchors),
+        method=recipe.method,
+        params=dict(recipe.params),
+        stack=stack.blob if stack is not None else None,
+        base_model=base_model,
+        recipe_id=recipe.recipe_id,
+        stack_id=stack.stack_id if stack is not None else None,
+    )
