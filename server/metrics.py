@@ -1,8 +1,6 @@
-"""Prometheus metrics in the text exposition format (0.0.4), written by hand.
+"""Prometheus metrics through prometheus-client, one registry per app.
 
-prometheus_client is not a dependency; the handful of series below is easy to
-render and keeping them in one locked object is enough for one process.
-Series:
+Series (names unchanged since the hand-written exposition):
 
 * ``mta_http_requests_total{route,method,status}`` (counter)
 * ``mta_http_request_duration_seconds{route,method}`` (histogram)
@@ -12,118 +10,108 @@ Series:
 * ``mta_adapter_bytes_served_total`` (counter): archive bytes sent
 * ``mta_adapter_memory_cache_bytes`` (gauge): bytes held by the archive cache
 * ``mta_jobs{status}`` (gauge): adapt jobs by status
+
+Gauges are read from callbacks at scrape time (``add_gauges``), so the values are
+never stale and the request path pays nothing for them.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# The classic text format: what generate_latest writes and every Prometheus scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED_ROUTE = "unmatched"  # any path no route matched: keeps label cardinality bounded
+CACHE_RESULTS = ("hit", "miss", "not_modified")
 
 Labels = tuple[tuple[str, str], ...]
+GaugeSample = tuple[str, str, Labels, float]
+
+# `*_created` timestamps would add a series per counter that no dashboard of ours reads.
+prometheus_client.disable_created_metrics()
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _CallbackGauges(Collector):
+    """Gauges computed at scrape time from callbacks yielding ``(name, help, labels, value)``."""
 
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], Iterable[GaugeSample]]] = []
 
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One gauge family per name, with every sample the callbacks yield for it."""
+        families: dict[str, GaugeMetricFamily] = {}
+        for callback in self.callbacks:
+            for name, help_text, labels, value in callback():
+                family = families.get(name)
+                if family is None:
+                    family = GaugeMetricFamily(name, help_text, labels=[k for k, _ in labels])
+                    families[name] = family
+                family.add_metric([v for _, v in labels], value)
+        yield from families.values()
 
 
 class Metrics:
-    """Thread-safe counters and a latency histogram for one server process."""
+    """The series of one server process, in a registry of their own (apps never share)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[Labels, int] = defaultdict(int)
-        self._latency_counts: dict[Labels, list[int]] = {}
-        self._latency_sum: dict[Labels, float] = defaultdict(float)
-        self._cache: dict[str, int] = {"hit": 0, "miss": 0, "not_modified": 0}
-        self._bytes_served = 0
-        self._gauges: list[Callable[[], Iterable[tuple[str, str, Labels, float]]]] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._requests = Counter(
+            "mta_http_requests",
+            "HTTP requests by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "mta_http_request_duration_seconds",
+            "HTTP request latency, from the first byte in to the last byte out.",
+            ("route", "method"),
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        cache = Counter(
+            "mta_adapter_cache",
+            "Adapter fetches by how they were answered.",
+            ("result",),
+            registry=self.registry,
+        )
+        # Resolved once: labels() costs a lock and a dict lookup on every call.
+        self._cache = {result: cache.labels(result) for result in CACHE_RESULTS}
+        self._bytes_served = Counter(
+            "mta_adapter_bytes_served",
+            "Adapter archive bytes sent to clients.",
+            registry=self.registry,
+        )
+        self._gauges = _CallbackGauges()
+        self.registry.register(self._gauges)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request and record its latency."""
-        key = (("route", route), ("method", method))
-        with self._lock:
-            self._requests[(*key, ("status", str(status)))] += 1
-            counts = self._latency_counts.setdefault(key, [0] * (len(BUCKETS) + 1))
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            counts[-1] += 1
-            self._latency_sum[key] += seconds
+        self._requests.labels(route, method, str(status)).inc()
+        self._latency.labels(route, method).observe(seconds)
 
     def count_cache(self, result: str) -> None:
         """Count one adapter fetch by how it was answered: hit, miss or not_modified."""
-        with self._lock:
-            self._cache[result] += 1
+        self._cache[result].inc()
 
     def count_bytes_served(self, n: int) -> None:
         """Add archive bytes sent to a client."""
-        with self._lock:
-            self._bytes_served += n
+        self._bytes_served.inc(n)
 
-    def add_gauges(self, collect: Callable[[], Iterable[tuple[str, str, Labels, float]]]) -> None:
+    def add_gauges(self, collect: Callable[[], Iterable[GaugeSample]]) -> None:
         """Register a callback yielding ``(name, help, labels, value)`` gauges at scrape time."""
-        self._gauges.append(collect)
+        self._gauges.callbacks.append(collect)
 
-    def render(self) -> str:
+    def render(self) -> bytes:
         """The metrics in the Prometheus text format."""
-        lines: list[str] = []
-        with self._lock:
-            requests = dict(self._requests)
-            latency = {k: (list(v), self._latency_sum[k]) for k, v in self._latency_counts.items()}
-            cache = dict(self._cache)
-            bytes_served = self._bytes_served
-        lines += [
-            "# HELP mta_http_requests_total HTTP requests by route template, method and status.",
-            "# TYPE mta_http_requests_total counter",
-        ]
-        lines += [f"mta_http_requests_total{_labels(k)} {v}" for k, v in sorted(requests.items())]
-        name = "mta_http_request_duration_seconds"
-        lines += [
-            f"# HELP {name} HTTP request latency, from the first byte in to the last byte out.",
-            f"# TYPE {name} histogram",
-        ]
-        for key, (counts, total) in sorted(latency.items()):
-            for bound, count in zip((*map(_number, BUCKETS), "+Inf"), counts, strict=True):
-                lines.append(f"{name}_bucket{_labels((*key, ('le', bound)))} {count}")
-            lines.append(f"{name}_sum{_labels(key)} {_number(total)}")
-            lines.append(f"{name}_count{_labels(key)} {counts[-1]}")
-        lines += [
-            "# HELP mta_adapter_cache_total Adapter fetches by how they were answered.",
-            "# TYPE mta_adapter_cache_total counter",
-        ]
-        lines += [
-            f"mta_adapter_cache_total{_labels((('result', k),))} {v}" for k, v in cache.items()
-        ]
-        lines += [
-            "# HELP mta_adapter_bytes_served_total Adapter archive bytes sent to clients.",
-            "# TYPE mta_adapter_bytes_served_total counter",
-            f"mta_adapter_bytes_served_total {bytes_served}",
-        ]
-        gauges: dict[str, tuple[str, list[tuple[Labels, float]]]] = {}
-        for collect in self._gauges:
-            for gname, ghelp, glabels, value in collect():
-                gauges.setdefault(gname, (ghelp, []))[1].append((glabels, value))
-        for gname, (ghelp, samples) in gauges.items():
-            lines += [f"# HELP {gname} {ghelp}", f"# TYPE {gname} gauge"]
-            lines += [f"{gname}{_labels(lb)} {_number(v)}" for lb, v in samples]
-        return "\n".join(lines) + "\n"
+        return prometheus_client.generate_latest(self.registry)
 
 
 class MetricsMiddleware:
