@@ -20,15 +20,18 @@ def error_mappings() -> list[tuple[type[BaseException], int]]:
     from mta.storage import BlobCorruptedError, BlobNotFoundError, StorageError
 
     return [
-        # Integrity first: BlobCorruptedError is also a StorageError.
+        # Integrity first: both blob errors are also StorageErrors. Commands never take a
+        # digest from the user, so a missing blob is always a row without its blob.
         (BlobCorruptedError, EXIT_INTEGRITY),
+        (BlobNotFoundError, EXIT_INTEGRITY),
         (IntegrityError, EXIT_INTEGRITY),
-        (BlobNotFoundError, EXIT_BAD_INPUT),
         (StorageError, EXIT_BAD_INPUT),
         (RegistryError, EXIT_BAD_INPUT),
         (MtaError, EXIT_BAD_INPUT),
         (FileNotFoundError, EXIT_BAD_INPUT),
         (NotADirectoryError, EXIT_BAD_INPUT),
+        (IsADirectoryError, EXIT_BAD_INPUT),
+        (FileExistsError, EXIT_BAD_INPUT),
         (PermissionError, EXIT_BAD_INPUT),
         (ValueError, EXIT_BAD_INPUT),
     ]
@@ -44,7 +47,8 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 def describe(exc: BaseException) -> str:
     """One line that says what went wrong, without a traceback."""
-    if isinstance(exc, FileNotFoundError) and exc.filename:
-        return f"no such file or directory: {exc.filename}"
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        # "is a directory: /data/x" names the path, which str(exc)'s errno prefix buries.
+        return f"{exc.strerror[0].lower()}{exc.strerror[1:]}: {exc.filename}"
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())

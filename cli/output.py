@@ -1,7 +1,8 @@
 """One output object for every command: rich for people, JSON for machines.
 
 Data goes to stdout; errors, warnings and progress go to stderr so `--json`
-output stays parseable.
+output stays parseable. Every value is printed as plain `Text`, never parsed as rich
+markup or emoji codes: ids, paths and error texts come from users and may hold `[/x]`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 _stdout = Console(soft_wrap=True)
 _stderr = Console(stderr=True, soft_wrap=True)
@@ -54,11 +56,11 @@ class Output:
             keys = [_snake(c) for c in columns]
             self.emit_json([dict(zip(keys, r, strict=True)) for r in rows])
             return
-        table = Table(title=title)
+        table = Table(title=_plain(title))
         for column in columns:
-            table.add_column(column)
+            table.add_column(_plain(column))
         for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+            table.add_row(*(Text("" if v is None else str(v)) for v in row))
         _stdout.print(table)
 
     def record(self, data: Mapping[str, Any], *, title: str | None = None) -> None:
@@ -66,11 +68,11 @@ class Output:
         if self.json_mode:
             self.emit_json(dict(data))
             return
-        table = Table(title=title, show_header=False)
+        table = Table(title=_plain(title), show_header=False)
         table.add_column("key", style="bold")
         table.add_column("value")
         for key, value in data.items():
-            table.add_row(str(key), _render_value(value))
+            table.add_row(Text(str(key)), Text(_render_value(value)))
         _stdout.print(table)
 
     def result(self, message: str, **data: Any) -> None:
@@ -78,7 +80,12 @@ class Output:
         if self.json_mode:
             self.emit_json(data or {"message": message})
             return
-        _stdout.print(message)
+        _stdout.print(Text(message))
+
+
+def _plain(text: str | None) -> Text | None:
+    """A title or header as literal text (None stays None: no title)."""
+    return None if text is None else Text(text)
 
 
 def _render_value(value: Any) -> str:
@@ -91,17 +98,17 @@ def _render_value(value: Any) -> str:
 
 def error(message: str) -> None:
     """Print a one-line error to stderr."""
-    _stderr.print(f"[red]Error:[/red] {message}", markup=True, highlight=False)
+    _stderr.print(Text.assemble(("Error:", "red"), " ", message), highlight=False)
 
 
 def warning(message: str) -> None:
     """Print a warning to stderr."""
-    _stderr.print(f"[yellow]Warning:[/yellow] {message}", markup=True, highlight=False)
+    _stderr.print(Text.assemble(("Warning:", "yellow"), " ", message), highlight=False)
 
 
 def log(message: str) -> None:
     """Print a progress or info line to stderr."""
-    _stderr.print(message, highlight=False)
+    _stderr.print(Text(message), highlight=False)
 
 
 def stderr_console() -> Console:

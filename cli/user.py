@@ -34,17 +34,14 @@ def read_profile(source: str, user_id: str) -> dict[str, Any]:
         The per-user object (schema checks are the service's job).
 
     Raises:
-        InvalidInputError: unreadable JSON, or a list without that user.
-        FileNotFoundError: `source` does not exist.
+        DataFormatError: a missing, unreadable, non-UTF-8 or invalid JSON file (named).
+        InvalidInputError: JSON that is not one user, or a list without that user.
     """
+    from mta.lamp_data import parse_json, read_json_file
     from mta.registry.errors import InvalidInputError
 
     name = "stdin" if source == "-" else source
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"profile {name} is not valid JSON: {exc}") from exc
+    data = parse_json(sys.stdin.read(), name) if source == "-" else read_json_file(source)
     if isinstance(data, list):
         matches = [d for d in data if isinstance(d, dict) and str(d.get("user_id")) == user_id]
         if len(matches) != 1:
@@ -245,6 +242,7 @@ def user_export(
     """
     from mta.registry.service import export_user
 
+    check_out_dir(out_dir)
     out = Output(json_mode)
     with registry_context(ctx, db, store, cache_dir) as registry:
         export = export_user(registry, user_id, out_dir, max_rank=max_rank).to_dict()
@@ -253,6 +251,21 @@ def user_export(
         return
     out.record(export, title=f"Exported {user_id}")
     out.result(peft_snippet(out_dir, _exported_base_model(out_dir)))
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out that cannot become a folder, before any work is done.
+
+    Raises:
+        InvalidInputError: `out_dir`, or a folder above it, exists and is not a folder.
+    """
+    from mta.registry.errors import InvalidInputError
+
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise InvalidInputError(f"--out {out_dir}: {path} exists and is not a folder")
+            return
 
 
 def _exported_base_model(adapter_dir: Path) -> str | None:

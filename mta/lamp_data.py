@@ -136,20 +136,41 @@ def _task_checker(task: Any) -> Any:
     return task.check_item
 
 
-def _read_json(path: Path) -> Any:
-    """Parse a JSON file, turning I/O and syntax problems into one-line errors."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise DataFormatError(f"{path}: not UTF-8 text") from None
+def parse_json(text: str, source: str | Path) -> Any:
+    """Parse JSON text read from `source` (a path, or "stdin"); errors are one line naming it.
+
+    Raises:
+        DataFormatError: invalid JSON, or JSON nested deeper than Python can parse.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataFormatError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        # json.loads recurses once per nesting level; "[[[[..." 100k deep exhausts the stack.
+        raise DataFormatError(f"{source}: JSON nested too deeply to read") from None
+
+
+def read_json_file(path: str | Path) -> Any:
+    """Read and parse a UTF-8 JSON file; every I/O, encoding and syntax problem is one line.
+
+    Raises:
+        DataFormatError: naming the file: missing, a folder, unreadable, not UTF-8, bad JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataFormatError(f"{path}: is a folder, not a JSON file") from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise DataFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_json(text, path)
 
 
 def load_users(path: str | Path, *, require_gold: bool = True, task: Any = None) -> list[dict]:
@@ -159,7 +180,7 @@ def load_users(path: str | Path, *, require_gold: bool = True, task: Any = None)
         DataFormatError: on unreadable JSON, a bad record, or a repeated user_id.
     """
     path = Path(path)
-    data = _read_json(path)
+    data = read_json_file(path)
     records = [data] if isinstance(data, dict) else data
     if not isinstance(records, list) or not records:
         raise DataFormatError(f"{path}: expected a non-empty list of user records")
@@ -207,7 +228,7 @@ def convert_official(
         DataFormatError: on malformed files or a question without a gold.
     """
     questions_path = Path(questions_path)
-    questions = _read_json(questions_path)
+    questions = read_json_file(questions_path)
     if not isinstance(questions, list) or not questions:
         raise DataFormatError(f"{questions_path}: expected a non-empty list of questions")
     golds: dict[str, str] | None = None
@@ -237,7 +258,7 @@ def convert_official(
 
 def _read_golds(path: Path) -> dict[str, str]:
     """Read an official outputs file into {question id: gold output}."""
-    data = _read_json(path)
+    data = read_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("golds"), list):
         raise DataFormatError(f"{path}: expected an object with a 'golds' list")
     golds: dict[str, str] = {}

@@ -20,6 +20,7 @@ from mta.registry.db import (
     make_session_factory,
     session_scope,
 )
+from mta.registry.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from mta.embedding import Embedder
@@ -29,10 +30,28 @@ DEFAULT_STORE_URL = "file://.mta/store"
 DEFAULT_CACHE_DIR = ".mta/cache"
 # Materialized PEFT folders are derived data; 2 GiB holds ~200 SmolLM2 exports at rank 16.
 DEFAULT_CACHE_MAX_BYTES = 2 * 1024**3
+CACHE_MAX_BYTES_ENV = "MTA_CACHE_MAX_BYTES"
 
 # The base model is shared per process and training adds deltas into its weights in place
 # (restored afterwards), so two threads (e.g. the HTTP server) must not train at once.
 MODEL_LOCK = threading.Lock()
+
+
+def cache_max_bytes_from_env() -> int:
+    """`MTA_CACHE_MAX_BYTES` as a positive byte count (the default when unset).
+
+    Raises:
+        InvalidInputError: the variable is set but is not a positive whole number.
+    """
+    text = os.environ.get(CACHE_MAX_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_CACHE_MAX_BYTES
+    # int() alone accepts "1_000" and "-5", and its error would not name the variable.
+    if not text.isascii() or not text.isdigit() or int(text) <= 0:
+        raise InvalidInputError(
+            f"{CACHE_MAX_BYTES_ENV} must be a positive whole number of bytes, got {text!r}"
+        )
+    return int(text)
 
 
 @dataclass
@@ -81,13 +100,15 @@ class RegistryContext:
         db = db_url or default_db_url()
         store = store_url or os.environ.get("MTA_STORE_URL") or DEFAULT_STORE_URL
         cache = Path(cache_dir or os.environ.get("MTA_CACHE_DIR") or DEFAULT_CACHE_DIR)
+        # Checked before the engine exists: a bad setting must not leave one to dispose.
+        max_bytes = cache_max_bytes_from_env()
+        blob_store = open_store(store)
         engine = make_engine(db)
-        max_bytes = int(os.environ.get("MTA_CACHE_MAX_BYTES") or DEFAULT_CACHE_MAX_BYTES)
         return cls(
             db_url=db,
             store_url=store,
             cache_dir=cache.expanduser(),
-            store=open_store(store),
+            store=blob_store,
             session_factory=make_session_factory(engine),
             engine=engine,
             cache_max_bytes=max_bytes,

@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from mta.registry.errors import AlreadyExistsError, NotInitializedError, RegistryError
+from mta.registry.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotInitializedError,
+    RegistryError,
+)
 
 DEFAULT_DB_URL = "sqlite:///.mta/registry.db"
+DB_URL_ENV = "MTA_DB_URL"
+_DB_URL_SOURCE = f"the database URL (--db / {DB_URL_ENV})"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 _UNIQUE_SQLSTATE = "23505"
 
@@ -31,6 +38,30 @@ def normalize_db_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def parse_db_url(url: str) -> URL:
+    """Parse a registry URL and find its database dialect, without connecting.
+
+    Raises:
+        InvalidInputError: one line naming ``MTA_DB_URL``: not a URL, or an unknown database.
+    """
+    try:
+        parsed = make_url(normalize_db_url(url))
+    except (exc.ArgumentError, ValueError):
+        # Not echoed: an unparsable URL may still hold a password.
+        raise InvalidInputError(
+            f"{_DB_URL_SOURCE} is not a database URL; expected e.g. sqlite:///PATH "
+            "or postgresql://USER@HOST/DB"
+        ) from None
+    try:
+        parsed.get_dialect()
+    except exc.NoSuchModuleError:
+        raise InvalidInputError(
+            f"{_DB_URL_SOURCE} names an unknown database {parsed.drivername!r}; "
+            "use sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
+    return parsed
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -50,11 +81,20 @@ def make_engine(url: str) -> Engine:
 
     Returns:
         The engine; SQLite connections get WAL, busy timeout, foreign keys, immediate transactions.
+
+    Raises:
+        InvalidInputError: the URL is malformed, or its database or driver is unknown here.
     """
-    url = normalize_db_url(url)
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    parsed = parse_db_url(url)
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    except (ImportError, exc.ArgumentError) as error:
+        # e.g. mysql:// without its DBAPI module, or an option the driver refuses.
+        raise InvalidInputError(
+            f"{_DB_URL_SOURCE} cannot be used ({parsed.drivername}): {error}"
+        ) from None
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -221,4 +261,4 @@ def _redacted(engine: Engine) -> str:
 
 def default_db_url() -> str:
     """`MTA_DB_URL`, else a SQLite file under `.mta/`."""
-    return os.environ.get("MTA_DB_URL") or DEFAULT_DB_URL
+    return os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL

