@@ -33,7 +33,9 @@ from .archive import (
     tar_adapter_folder,
 )
 from .auth import Role, authorize
-from .errors import ApiError, error_body, install_error_handlers, one_line
+from .auth_gate import AuthGateMiddleware
+from .body_limit import BodyLimitMiddleware
+from .errors import ApiError, install_error_handlers, one_line
 from .jobs import Job, JobRunner
 from .metrics import CONTENT_TYPE, Labels, Metrics, MetricsMiddleware
 from .schemas import (
@@ -375,26 +377,6 @@ def _export_archive(
     return data
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies whose Content-Length exceeds a bound (413), before reading them."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Pass the request on, or answer 413."""
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-                from fastapi.responses import JSONResponse
-
-                body = error_body("payload_too_large", f"request body over {self.max_bytes} bytes")
-                await JSONResponse(body, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def _warm_imports() -> None:
     """Import the export path's heavy modules before serving, not in the first request."""
     import mta.export  # noqa: F401 - imported for its side effect (torch, safetensors)
@@ -474,7 +456,9 @@ def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) 
         """Prometheus metrics (text format 0.0.4)."""
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
-    # The last added is outermost: metrics wrap the size check, so 413s are counted too.
+    # The last added is outermost: metrics wrap the auth gate and the size check, so their
+    # 401s and 413s are counted too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthGateMiddleware, tokens=settings.tokens, router=app.router)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
