@@ -12,6 +12,7 @@ from mta.cli.bank import bank_app
 from mta.cli.data import data_app
 from mta.cli.eval import eval_command
 from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt
+from mta.cli.publish import publish_command
 from mta.cli.serve import serve_command
 from mta.cli.storage import storage_app, storage_fsck, storage_gc, storage_init
 from mta.cli.user import user_app
@@ -46,6 +47,7 @@ app.command("fsck")(storage_fsck)
 app.command("eval")(eval_command)
 app.add_typer(data_app, name="data")
 app.command("serve")(serve_command)
+app.command("publish")(publish_command)
 
 
 def main(argv: list[str] | None = None) -> None:

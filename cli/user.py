@@ -229,6 +229,15 @@ def user_export(
         int | None,
         typer.Option("--max-rank", min=1, help="Compress to this rank (SVD) for capped engines."),
     ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--served-model-name",
+            help="Write NAME as base_model_name_or_path instead of the bank's base model "
+            "(what `mta publish --served-model-name` writes).",
+            show_default=False,
+        ),
+    ] = None,
     json_mode: JsonOpt = False,
     db: DbUrlOpt = None,
     store: StoreUrlOpt = None,
@@ -245,7 +254,9 @@ def user_export(
     check_out_dir(out_dir)
     out = Output(json_mode)
     with registry_context(ctx, db, store, cache_dir) as registry:
-        export = export_user(registry, user_id, out_dir, max_rank=max_rank).to_dict()
+        export = export_user(
+            registry, user_id, out_dir, max_rank=max_rank, base_model_name=served_model_name
+        ).to_dict()
     if json_mode:
         out.emit_json(export)
         return

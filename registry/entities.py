@@ -160,6 +160,24 @@ class Export(_Entity):
 
 
 @dataclass(frozen=True)
+class PublishResult(_Entity):
+    """What one `publish_users` round did to a publish target (user ids, sorted)."""
+
+    target: str  # URL of the target root
+    served_model_name: str | None  # the --served-model-name; None: each bank's base model
+    written: tuple[str, ...]  # exported and swapped in (new or changed identity)
+    unchanged: tuple[str, ...]  # identity equal to the manifest's: nothing written
+    removed: tuple[str, ...]  # folders of deleted users (or users left without an adapter)
+    skipped: tuple[str, ...]  # selected users without a recipe yet (nothing to serve)
+    refused: tuple[str, ...]  # ids that cannot be folder names (see service_publish)
+    bytes_written: int
+    published_users: int  # users the manifest lists after the round
+    published_bytes: int  # their folders' bytes, per the manifest
+    manifest_written: bool  # False when nothing changed (the round wrote nothing)
+    seconds: float
+
+
+@dataclass(frozen=True)
 class DeleteResult(_Entity):
     """What `delete_user` removed."""
 

@@ -14,6 +14,7 @@ from mta.registry.service_bank import (
     push_bank,
     set_alias,
 )
+from mta.registry.service_publish import publish_users, watch_publish
 from mta.registry.service_storage import (
     fsck,
     gc,
@@ -53,9 +54,11 @@ __all__ = [
     "list_eval_runs",
     "list_users",
     "materialize_fused",
+    "publish_users",
     "push_bank",
     "record_eval_run",
     "set_alias",
     "shot_indices",
     "storage_report",
+    "watch_publish",
 ]

@@ -1,0 +1,330 @@
+"""Where `mta publish` writes: a local folder or an S3 prefix of per-user PEFT folders.
+
+Unlike a blob store, a publish target holds plain, human-named keys that serving engines
+read: `<root>/<user_id>/adapter_config.json`, `<root>/<user_id>/adapter_model.safetensors`
+and the manifest `<root>/mta-manifest.json`. Targets are chosen by URL scheme (bare path or
+`file://` → `FolderTarget`, `s3://` → `S3Target`), like MLflow's artifact repositories.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mta.storage import StorageError, UnknownSchemeError
+from mta.storage.local import local_root_from_url
+from mta.storage.s3 import ENDPOINT_ENV, parse_s3_url, s3_client
+from mta.storage.schemes import url_scheme
+
+MANIFEST_NAME = "mta-manifest.json"
+# Staging and trash entries start with this; user ids starting with "." are never published.
+STAGING_PREFIX = ".mta-"
+# Staging folders left by a killed publisher are swept after this long.
+_STALE_STAGING_SECONDS = 3600.0
+# Engines check for adapter_config.json before loading, so it is written last and removed first.
+CONFIG_FILE = "adapter_config.json"
+
+
+class PublishTarget(abc.ABC):
+    """A root of per-user folders plus one manifest file."""
+
+    url: str
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Check the target is usable (create a local root; an S3 bucket must exist)."""
+
+    @abc.abstractmethod
+    def read_manifest(self) -> bytes | None:
+        """The manifest's bytes, or None when none was published yet."""
+
+    @abc.abstractmethod
+    def write_manifest(self, data: bytes) -> None:
+        """Replace the manifest in one step (readers see the old or the new one)."""
+
+    @abc.abstractmethod
+    def remove_folder(self, name: str) -> None:
+        """Remove a published folder and everything in it; a missing one is not an error."""
+
+    @abc.abstractmethod
+    def has_folder(self, name: str) -> bool:
+        """Whether the folder looks published (the manifest is trusted where checking costs)."""
+
+    @abc.abstractmethod
+    def _stage(self, name: str) -> Path:
+        """A fresh, empty local folder to write the folder `name` into."""
+
+    @abc.abstractmethod
+    def _commit(self, name: str, staged: Path) -> None:
+        """Make the staged files the content of the folder `name`."""
+
+    @contextmanager
+    def folder_writer(self, name: str) -> Iterator[Path]:
+        """Yield a local folder to fill; on success it replaces the published folder `name`."""
+        staged = self._stage(name)
+        try:
+            yield staged
+            self._commit(name, staged)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once the directory entry itself reaches the disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+class FolderTarget(PublishTarget):
+    """Per-user folders under a local root, each swapped in by rename.
+
+    A folder is written aside as `<root>/.mta-stage-*`, fsynced, then renamed into place. An
+    existing folder is first renamed to `.mta-old-*` (rename cannot replace a non-empty
+    folder), so for the microseconds between the two renames the user's folder is absent;
+    a reader never sees a half-written one.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        """Publish under `root` (created by `prepare`)."""
+        self.root = Path(root).expanduser().absolute()
+        self.url = f"file://{self.root.as_posix()}"
+
+    @classmethod
+    def from_url(cls, url: str) -> FolderTarget:
+        """The target a `file://` URL or a bare path names."""
+        return cls(local_root_from_url(url))
+
+    def prepare(self) -> None:
+        """Create the root and sweep staging folders a killed publisher left behind."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"publish target {self.root} exists and is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - _STALE_STAGING_SECONDS
+        for entry in self.root.glob(f"{STAGING_PREFIX}*"):
+            if entry.stat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def read_manifest(self) -> bytes | None:
+        """The manifest file's bytes, or None."""
+        try:
+            return (self.root / MANIFEST_NAME).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_manifest(self, data: bytes) -> None:
+        """Temp file, fsync, rename over the manifest."""
+        tmp = self.root / f"{STAGING_PREFIX}manifest-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.root / MANIFEST_NAME)
+        _fsync_dir(self.root)
+
+    def remove_folder(self, name: str) -> None:
+        """Rename the folder aside (readers stop finding it at once), then delete it."""
+        folder = self.root / name
+        if not folder.exists():
+            return
+        trash = self.root / f"{STAGING_PREFIX}old-{uuid.uuid4().hex}"
+        os.rename(folder, trash)
+        shutil.rmtree(trash)
+
+    def has_folder(self, name: str) -> bool:
+        """Whether the folder's adapter_config.json exists (a stat, cheap)."""
+        return (self.root / name / CONFIG_FILE).is_file()
+
+    def _stage(self, name: str) -> Path:
+        # Inside the root, so the final rename stays on one filesystem.
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}stage-", dir=self.root))
+
+    def _commit(self, name: str, staged: Path) -> None:
+        _fsync_files(staged)
+        staged.chmod(0o755)  # mkdtemp makes it 0700; engines may run as another user
+        final = self.root / name
+        trash = None
+        if final.exists():
+            trash = self.root / f"{STAGING_PREFIX}old-{uuid.uuid4().hex}"
+            os.rename(final, trash)
+        os.rename(staged, final)
+        _fsync_dir(self.root)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+class S3Target(PublishTarget):
+    """Per-user key prefixes `<prefix>/<name>/` in a bucket, plus `<prefix>/mta-manifest.json`.
+
+    S3 has no rename: a folder's files are uploaded with adapter_config.json last (an engine
+    that finds the config finds the weights), keys the new folder lacks are then deleted, and
+    the manifest is uploaded after every folder. While a folder is replaced an engine may read
+    the new weights with the old config for the length of one upload. The manifest is
+    trusted: a folder deleted behind the publisher's back is not noticed.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
+        """Address `bucket`/`prefix`; no request is made until the first operation."""
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Target:
+        """The target `s3://bucket[/prefix]` names."""
+        bucket, prefix = parse_s3_url(url)
+        return cls(bucket, prefix)
+
+    @property
+    def client(self) -> Any:
+        """The shared boto3 client of storage.s3 (boto3 is imported on first use)."""
+        return s3_client(self.endpoint_url)
+
+    def key(self, *parts: str) -> str:
+        """Object key of a path below the prefix."""
+        return "/".join([self.prefix, *parts] if self.prefix else parts)
+
+    def prepare(self) -> None:
+        """HEAD the bucket: publishing never creates one (a typo should not make a bucket)."""
+        self._call("checking bucket", self.client.head_bucket, Bucket=self.bucket)
+
+    def read_manifest(self) -> bytes | None:
+        """GET the manifest, None on NoSuchKey."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key(MANIFEST_NAME))
+            return response["Body"].read()
+        except Exception as exc:
+            if _error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            self._raise(exc, "reading the manifest of")
+
+    def write_manifest(self, data: bytes) -> None:
+        """One PUT (S3 replaces an object atomically)."""
+        self._put(self.key(MANIFEST_NAME), data)
+
+    def remove_folder(self, name: str) -> None:
+        """Delete the folder's config first, then its other keys."""
+        keys = self._keys_under(name)
+        config = self.key(name, CONFIG_FILE)
+        for key in sorted(keys, key=lambda k: k != config):
+            self._call("deleting", self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def has_folder(self, name: str) -> bool:
+        """Trust the manifest: a HEAD per unchanged user would cost a request each round."""
+        return True
+
+    def _stage(self, name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}stage-"))
+
+    def _commit(self, name: str, staged: Path) -> None:
+        files = sorted(
+            (p for p in staged.iterdir() if p.is_file()), key=lambda p: p.name == CONFIG_FILE
+        )
+        old = self._keys_under(name)
+        for path in files:
+            self._put(self.key(name, path.name), path.read_bytes())
+        for key in sorted(old - {self.key(name, p.name) for p in files}):
+            self._call("deleting", self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def _keys_under(self, name: str) -> set[str]:
+        folder = self.key(name) + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=folder
+        )
+        try:
+            return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
+        except Exception as exc:
+            self._raise(exc, "listing")
+
+    def _put(self, key: str, data: bytes) -> None:
+        import base64
+        import hashlib
+
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+        self._call(
+            "writing",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum,
+        )
+
+    def _call(self, action: str, method: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except Exception as exc:
+            self._raise(exc, action)
+
+    def _raise(self, exc: Exception, action: str) -> NoReturn:
+        """Re-raise a boto error as a StorageError that names the target."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = self.endpoint_url or "AWS S3"
+        if isinstance(exc, ClientError):
+            code = _error_code(exc)
+            if code in {"NoSuchBucket", "404", "NotFound"}:
+                raise StorageError(
+                    f"bucket {self.bucket!r} of publish target {self.url} does not exist "
+                    f"at {where}; create it first"
+                ) from exc
+            message = exc.response.get("Error", {}).get("Message") or code
+            raise StorageError(f"S3 error {code} {action} {self.url}: {message}") from exc
+        if isinstance(exc, BotoCoreError):
+            raise StorageError(f"S3 failure {action} {self.url} at {where}: {exc}") from exc
+        raise exc
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+TARGET_SCHEMES: dict[str, Callable[[str], PublishTarget]] = {
+    "file": FolderTarget.from_url,
+    "s3": S3Target.from_url,
+}
+
+
+def open_target(url: str) -> PublishTarget:
+    """The publish target a URL names: a bare path, `file://PATH` or `s3://BUCKET[/PREFIX]`.
+
+    Raises:
+        UnknownSchemeError: the URL's scheme has no target (the message lists the known ones).
+        ValueError: the URL is empty or names no folder / bucket.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("publish target is empty; use a folder, file://PATH or s3://BUCKET/PREFIX")
+    scheme = url_scheme(url)
+    factory = TARGET_SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{name}://" for name in sorted(TARGET_SCHEMES))
+        raise UnknownSchemeError(f"unknown publish scheme {scheme!r} in {url!r}; known: {known}")
+    if "://" in url:
+        url = scheme + url[len(scheme) :]  # factories expect a lowercase scheme
+    return factory(url)

@@ -1,0 +1,232 @@
+"""`publish_users` to a folder: byte-equal to `export_user`, incremental, atomic, and safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from mta.registry.context import RegistryContext
+from mta.registry.errors import InvalidInputError, NotFoundError
+from mta.registry.publish_target import MANIFEST_NAME, open_target
+from mta.registry.service import (
+    adapt_user,
+    adapter_identity,
+    add_user,
+    delete_user,
+    export_user,
+    fuse_user,
+    publish_users,
+    watch_publish,
+)
+from mta.registry.service_publish import default_served_name
+from mta.storage import UnknownSchemeError
+from tests.fixtures_model import fresh_tiny_model
+from tests.registry.registry_env import TASK, movie_user
+
+SERVED = "HuggingFaceTB/SmolLM2-135M-Instruct"
+USERS = ("alice", "bob@example.org", "carol.d")
+
+
+def add_users(ctx: RegistryContext, ids=USERS, *, fuse: bool = True) -> None:
+    """Register (and fuse) users with distinct profiles."""
+    for n, user_id in enumerate(ids):
+        add_user(ctx, user_id=user_id, task=TASK, profile=movie_user(user_id, 6, seed=n))
+        if fuse:
+            fuse_user(ctx, user_id)
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """File name -> bytes of a PEFT folder."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def manifest(root: Path) -> dict:
+    """The target's manifest as JSON."""
+    return json.loads((root / MANIFEST_NAME).read_text())
+
+
+def test_published_folders_equal_export_and_load_in_peft(bank_registry, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+
+    add_users(bank_registry)
+    adapt_user(bank_registry, "alice", shots=2, max_steps=1)  # one user with a stack
+    out = tmp_path / "loras"
+    result = publish_users(bank_registry, str(out), served_model_name=SERVED)
+
+    assert result.written == tuple(sorted(USERS)) and result.manifest_written
+    listed = manifest(out)["users"]
+    assert sorted(listed) == sorted(USERS)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*USERS, MANIFEST_NAME])
+    for user_id in USERS:
+        published = folder_files(out / user_id)
+        assert set(published) == {"adapter_config.json", "adapter_model.safetensors"}
+        # A fresh export (cache emptied) of the same options is the same bytes.
+        shutil.rmtree(bank_registry.adapter_cache.root, ignore_errors=True)
+        export_user(bank_registry, user_id, tmp_path / "export" / user_id, base_model_name=SERVED)
+        assert published == folder_files(tmp_path / "export" / user_id)
+        config = json.loads(published["adapter_config.json"])
+        assert config["base_model_name_or_path"] == SERVED
+        entry = listed[user_id]
+        identity = adapter_identity(bank_registry, user_id).digest(base_model_name=SERVED)
+        assert entry["identity"] == identity and entry["folder"] == user_id
+        assert entry["bytes"] == sum(len(b) for b in published.values())
+        model = PeftModel.from_pretrained(fresh_tiny_model(tiny_model_dir), out / user_id)
+        assert model.peft_config["default"].base_model_name_or_path == SERVED
+    assert result.published_bytes == sum(e["bytes"] for e in listed.values())
+
+
+def test_republish_rewrites_only_the_changed_user(bank_registry, tmp_path):
+    add_users(bank_registry)
+    out = tmp_path / "loras"
+    publish_users(bank_registry, str(out))
+    inodes = {u: (out / u).stat().st_ino for u in USERS}
+    before = (out / MANIFEST_NAME).read_bytes()
+
+    again = publish_users(bank_registry, str(out))
+    assert again.written == () and again.unchanged == tuple(sorted(USERS))
+    assert not again.manifest_written and (out / MANIFEST_NAME).read_bytes() == before
+    assert {u: (out / u).stat().st_ino for u in USERS} == inodes
+
+    adapt_user(bank_registry, "bob@example.org", shots=2, max_steps=1)
+    third = publish_users(bank_registry, str(out))
+    assert third.written == ("bob@example.org",) and third.manifest_written
+    assert third.bytes_written == manifest(out)["users"]["bob@example.org"]["bytes"]
+    now = {u: (out / u).stat().st_ino for u in USERS}
+    assert [u for u in USERS if now[u] != inodes[u]] == ["bob@example.org"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+
+    # A folder removed behind the publisher's back is noticed and written again.
+    shutil.rmtree(out / "alice")
+    assert publish_users(bank_registry, str(out)).written == ("alice",)
+
+
+def test_deleted_users_folder_is_removed_and_unselected_users_are_kept(bank_registry, tmp_path):
+    add_users(bank_registry)
+    out = tmp_path / "loras"
+    publish_users(bank_registry, str(out))
+
+    delete_user(bank_registry, "carol.d")
+    fuse_user(bank_registry, "alice", top_k=3)  # changed, but not selected below
+    result = publish_users(bank_registry, str(out), user_ids=["bob@example.org"])
+    assert result.removed == ("carol.d",) and result.unchanged == ("bob@example.org",)
+    assert not (out / "carol.d").exists()
+    listed = manifest(out)["users"]
+    assert sorted(listed) == ["alice", "bob@example.org"]  # alice carried over, not rewritten
+    assert listed["alice"]["identity"] != adapter_identity(bank_registry, "alice").digest(
+        base_model_name=listed["alice"]["served_model_name"]
+    )
+    assert publish_users(bank_registry, str(out)).written == ("alice",)
+
+
+def test_unfused_users_are_skipped_and_unsafe_ids_refused(bank_registry, tmp_path):
+    add_users(bank_registry, ("alice", ".hidden", MANIFEST_NAME))
+    add_users(bank_registry, ("dave",), fuse=False)
+    out = tmp_path / "loras"
+    result = publish_users(bank_registry, str(out))
+    assert result.written == ("alice",) and result.skipped == ("dave",)
+    assert result.refused == (".hidden", MANIFEST_NAME)
+    assert sorted(manifest(out)["users"]) == ["alice"]
+
+    # Named explicitly, the same users are errors, raised before anything is written.
+    with pytest.raises(InvalidInputError, match=r"'\.hidden' cannot be published: ids starting"):
+        publish_users(bank_registry, str(tmp_path / "x"), user_ids=["alice", ".hidden"])
+    with pytest.raises(NotFoundError, match="no recipe"):
+        publish_users(bank_registry, str(tmp_path / "x"), user_ids=["dave"])
+    with pytest.raises(NotFoundError, match="no such user: 'zed'"):
+        publish_users(bank_registry, str(tmp_path / "x"), user_ids=["zed"])
+    with pytest.raises(NotFoundError, match="no bank for task 'citation'"):
+        publish_users(bank_registry, str(tmp_path / "x"), task="citation")
+    assert not (tmp_path / "x" / MANIFEST_NAME).exists()
+    assert [p.name for p in (tmp_path / "x").iterdir()] == []
+
+    # A user fused after being skipped is published; one later left without an adapter (deleted
+    # and added again under the same id) loses the folder that is no longer theirs.
+    fuse_user(bank_registry, "dave")
+    assert publish_users(bank_registry, str(out), task=TASK).written == ("dave",)
+    delete_user(bank_registry, "dave")
+    add_users(bank_registry, ("dave",), fuse=False)
+    result = publish_users(bank_registry, str(out))
+    assert result.removed == ("dave",) and result.skipped == ("dave",)
+    assert not (out / "dave").exists() and "dave" not in manifest(out)["users"]
+
+
+def test_default_served_name_is_the_hub_id_of_an_alias(bank_registry, tmp_path, tiny_model_dir):
+    assert default_served_name("smollm2") == SERVED
+    assert default_served_name("org/model") == "org/model"
+    add_users(bank_registry, ("alice",))
+    out = tmp_path / "loras"
+    publish_users(bank_registry, str(out), dtype="fp16", max_rank=4)
+    config = json.loads((out / "alice" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)  # a local path stays
+    assert config["r"] == 4
+    entry = manifest(out)["users"]["alice"]
+    assert (entry["dtype"], entry["max_rank"]) == ("fp16", 4)
+    # Other options are another identity: every folder is rewritten.
+    assert publish_users(bank_registry, str(out)).written == ("alice",)
+
+
+def test_watch_runs_rounds_and_survives_a_bad_round(bank_registry, tmp_path):
+    add_users(bank_registry)
+    out = tmp_path / "loras"
+    results, waits = [], []
+
+    def between_rounds(seconds: float) -> None:
+        waits.append(seconds)
+        delete_user(bank_registry, "alice")
+
+    last = watch_publish(
+        bank_registry,
+        str(out),
+        interval=5,
+        rounds=2,
+        on_round=results.append,
+        sleep=between_rounds,
+    )
+    assert waits == [5] and len(results) == 2 and last is results[-1]
+    assert len(results[0].written) == 3 and results[1].removed == ("alice",)
+    assert results[1].unchanged == ("bob@example.org", "carol.d")
+
+    (out / MANIFEST_NAME).write_text("{not json")
+    errors: list[Exception] = []
+    last = watch_publish(
+        bank_registry, str(out), interval=1, rounds=2, on_error=errors.append, sleep=lambda _: None
+    )
+    assert last is None
+    assert len(errors) == 2 and "is not JSON" in str(errors[0])
+    with pytest.raises(InvalidInputError):
+        watch_publish(bank_registry, str(out), interval=1, rounds=1)
+    with pytest.raises(InvalidInputError, match="positive"):
+        watch_publish(bank_registry, str(out), interval=0)
+
+
+def test_manifest_entries_never_reach_paths_outside_the_target(bank_registry, tmp_path):
+    out = tmp_path / "loras"
+    (tmp_path / "victim").mkdir()
+    out.mkdir()
+    for bad in ("../victim", ".mta-stage-x"):
+        (out / MANIFEST_NAME).write_text(json.dumps({"format": 1, "users": {bad: {}}}))
+        with pytest.raises(InvalidInputError):
+            publish_users(bank_registry, str(out))
+    assert (tmp_path / "victim").is_dir()
+
+
+def test_folder_target_sweeps_stale_staging_and_rejects_bad_urls(tmp_path):
+    root = tmp_path / "loras"
+    target = open_target(f"FILE://{root}")
+    target.prepare()
+    stale, fresh = root / ".mta-stage-old", root / ".mta-stage-new"
+    stale.mkdir()
+    fresh.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    target.prepare()
+    assert not stale.exists() and fresh.exists()  # a running publisher's folder is kept
+    with pytest.raises(UnknownSchemeError, match="known: file://, s3://"):
+        open_target("gs://bucket/x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(Exception, match="not a folder"):
+        open_target(str(tmp_path / "file")).prepare()
