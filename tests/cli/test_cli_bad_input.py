@@ -11,23 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from tests.cli.cli_env import Result, movie_user, write_users
+from tests.cli.bad_input import Mta, assert_rejected, registry_dump
+from tests.cli.cli_env import movie_user, write_users
 from tests.cli.conftest import ANCHOR_IDS, TASK, CliEnv, push_bank_argv
 from tests.fixtures_model import random_adapter
-
-Mta = Callable[..., Result]
-
-
-def assert_rejected(env: CliEnv, mta: Mta, *argv: Any, code: int = 1) -> Result:
-    """Run argv; assert the exit code, one `Error:` line, no traceback, no change."""
-    before = env.snapshot()
-    result = mta(*argv)
-    assert result.code == code, (argv, result.code, result.stdout, result.stderr)
-    assert len(result.error_lines()) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert env.snapshot() == before, f"{argv} changed the registry"
-    return result
-
 
 # --- bank push: malformed adapter folders ------------------------------------------------
 
@@ -230,6 +217,6 @@ def test_bad_profiles_are_rejected(
     ],
 )
 def test_usage_errors_exit_2(cli_env: CliEnv, mta: Mta, argv: list[str]) -> None:
-    before = cli_env.snapshot()
+    before = registry_dump(cli_env.db_url, cli_env.store_url)
     assert mta(*argv).code == 2
-    assert cli_env.snapshot() == before
+    assert registry_dump(cli_env.db_url, cli_env.store_url) == before
