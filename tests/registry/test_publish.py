@@ -230,3 +230,56 @@ def test_folder_target_sweeps_stale_staging_and_rejects_bad_urls(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(Exception, match="not a folder"):
         open_target(str(tmp_path / "file")).prepare()
+
+
+def s3_folder(s3_client, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Key (below `prefix`) -> bytes of every object under `prefix`."""
+    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    return {
+        key[len(prefix) :]: s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for key in keys
+    }
+
+
+@pytest.mark.integration
+def test_publish_to_s3(bank_registry, s3_client, s3_store_url, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+
+    from mta.storage import StorageError
+
+    bucket = s3_store_url[len("s3://") :].split("/")[0]
+    add_users(bank_registry)
+    first = publish_users(bank_registry, f"s3://{bucket}/loras", served_model_name=SERVED)
+    assert first.written == tuple(sorted(USERS)) and first.target == f"s3://{bucket}/loras"
+    objects = s3_folder(s3_client, bucket, "loras/")
+    files = ("adapter_config.json", "adapter_model.safetensors")
+    assert set(objects) == {f"{u}/{f}" for u in USERS for f in files} | {MANIFEST_NAME}
+    for user_id in USERS:
+        exported = tmp_path / "export" / user_id
+        export_user(bank_registry, user_id, exported, base_model_name=SERVED)
+        assert {f: objects[f"{user_id}/{f}"] for f in files} == folder_files(exported)
+    listed = json.loads(objects[MANIFEST_NAME])["users"]
+    assert listed["alice"]["bytes"] == sum(len(objects[f"alice/{f}"]) for f in files)
+    downloaded = tmp_path / "from-s3" / "alice"
+    downloaded.mkdir(parents=True)
+    for name in files:
+        (downloaded / name).write_bytes(objects[f"alice/{name}"])
+    PeftModel.from_pretrained(fresh_tiny_model(tiny_model_dir), downloaded)
+
+    again = publish_users(bank_registry, f"s3://{bucket}/loras", served_model_name=SERVED)
+    assert again.written == () and not again.manifest_written
+    adapt_user(bank_registry, "bob@example.org", shots=2, max_steps=1)
+    delete_user(bank_registry, "carol.d")
+    third = publish_users(bank_registry, f"s3://{bucket}/loras/", served_model_name=SERVED)
+    assert third.written == ("bob@example.org",) and third.removed == ("carol.d",)
+    objects = s3_folder(s3_client, bucket, "loras/")
+    assert not [key for key in objects if key.startswith("carol.d/")]
+    assert sorted(json.loads(objects[MANIFEST_NAME])["users"]) == ["alice", "bob@example.org"]
+    export_user(bank_registry, "bob@example.org", tmp_path / "bob", base_model_name=SERVED)
+    assert objects["bob@example.org/adapter_model.safetensors"] == (
+        (tmp_path / "bob" / "adapter_model.safetensors").read_bytes()
+    )
+
+    with pytest.raises(StorageError, match="does not exist"):
+        publish_users(bank_registry, f"s3://no-such-bucket-{bucket}/loras")
