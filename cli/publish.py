@@ -19,8 +19,9 @@ ServedNameOpt = Annotated[
     str | None,
     typer.Option(
         "--served-model-name",
-        help="Write NAME as base_model_name_or_path (vLLM loads a folder only when it equals "
-        "the model it serves). Default: the bank's base model, 'smollm2' as its hub id.",
+        help="Write NAME as base_model_name_or_path: vLLM's filesystem resolver loads a folder "
+        "only when it equals the model vLLM was started with (vllm serve NAME). Default: the "
+        "bank's base model, 'smollm2' as its hub id.",
         show_default=False,
     ),
 ]

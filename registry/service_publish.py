@@ -174,8 +174,8 @@ def publish_users(
         task: publish only this task's users (default: every user).
         user_ids: publish only these users; each must exist, have a recipe and a safe name.
         served_model_name: written as `base_model_name_or_path` (vLLM's filesystem resolver
-            loads a folder only when it equals the served model); default per user: the
-            bank's base model, an alias as its hub id (`default_served_name`).
+            loads a folder only when it equals the model vLLM was started with); default
+            per user: the bank's base model, an alias as its hub id (`default_served_name`).
         dtype: tensor precision of the published folders ("fp32", "fp16", "bf16").
         max_rank: compress every adapter to this rank (engines with `--max-lora-rank`).
         progress: called with ("publish", done, total) as users are checked.
