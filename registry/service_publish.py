@@ -66,8 +66,8 @@ class _Planned:
     served_model_name: str
 
 
-def _read_manifest(target: PublishTarget) -> dict[str, dict[str, Any]]:
-    """The previous round's users (id → entry); {} when the target has no manifest yet.
+def _read_manifest(target: PublishTarget) -> dict[str, dict[str, Any]] | None:
+    """The previous round's users (id → entry); None when the target has no manifest yet.
 
     Raises:
         InvalidInputError: the manifest is unreadable or lists a name that is not a user id
@@ -75,7 +75,7 @@ def _read_manifest(target: PublishTarget) -> dict[str, dict[str, Any]]:
     """
     raw = target.read_manifest()
     if raw is None:
-        return {}
+        return None
     where = f"{target.url}/{MANIFEST_NAME}"
     try:
         data = json.loads(raw)
@@ -188,7 +188,8 @@ def publish_users(
     _check_options(served_model_name, dtype, max_rank)
     target = open_target(target_url)
     target.prepare()
-    previous = _read_manifest(target)
+    manifest = _read_manifest(target)
+    previous = manifest or {}
     selected, existing = _select(ctx, task, user_ids)
     planned, refused, skipped = _plan(
         ctx,
@@ -217,7 +218,9 @@ def publish_users(
     removed = sorted(u for u in previous if u in gone)
     for user_id in removed:
         target.remove_folder(user_id)
-    manifest_written = _write_manifest(target, previous, entries)
+    manifest_written = manifest is None or manifest != entries
+    if manifest_written:
+        _write_manifest(target, entries)
     return PublishResult(
         target=target.url,
         served_model_name=served_model_name,
@@ -274,14 +277,8 @@ def _publish_one(
     }
 
 
-def _write_manifest(
-    target: PublishTarget,
-    previous: Mapping[str, Any],
-    entries: Mapping[str, dict[str, Any]],
-) -> bool:
-    """Write the manifest when its users differ from the previous one; True when written."""
-    if target.read_manifest() is not None and dict(previous) == dict(entries):
-        return False
+def _write_manifest(target: PublishTarget, entries: Mapping[str, dict[str, Any]]) -> None:
+    """Write the manifest listing `entries` (sorted by user id) in one step."""
     manifest = {
         "format": MANIFEST_FORMAT,
         "generator": "mta publish",
@@ -289,7 +286,6 @@ def _write_manifest(
         "users": {user_id: entries[user_id] for user_id in sorted(entries)},
     }
     target.write_manifest((json.dumps(manifest, indent=1) + "\n").encode())
-    return True
 
 
 # Errors a long-running sync survives (reported, then retried next round); bugs still raise.
