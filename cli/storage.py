@@ -123,6 +123,15 @@ def storage_gc(
             help="Keep unreferenced blobs younger than this many seconds (writes in flight).",
         ),
     ] = 3600,
+    retain_superseded: Annotated[
+        int,
+        typer.Option(
+            "--retain-superseded",
+            min=0,
+            help="Keep stacks and recipes that are no longer served this many seconds "
+            "(default 7 days) for rollback.",
+        ),
+    ] = 7 * 24 * 3600,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")
     ] = False,
@@ -131,21 +140,33 @@ def storage_gc(
     store: StoreUrlOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Delete blobs no registry row references (left by crashes or deletes).
+    """Reclaim what nothing serves: interrupted deletions, superseded stacks, cache, blobs.
+
+    Finishes user deletions a crash interrupted, deletes stacks and recipes superseded
+    longer than --retain-superseded ago, removes export-cache entries of deleted users
+    (and damaged ones), then blobs no registry row references.
 
     Example:
 
         mta gc --dry-run
-        mta gc --grace 0
+        mta gc --grace 0 --retain-superseded 0
     """
     from mta.registry.service import gc
 
     out = Output(json_mode)
     with registry_context(ctx, db, store, cache_dir) as registry:
-        result = gc(registry, grace_seconds=grace, dry_run=dry_run).to_dict()
+        result = gc(
+            registry,
+            grace_seconds=grace,
+            retain_superseded_seconds=retain_superseded,
+            dry_run=dry_run,
+        ).to_dict()
     verb = "would delete" if dry_run else "deleted"
     out.result(
-        f"gc: {verb} {len(result['deleted'])} blob(s), {human_bytes(result['bytes_freed'])}; "
+        f"gc: {verb} {len(result['deleted'])} blob(s), {human_bytes(result['bytes_freed'])}, "
+        f"{result['superseded_stacks']} superseded stack(s), "
+        f"{result['superseded_recipes']} recipe(s), "
+        f"{result['cache_entries_removed']} cache entr(ies); "
         f"{result['kept_in_grace']} unreferenced blob(s) kept within the grace period",
         **result,
     )

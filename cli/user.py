@@ -401,24 +401,40 @@ def user_list(
 def user_delete(
     ctx: typer.Context,
     user_id: UserArg,
+    drop_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--drop-anchor",
+            help="Also erase the anchors trained on this user's history from every bank "
+            "version (users fused with them must fuse again). Without it such a user is refused.",
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     db: DbUrlOpt = None,
     store: StoreUrlOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Delete a user and every byte stored for them (profile, embedding, recipes, stacks).
+    """Delete a user and every byte stored for them (profile, embedding, recipes, stacks, cache).
+
+    The deletion is recorded first: if it is interrupted, run the same command again (or
+    `mta gc`) to finish it.
 
     Example:
 
         mta user delete alice
+        mta user delete anchor-user-7 --drop-anchor
     """
     from mta.registry.service import delete_user
 
     out = Output(json_mode)
     with registry_context(ctx, db, store, cache_dir) as registry:
-        result = delete_user(registry, user_id).to_dict()
-    out.result(
+        result = delete_user(registry, user_id, drop_anchors=drop_anchor).to_dict()
+    message = (
         f"deleted user {user_id!r}: {result['rows_deleted']} row(s), "
-        f"{len(result['blobs_deleted'])} blob(s), {result['bytes_freed']} bytes freed",
-        **result,
+        f"{len(result['blobs_deleted'])} blob(s), {result['bytes_freed']} bytes freed"
     )
+    if result["anchors_dropped"]:
+        message += f"; erased anchor(s) {', '.join(result['anchors_dropped'])}"
+    if result["users_to_refuse"]:
+        message += f"; users to fuse again: {', '.join(result['users_to_refuse'])}"
+    out.result(message, **result)

@@ -186,6 +186,8 @@ class DeleteResult(_Entity):
     blobs_deleted: tuple[str, ...]
     bytes_freed: int
     cache_entries_deleted: int
+    anchors_dropped: tuple[str, ...] = ()  # "task vN anchor" erased with --drop-anchor
+    users_to_refuse: tuple[str, ...] = ()  # their recipes used a dropped anchor: fuse again
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,10 @@ class GcResult(_Entity):
     referenced: int
     blob_rows_deleted: int
     dry_run: bool
+    superseded_stacks: int = 0  # stacks no longer served, older than the retention
+    superseded_recipes: int = 0  # recipes no longer current, older than the retention
+    cache_entries_removed: int = 0  # export-cache entries of deleted users, or corrupt ones
+    deletions_finished: tuple[str, ...] = ()  # user deletions a crash had interrupted
 
 
 @dataclass(frozen=True)

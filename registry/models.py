@@ -23,7 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, object_session
 
 from mta.registry.entities import Anchor, BankVersion, Recipe, RecipeAnchor, Stack, User
 from mta.registry.errors import ImmutableError
@@ -38,6 +38,8 @@ NAMING_CONVENTION = {
 }
 
 DIGEST_LEN = 64
+# Session.info flag under which a bank row may change (see `_refuse_bank_update`).
+REDACTING = "mta_redacting_anchor"
 USER_ID_LEN = 128
 
 
@@ -303,6 +305,22 @@ class SqlEvalRun(Base):
     results: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class SqlDeletion(Base):
+    """A user deletion in progress: written first, so a re-run or `gc` finishes the job.
+
+    `blobs` lists the digests that may have become unreferenced; they are removed from the
+    store (a missing one is nothing to remove) before the row goes. While the row exists,
+    the user id answers "not found" everywhere and exports refuse to re-populate caches.
+    """
+
+    __tablename__ = "deletions"
+    __table_args__ = (PrimaryKeyConstraint("user_id", name="pk_deletions"),)
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LEN))
+    blobs: Mapped[list[str]] = mapped_column(JSON)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 # (table, column) pairs that reference blobs; gc, fsck and delete_user walk exactly these.
 BLOB_REFERENCES: tuple[tuple[type[Base], str], ...] = (
     (SqlBank, "index_blob"),
@@ -316,7 +334,14 @@ BLOB_REFERENCES: tuple[tuple[type[Base], str], ...] = (
 
 @event.listens_for(SqlBank, "before_update")
 def _refuse_bank_update(_mapper: Any, _connection: Any, target: SqlBank) -> None:
-    """Bank versions are immutable: publish a new version instead (aliases move)."""
+    """Bank versions are immutable: publish a new version instead (aliases move).
+
+    The one exception is erasing a deleted user's anchor (`anchor_redaction`), which marks
+    its session with `REDACTING`: forgetting a person outranks a version's immutability.
+    """
+    session = object_session(target)
+    if session is not None and session.info.get(REDACTING):
+        return
     raise ImmutableError(
         f"bank {target.task} v{target.version} is immutable; publish a new version"
     )

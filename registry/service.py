@@ -14,10 +14,11 @@ from mta.registry.service_bank import (
     push_bank,
     set_alias,
 )
+from mta.registry.service_delete import delete_user
+from mta.registry.service_gc import gc
 from mta.registry.service_publish import publish_users, watch_publish
 from mta.registry.service_storage import (
     fsck,
-    gc,
     init_registry,
     list_eval_runs,
     record_eval_run,
@@ -27,7 +28,6 @@ from mta.registry.service_user import (
     adapt_user,
     adapter_identity,
     add_user,
-    delete_user,
     export_user,
     fuse_user,
     get_user,

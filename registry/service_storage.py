@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 
-from mta.registry.blobrefs import REPORT_BUCKET, referenced_digests, unreferenced
+from mta.registry.blobrefs import REPORT_BUCKET
 from mta.registry.context import RegistryContext
 from mta.registry.db import current_revision, upgrade
-from mta.registry.entities import FsckProblem, FsckReport, GcResult
+from mta.registry.entities import FsckProblem, FsckReport
 from mta.registry.models import (
     BLOB_REFERENCES,
     SqlBank,
@@ -25,6 +24,7 @@ from mta.registry.models import (
     utcnow,
 )
 from mta.storage import BlobCorruptedError, BlobNotFoundError
+from mta.storage.cache import entry_problem
 
 OPPU_RANK = 8
 _DTYPE_BYTES = {"fp16": 2, "fp32": 4}
@@ -160,73 +160,6 @@ def _current_stacks(session: Any) -> dict[str, int]:
     return {user_id: bank_id for user_id, (_, bank_id) in current.items()}
 
 
-def gc(ctx: RegistryContext, *, grace_seconds: int = 3600, dry_run: bool = False) -> GcResult:
-    """Delete blobs no registry row references, once older than the grace period.
-
-    The grace period protects blobs a running command has written but not yet recorded
-    (blob first, row second). `blobs` rows that nothing references are deleted too.
-
-    Args:
-        grace_seconds: keep unreferenced blobs modified less than this long ago.
-        dry_run: report what would go, delete nothing.
-    """
-    if grace_seconds < 0:
-        raise ValueError(f"grace_seconds must be >= 0, got {grace_seconds}")
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_seconds)
-    with ctx.session() as session:
-        referenced = referenced_digests(session)
-        recorded = dict(session.execute(select(SqlBlob.digest, SqlBlob.created_at)).tuples().all())
-    doomed: dict[str, int] = {}
-    young = 0
-    for info in ctx.store.iter_blobs():
-        if info.digest in referenced:
-            continue
-        if info.modified > cutoff:
-            young += 1
-        else:
-            doomed[info.digest] = info.size
-    # Rows recorded for blobs that no row uses any more (e.g. a delete interrupted midway).
-    stale_rows = [
-        d
-        for d, created in recorded.items()
-        if d not in referenced and (d in doomed or _as_utc(created) <= cutoff)
-    ]
-    rows_deleted = 0
-    if not dry_run:
-        if stale_rows:
-            with ctx.session() as session:
-                # Re-check inside the transaction: a writer may have referenced one meanwhile.
-                gone = unreferenced(session, stale_rows)
-                for digest in gone:
-                    session.delete(session.get_one(SqlBlob, digest))
-                rows_deleted = len(gone)
-            doomed = {d: s for d, s in doomed.items() if d not in set(stale_rows) - set(gone)}
-        still_old = {d: s for d, s in doomed.items() if _still_old(ctx, d, cutoff)}
-        young += len(doomed) - len(still_old)
-        doomed = still_old
-        for digest in doomed:
-            with contextlib.suppress(FileNotFoundError):
-                ctx.store.delete(digest)
-    else:
-        rows_deleted = len(stale_rows)
-    return GcResult(
-        deleted=tuple(sorted(doomed)),
-        bytes_freed=int(sum(doomed.values())),
-        kept_in_grace=young,
-        referenced=len(referenced),
-        blob_rows_deleted=rows_deleted,
-        dry_run=dry_run,
-    )
-
-
-def _still_old(ctx: RegistryContext, digest: str, cutoff: datetime) -> bool:
-    """Re-check before deleting: a writer that re-put the blob since the listing made it young."""
-    try:
-        return ctx.store.modified(digest) <= cutoff
-    except BlobNotFoundError:
-        return True  # already gone; deleting is a no-op
-
-
 def _as_utc(value: datetime) -> datetime:
     """Attach UTC to naive datetimes (SQLite)."""
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -269,6 +202,7 @@ def fsck(ctx: RegistryContext, *, verify: bool = True) -> FsckReport:
         if problem is not None:
             target = missing if problem[0] == "missing" else corrupt
             target.append(FsckProblem("blobs", digest, "digest", digest, problem[0], problem[1]))
+    corrupt.extend(_check_cache(ctx))
     orphans = {
         info.digest: info.size
         for info in ctx.store.iter_blobs()
@@ -283,6 +217,17 @@ def fsck(ctx: RegistryContext, *, verify: bool = True) -> FsckReport:
         orphan_bytes=int(sum(orphans.values())),
         unreferenced_rows=tuple(unreferenced_rows),
     )
+
+
+def _check_cache(ctx: RegistryContext) -> list[FsckProblem]:
+    """Export-cache entries whose files no longer match their manifest."""
+    cache = ctx.adapter_cache
+    problems = []
+    for key in cache.keys():  # noqa: SIM118 - AdapterCache is not a dict
+        problem = entry_problem(cache.path_for(key))
+        if problem is not None:
+            problems.append(FsckProblem("cache", key, "files", "", "corrupt", problem))
+    return problems
 
 
 def _check_blob(

@@ -6,16 +6,14 @@ training, fusion) with no transaction open, writes blobs, then writes rows in on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mta.registry.blobrefs import (
@@ -25,13 +23,21 @@ from mta.registry.blobrefs import (
     put_blob,
     reassert_blobs,
     record_blob,
-    unreferenced,
 )
 from mta.registry.context import MODEL_LOCK, RegistryContext
-from mta.registry.entities import DeleteResult, Export, Recipe, Stack, User, UserDetail
+from mta.registry.entities import Export, Recipe, Stack, User, UserDetail
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from mta.registry.identity import AdapterIdentity, identity_of
-from mta.registry.models import SqlAnchor, SqlBank, SqlBlob, SqlRecipe, SqlStack, SqlUser, utcnow
+from mta.registry.models import (
+    SqlAnchor,
+    SqlBank,
+    SqlBlob,
+    SqlDeletion,
+    SqlRecipe,
+    SqlStack,
+    SqlUser,
+    utcnow,
+)
 from mta.registry.names import validate_user_id
 from mta.registry.service_bank import (
     ProgressFn,
@@ -40,6 +46,9 @@ from mta.registry.service_bank import (
     latest_version,
     resolve_bank,
 )
+from mta.registry.service_delete import is_forgotten, user_cache_prefix
+from mta.storage import BlobNotFoundError
+from mta.storage.cache import ENTRY_MANIFEST
 
 DEFAULT_TOP_K = 2
 STACK_DTYPES = ("fp16", "bf16", "fp32")
@@ -164,6 +173,7 @@ def add_user(
     with ctx.session() as session:
         if session.get(SqlUser, user_id) is not None:
             raise AlreadyExistsError(f"user {user_id!r} already exists")
+        _refuse_pending_deletion(session, user_id)
         bank = resolve_bank(session, task, bank_ref) if bank_ref else default_bank(session, task)
         bank_id, bank_version, embedder_name = bank.id, bank.version, bank.embedder
     embedder = ctx.embedder(embedder_name)
@@ -173,6 +183,7 @@ def add_user(
     vector_blob = put_blob(ctx, np.asarray(vector, np.float32).tobytes(), KIND_USER_EMBEDDING)
     try:
         with ctx.session() as session:
+            _refuse_pending_deletion(session, user_id)
             record_blob(session, profile_blob)
             record_blob(session, vector_blob)
             row = SqlUser(
@@ -192,6 +203,15 @@ def add_user(
         raise AlreadyExistsError(f"user {user_id!r} already exists") from error
     reassert_blobs(ctx, [profile_blob, vector_blob])
     return user
+
+
+def _refuse_pending_deletion(session: Session, user_id: str) -> None:
+    """AlreadyExistsError while a deletion of this id has not finished."""
+    if session.get(SqlDeletion, user_id) is not None:
+        raise AlreadyExistsError(
+            f"a deletion of user {user_id!r} is pending; finish it with "
+            f"`mta user delete {user_id}` (or `mta gc`) before adding the id again"
+        )
 
 
 def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
@@ -243,6 +263,7 @@ def fuse_user(
     temperature: float = 1.0,
     rank: int | None = None,
     bank_ref: str | None = None,
+    if_absent: bool = False,
 ) -> Recipe:
     """Find the user's nearest anchors, weight them and store the recipe (never the adapter).
 
@@ -253,6 +274,8 @@ def fuse_user(
         weight_rule: "proportional" or "softmax" (with `temperature`).
         rank: target rank for "svd".
         bank_ref: fuse against this version/alias of the user's task instead of the pinned one.
+        if_absent: keep the user's recipe if one appeared meanwhile (concurrent adapts of a
+            user without a recipe then share the first one instead of each writing its own).
 
     Returns:
         The new (now current) recipe with anchors, cosine scores and weights, best first.
@@ -299,6 +322,11 @@ def fuse_user(
     if rank is not None:
         params["rank"] = rank
     with ctx.session() as session:
+        # Lock the user row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
+        session.scalars(select(SqlUser).where(SqlUser.id == user_id).with_for_update()).first()
+        existing = _latest(session, SqlRecipe, user_id) if if_absent else None
+        if existing is not None:
+            return _recipe_entity(session, existing)
         row = SqlRecipe(
             user_id=user_id,
             bank_id=bank_id,
@@ -380,7 +408,7 @@ def adapt_user(
         user = _get_user_row(session, user_id)
         has_recipe = _latest(session, SqlRecipe, user_id) is not None
     if not has_recipe:
-        fuse_user(ctx, user_id)
+        fuse_user(ctx, user_id, if_absent=True)
     with ctx.session() as session:
         user = _get_user_row(session, user_id)
         recipe = _latest(session, SqlRecipe, user_id)
@@ -452,18 +480,13 @@ def adapt_user(
 # --- export --------------------------------------------------------------------------------
 
 
-def _cache_prefix(user_id: str) -> str:
-    """The export-cache key prefix of a user (ids may hold "@", which cache keys may not)."""
-    return f"u{hashlib.sha256(user_id.encode()).hexdigest()[:16]}--"
-
-
 def cache_key(identity: AdapterIdentity, **options: Any) -> str:
     """Export-cache key: a per-user prefix (so `delete_user` finds the entries) + the digest.
 
     The digest is the adapter identity's with the export options (`max_rank`, `dtype`,
     `base_model_name`): the same key means the same bytes, whatever database the ids come from.
     """
-    return _cache_prefix(identity.user_id) + identity.digest(**options)[:32]
+    return user_cache_prefix(identity.user_id) + identity.digest(**options)[:32]
 
 
 def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
@@ -533,15 +556,25 @@ def export_user(
     cache = ctx.adapter_cache
     cached = cache.get(key)
     from_cache = cached is not None
-    if cached is None:
-        cached, rank = _materialize_into_cache(ctx, identity, key, torch_dtype, **options)
-    else:
-        rank = _exported_rank(cached)
+    try:
+        if cached is None:
+            cached, rank = _materialize_into_cache(ctx, identity, key, torch_dtype, **options)
+        else:
+            _verify_sources(ctx, identity)
+            rank = _exported_rank(cached)
+    except BlobNotFoundError:
+        _refuse_if_forgotten(ctx, user_id)  # deleted meanwhile: not found, not an integrity error
+        raise
+    _refuse_if_forgotten(ctx, user_id)  # a deletion that raced us must not find our entry left
     path = cached
     if out_dir is not None:
         path = Path(out_dir)
-        shutil.copytree(cached, path, dirs_exist_ok=True)
-    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+        shutil.copytree(
+            cached, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ENTRY_MANIFEST)
+        )
+    size = sum(
+        p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.name != ENTRY_MANIFEST
+    )
     return Export(
         user_id=user_id,
         path=Path(path),
@@ -575,7 +608,8 @@ def _materialize_into_cache(
     )
     stack = adapter_from_bytes(ctx.store.get_bytes(identity.stack)) if identity.stack else None
     adapter = export_adapter(fused, stack, max_rank=max_rank)
-    with tempfile.TemporaryDirectory(prefix="mta-export-") as tmp:
+    # Staged inside the cache under the key, so deleting the user finds a crashed build too.
+    with ctx.adapter_cache.staging(key) as tmp:
         folder = save_peft_adapter(
             adapter,
             Path(tmp) / "adapter",
@@ -586,6 +620,21 @@ def _materialize_into_cache(
     return cached, max(adapter.ranks().values())
 
 
+def _verify_sources(ctx: RegistryContext, identity: AdapterIdentity) -> None:
+    """Re-hash the blobs a cached export was built from: a warm cache must not hide damage."""
+    for digest in [d for d, _ in identity.anchors] + ([identity.stack] if identity.stack else []):
+        ctx.store.verify(digest)
+
+
+def _refuse_if_forgotten(ctx: RegistryContext, user_id: str) -> None:
+    """NotFoundError (after dropping their cache entries) if the user is gone or being deleted."""
+    with ctx.session() as session:
+        forgotten = is_forgotten(session, user_id)
+    if forgotten:
+        ctx.adapter_cache.discard_prefix(user_cache_prefix(user_id))
+        raise NotFoundError(f"no user {user_id!r}")
+
+
 def _exported_rank(folder: Path) -> int:
     """The largest per-module rank written in a PEFT folder's config."""
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
@@ -594,57 +643,3 @@ def _exported_rank(folder: Path) -> int:
         *(int(r) for r in (config.get("rank_pattern") or {}).values()),
     ]
     return max(ranks)
-
-
-# --- delete --------------------------------------------------------------------------------
-
-
-def delete_user(ctx: RegistryContext, user_id: str) -> DeleteResult:
-    """Remove every byte of a user: rows, then blobs no other row references, then cache entries.
-
-    Bank blobs are never touched (rows of the bank still reference them). Rows go first so
-    the registry never points at a missing blob; if deleting a blob fails afterwards, `gc`
-    reclaims it.
-    """
-    with ctx.session() as session:
-        user = _get_user_row(session, user_id)
-        stack_blobs = session.scalars(
-            select(SqlStack.blob).where(SqlStack.user_id == user_id)
-        ).all()
-        candidates = {user.profile_blob, user.embedding_blob, *stack_blobs}
-        rows = 1
-        for model in (SqlStack, SqlRecipe):
-            result = session.execute(delete(model).where(model.user_id == user_id))
-            rows += int(result.rowcount or 0)
-        session.delete(user)
-        session.flush()
-        freed = unreferenced(session, candidates)
-        sizes = dict(
-            session.execute(select(SqlBlob.digest, SqlBlob.size).where(SqlBlob.digest.in_(freed)))
-            .tuples()
-            .all()
-        )
-        session.execute(delete(SqlBlob).where(SqlBlob.digest.in_(freed)))
-    for digest in freed:
-        ctx.store.delete(digest)
-    return DeleteResult(
-        user_id=user_id,
-        rows_deleted=rows,
-        blobs_deleted=tuple(freed),
-        bytes_freed=int(sum(sizes.values())),
-        cache_entries_deleted=_delete_cache_entries(ctx, user_id),
-    )
-
-
-def _delete_cache_entries(ctx: RegistryContext, user_id: str) -> int:
-    """Remove the user's materialized exports from the adapter cache; returns how many."""
-    cache = ctx.adapter_cache
-    prefix = _cache_prefix(user_id)
-    removed = 0
-    for key in cache.keys():  # noqa: SIM118 - AdapterCache is not a dict
-        if key.startswith(prefix):
-            # AdapterCache has no delete(); a cached folder may vanish at any time anyway
-            # (eviction by another process), so removing it directly is within its contract.
-            shutil.rmtree(cache.path_for(key), ignore_errors=True)
-            removed += 1
-    return removed

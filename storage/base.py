@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -116,6 +116,13 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, digest: str) -> None:
         """Remove a blob; BlobNotFoundError when it is missing."""
+
+    @abc.abstractmethod
+    def check_deletable(self, digests: Iterable[str]) -> None:
+        """Raise StorageError unless these blobs could be deleted now (changes nothing).
+
+        Lets a caller refuse an operation up front instead of failing half-way through it.
+        """
 
     @abc.abstractmethod
     def iter_blobs(self) -> Iterator[BlobInfo]:

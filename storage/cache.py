@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+log = logging.getLogger("mta.storage.cache")
+
 TEMP_PREFIX = ".tmp-"
+# Inside each entry: the sha256 of every file, written before the entry is renamed into place.
+ENTRY_MANIFEST = ".mta-entry.json"
 TRASH_PREFIX = ".trash-"
 STALE_TEMP_SECONDS = 3600
 
@@ -38,6 +46,37 @@ def _tree_size(path: str | Path) -> int:
     return total
 
 
+def _file_digests(path: Path) -> dict[str, str]:
+    """sha256 of each regular file under `path` (the manifest excluded), by relative path."""
+    digests = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ENTRY_MANIFEST):
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digests[file.relative_to(path).as_posix()] = digest.hexdigest()
+    return digests
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why a cache entry cannot be trusted (one line), or None when its files match."""
+    try:
+        manifest = json.loads((path / ENTRY_MANIFEST).read_text())
+        expected = manifest["files"]
+        actual = _file_digests(path)
+    except FileNotFoundError:
+        return "no content manifest"
+    except (ValueError, KeyError, TypeError):
+        return "unreadable content manifest"
+    if actual != expected:
+        changed = sorted(
+            set(actual) ^ set(expected)
+            | {name for name in set(actual) & set(expected) if actual[name] != expected[name]}
+        )
+        return f"content differs from its manifest: {', '.join(changed)}"
+    return None
+
+
 def _fsync_tree(path: Path) -> None:
     # A cache entry must never appear with half-written files after a crash.
     for folder, _dirs, files in os.walk(path):
@@ -52,8 +91,10 @@ def _fsync_tree(path: Path) -> None:
 class AdapterCache:
     """Folders `<root>/<key>/` kept under `max_bytes`, evicting the least recently used.
 
-    `put` copies into a temp folder and renames it into place, so a key's folder is either
-    absent or complete, and several processes may share one root. `get` refreshes the
+    `put` copies into a temp folder, records each file's sha256 in `ENTRY_MANIFEST` and
+    renames the folder into place, so a key's folder is either absent or complete, and
+    several processes may share one root. `get` verifies the files against the manifest
+    (a bad entry is discarded with a warning, and the caller rebuilds it) and refreshes the
     folder's mtime, which is the recency used for eviction. A folder evicted by another
     process while in use can vanish: callers load it right after `get`/`put`.
     """
@@ -69,14 +110,59 @@ class AdapterCache:
         """Folder of `key` (whether or not it is cached)."""
         return self.root / _validate_key(key)
 
-    def get(self, key: str) -> Path | None:
-        """Folder cached under `key`, marked as most recently used; None when absent."""
+    def get(self, key: str, *, verify: bool = True) -> Path | None:
+        """Folder cached under `key`, marked as most recently used; None when absent or bad."""
         path = self.path_for(key)
         try:
             os.utime(path)
         except FileNotFoundError:
             return None
-        return path if path.is_dir() else None
+        if not path.is_dir():
+            return None
+        problem = entry_problem(path) if verify else None
+        if problem is not None:
+            log.warning(
+                "Warning: discarded export-cache entry %s (%s); rebuilding it", key, problem
+            )
+            self.discard(key)
+            return None
+        return path
+
+    def discard(self, key: str) -> None:
+        """Remove one entry if present."""
+        self._remove(_validate_key(key))
+
+    def discard_prefix(self, prefix: str) -> int:
+        """Remove every entry, temp and staging folder whose key starts with `prefix`."""
+        removed = 0
+        for name in self.names():
+            if name.startswith(prefix):
+                self._remove(name)
+                removed += 1
+            elif name.startswith(TEMP_PREFIX + prefix):
+                shutil.rmtree(self.root / name, ignore_errors=True)
+        return removed
+
+    def names(self) -> list[str]:
+        """Every name under the root: entries, and temp, staging and trash folders."""
+        try:
+            return [entry.name for entry in os.scandir(self.root)]
+        except FileNotFoundError:
+            return []
+
+    @contextlib.contextmanager
+    def staging(self, key: str) -> Iterator[Path]:
+        """A scratch folder for building `key`, inside the cache and named after the key.
+
+        Being named after the key, a folder a crashed build leaves behind is found and
+        removed by `discard_prefix` (a user's deletion), not only by the hourly sweep.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{TEMP_PREFIX}{_validate_key(key)}-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def put(self, key: str, src_dir: str | Path) -> Path:
         """Copy `src_dir` into the cache as `key`, then evict old entries down to `max_bytes`.
@@ -98,6 +184,8 @@ class AdapterCache:
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{TEMP_PREFIX}{key}-"))
             try:
                 shutil.copytree(source, tmp, dirs_exist_ok=True)
+                manifest = {"files": _file_digests(tmp)}
+                (tmp / ENTRY_MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
                 _fsync_tree(tmp)
                 os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide entries from other users
                 try:

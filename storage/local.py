@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,6 +122,20 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             raise self._not_found(digest) from None
         _fsync_dir(path.parent)
+
+    def check_deletable(self, digests: Iterable[str]) -> None:
+        """Create and remove a probe file in each blob's folder (catches read-only mounts)."""
+        folders = {self.path_for(d).parent for d in digests}
+        for folder in sorted(f for f in folders if f.is_dir()):
+            probe = folder / f".probe-{uuid.uuid4().hex}"
+            try:
+                probe.touch()
+                probe.unlink()
+            except OSError as error:
+                raise StorageError(
+                    f"store {self.url} is not writable ({error.strerror or error}); "
+                    "nothing was changed"
+                ) from None
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
         """Yield stored blobs in digest order, skipping temp files and anything misplaced."""

@@ -6,7 +6,7 @@ import base64
 import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
@@ -181,6 +181,19 @@ class S3BlobStore(BlobStore):
             self.client.delete_object(Bucket=self.bucket, Key=self.key_for(digest))
         except Exception as exc:
             self._raise(exc, "deleting", digest)
+
+    def check_deletable(self, digests: Iterable[str]) -> None:
+        """Delete a probe key that does not exist: S3 answers 204, or AccessDenied."""
+        del digests  # one permission covers the whole prefix
+        probe = (
+            f"{self.prefix}/{BLOB_PREFIX}/.mta-delete-probe"
+            if self.prefix
+            else (f"{BLOB_PREFIX}/.mta-delete-probe")
+        )
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=probe)
+        except Exception as exc:
+            self._raise(exc, "probing deletes in")
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
         """List the blob keys page by page, skipping keys that are not blobs."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mta.storage import AdapterCache
+from mta.storage.cache import ENTRY_MANIFEST, entry_problem
 
 UNIT = 1000  # bytes of payload per fake adapter folder (plus a small config file)
 
@@ -25,9 +26,11 @@ def make_adapter(root: Path, name: str, size: int = UNIT) -> Path:
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
-    """Relative path -> content of every file under `folder`."""
+    """Relative path -> content of every file under `folder` (the cache's manifest aside)."""
     return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ENTRY_MANIFEST
     }
 
 
@@ -47,7 +50,43 @@ def test_put_copies_folder_and_get_finds_it(tmp_path: Path) -> None:
     assert folder_bytes(cached) == folder_bytes(src)
     assert cache.get("a") == cached
     assert cache.get("b") is None
-    assert cache.total_bytes() == sum(len(v) for v in folder_bytes(src).values())
+    manifest = (cached / ENTRY_MANIFEST).stat().st_size
+    assert cache.total_bytes() == sum(len(v) for v in folder_bytes(src).values()) + manifest
+
+
+@pytest.mark.parametrize("damage", ["flip", "remove", "add", "manifest"])
+def test_a_damaged_entry_is_discarded_with_a_warning(tmp_path: Path, caplog, damage) -> None:
+    cache = AdapterCache(tmp_path / "cache", max_bytes=10 * UNIT)
+    cached = cache.put("k", make_adapter(tmp_path, "a"))
+    weights = cached / "adapter_model.safetensors"
+    if damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[10] ^= 0x01
+        weights.write_bytes(bytes(data))
+    elif damage == "remove":
+        weights.unlink()
+    elif damage == "add":
+        (cached / "extra.bin").write_bytes(b"x")
+    else:
+        (cached / ENTRY_MANIFEST).write_text("{not json")
+    assert entry_problem(cached) is not None
+    with caplog.at_level("WARNING", logger="mta.storage.cache"):
+        assert cache.get("k") is None
+    assert "discarded export-cache entry k" in caplog.text
+    assert cache.keys() == []  # rebuilt by the caller on the next put
+
+
+def test_discard_prefix_removes_entries_and_staging_folders(tmp_path: Path) -> None:
+    cache = AdapterCache(tmp_path / "cache", max_bytes=10 * UNIT)
+    cache.put("u1--a", make_adapter(tmp_path, "a"))
+    cache.put("u2--b", make_adapter(tmp_path, "b"))
+    with cache.staging("u1--c") as stage:
+        (stage / "adapter_model.safetensors").write_bytes(b"half-written")
+        crashed = tmp_path / "cache" / ".tmp-u1--c-leftover"
+        stage.rename(crashed)  # as a crashed build would leave it
+        stage.mkdir()
+    assert cache.discard_prefix("u1--") == 1
+    assert cache.keys() == ["u2--b"] and not crashed.exists()
 
 
 def test_put_of_existing_key_keeps_the_first_copy(tmp_path: Path) -> None:
@@ -58,7 +97,7 @@ def test_put_of_existing_key_keeps_the_first_copy(tmp_path: Path) -> None:
 
 
 def test_least_recently_used_is_evicted_first(tmp_path: Path) -> None:
-    cache = AdapterCache(tmp_path / "cache", max_bytes=int(3.5 * UNIT))
+    cache = AdapterCache(tmp_path / "cache", max_bytes=int(3.9 * UNIT))  # entries hold a ~200-byte manifest
     for key in ("a", "b", "c"):
         cache.put(key, make_adapter(tmp_path, key))
     age(cache, "a", 300)
