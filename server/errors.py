@@ -6,7 +6,8 @@ statuses are kept for faults on the server's side:
 
 * ``integrity_error`` → **500**. The registry and the blob store disagree (a blob
   failing its digest, a row without its blob). Retrying will not help, so it is not
-  a 503; an operator must run ``mta fsck``.
+  a 503; an operator must run ``mta fsck``. The one exception: a blob missing because
+  the request's user was deleted while it ran is that user's **404**.
 * ``storage_unavailable`` / ``registry_unavailable`` / ``not_initialized`` → **503**.
   Any other storage or database failure (S3 or PostgreSQL unreachable, no schema
   yet): the server cannot answer now, a retry after the operator's fix may succeed.
@@ -120,8 +121,30 @@ _STATUS_CODES = {
 }
 
 
+async def _deleted_user(request: Request) -> str | None:
+    """The request's user id when that user no longer exists (deleted mid-request), else None."""
+    from starlette.concurrency import run_in_threadpool
+
+    from mta.registry.errors import NotFoundError
+    from mta.registry.service import get_user
+
+    user_id = request.path_params.get("user_id")
+    state = getattr(request.app.state, "mta", None)
+    if not isinstance(user_id, str) or state is None:
+        return None
+    try:
+        await run_in_threadpool(get_user, state.ctx, user_id)
+    except NotFoundError:
+        return user_id
+    except Exception:  # noqa: BLE001 - the original integrity error is the answer then
+        return None
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error the app returns use the ``{"error": {code, message}}`` shape."""
+    from mta.storage.errors import BlobNotFoundError
+
     mappings = error_mappings()
 
     @app.exception_handler(ApiError)
@@ -139,6 +162,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _domain(request: Request, exc: Exception) -> JSONResponse:
         mapping = next(m for m in mappings if isinstance(exc, m.exc_type))
+        if isinstance(exc, BlobNotFoundError):
+            gone = await _deleted_user(request)
+            if gone is not None:
+                return _json_error(404, "not_found", f"no user {gone!r}; it was deleted")
         if mapping.status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, one_line(exc))
         return _json_error(mapping.status, mapping.code, one_line(exc))
