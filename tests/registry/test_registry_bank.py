@@ -208,6 +208,9 @@ def test_build_with_cluster_data_uses_the_cluster_mean_embedding(
 
     bank = _build(registry, tmp_path, tiny_model_dir, tiny_embedder_dir, "cluster")
     assert bank.anchor_data == "cluster"
+    # Whose history trained each anchor is recorded, so deleting a member finds the anchor.
+    members = get_bank(registry, TASK).config["anchor_members"]
+    assert sorted(m for group in members.values() for m in group) == [f"c{i}" for i in (1, 3, 5)]
     for anchor in get_bank(registry, TASK).anchors:
         vector = np.frombuffer(registry.store.get_bytes(anchor.embedding_blob), dtype=np.float32)
         assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
