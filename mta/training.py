@@ -77,6 +77,13 @@ class TrainConfig:
             raise MtaError("train config: target_modules is empty")
 
 
+def planned_steps(num_examples: int, config: TrainConfig) -> int:
+    """Optimizer steps `train_lora` takes on this many examples (epochs, accumulation, cap)."""
+    micro_per_epoch = math.ceil(num_examples / config.batch_size)
+    total = math.ceil(micro_per_epoch / config.grad_accum) * config.epochs
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
 def train_lora(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -124,11 +131,7 @@ def train_lora(
     factors = _init_factors(model, shapes, config.rank, init_gen)
     params = [p for pair in factors.values() for p in pair]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    micro_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = planned_steps(len(encoded), config)
     pad_id = _pad_id(tokenizer)
     losses: list[float] = []
 

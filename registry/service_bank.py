@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mta.dtypes import torch_dtype
 from mta.registry.blobrefs import (
     KIND_ANCHOR_ADAPTER,
     KIND_ANCHOR_EMBEDDING,
@@ -100,16 +101,6 @@ def _check_enough_candidates(users: Sequence[dict], anchors: int, min_history: i
             f"cannot select {anchors} anchors: only {eligible} of {len(users)} candidates "
             f"have at least {min_history} history items (lower --min-history or --anchors)"
         )
-
-
-def _torch_dtype(name: str) -> Any:
-    """torch dtype for "fp16" | "bf16" | "fp32"."""
-    import torch
-
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    if name not in dtypes:
-        raise InvalidInputError(f"unknown dtype {name!r}; valid: {', '.join(dtypes)}")
-    return dtypes[name]
 
 
 # --- lookups shared with the user service -------------------------------------------------
@@ -421,7 +412,7 @@ def build_bank(
         payloads.append(
             AnchorPayload(
                 anchor_id=str(users[row]["user_id"]),
-                adapter_bytes=adapter_to_bytes(adapter, dtype=_torch_dtype(BANK_ADAPTER_DTYPE)),
+                adapter_bytes=adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE)),
                 embedding=embedding,
                 history_length=lengths[row],
                 cluster_size=len(members),
@@ -515,7 +506,7 @@ def push_bank(
         payloads.append(
             AnchorPayload(
                 anchor_id=anchor_id,
-                adapter_bytes=adapter_to_bytes(adapter, dtype=_torch_dtype(BANK_ADAPTER_DTYPE)),
+                adapter_bytes=adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE)),
                 embedding=user_embedding(emb, [task_obj.item_text(i) for i in profile]),
                 history_length=len(profile),
                 cluster_size=1,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from mta.dtypes import torch_dtype
 from mta.registry.context import RegistryContext
 from mta.registry.entities import PublishResult
 from mta.registry.errors import InvalidInputError, NotFoundError, RegistryError
@@ -28,7 +29,6 @@ from mta.registry.names import validate_user_id
 from mta.registry.publish_target import MANIFEST_NAME, PublishTarget, open_target
 from mta.registry.service_bank import ProgressFn, list_banks
 from mta.registry.service_user import (
-    STACK_DTYPES,
     adapter_identity,
     export_user,
     list_users,
@@ -241,8 +241,7 @@ def _check_options(served_model_name: str | None, dtype: str, max_rank: int | No
     """Refuse bad export options before any work (an unchanged round would never export)."""
     if served_model_name is not None and not served_model_name.strip():
         raise InvalidInputError("served model name is empty")
-    if dtype not in STACK_DTYPES:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {', '.join(STACK_DTYPES)}")
+    torch_dtype(dtype)  # an unknown name fails before any work
     if max_rank is not None and max_rank < 1:
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
 

@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mta.dtypes import torch_dtype
 from mta.registry.blobrefs import (
     KIND_PROFILE,
     KIND_STACK,
@@ -41,7 +42,6 @@ from mta.registry.models import (
 from mta.registry.names import validate_user_id
 from mta.registry.service_bank import (
     ProgressFn,
-    _torch_dtype,
     default_bank,
     latest_version,
     resolve_bank,
@@ -51,7 +51,6 @@ from mta.storage import BlobNotFoundError
 from mta.storage.cache import ENTRY_MANIFEST
 
 DEFAULT_TOP_K = 2
-STACK_DTYPES = ("fp16", "bf16", "fp32")
 
 
 # --- lookups -------------------------------------------------------------------------------
@@ -369,6 +368,27 @@ def materialize_fused(
 # --- adapt ---------------------------------------------------------------------------------
 
 
+def _adapt_inputs(ctx: RegistryContext, user_id: str) -> dict[str, Any] | None:
+    """What training a stack needs, read in one session; None when the user has no recipe."""
+    with ctx.session() as session:
+        user = _get_user_row(session, user_id)
+        recipe = _latest(session, SqlRecipe, user_id)
+        if recipe is None:
+            return None
+        bank = session.get_one(SqlBank, recipe.bank_id)
+        return {
+            "recipe_id": recipe.id,
+            "bank_id": bank.id,
+            "anchors": _recipe_inputs(session, recipe),
+            "method": recipe.method,
+            "fuse_rank": recipe.params.get("rank"),
+            "base_model": bank.base_model,
+            "modules": list(bank.target_modules),
+            "task": user.task,
+            "profile_blob": user.profile_blob,
+        }
+
+
 def adapt_user(
     ctx: RegistryContext,
     user_id: str,
@@ -400,41 +420,31 @@ def adapt_user(
         The stored (now current) stack.
     """
     from mta.tasks import get_task, profile_examples
-    from mta.training import TrainConfig, train_lora
+    from mta.training import TrainConfig, planned_steps, train_lora
 
-    if dtype not in STACK_DTYPES:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {', '.join(STACK_DTYPES)}")
-    with ctx.session() as session:
-        user = _get_user_row(session, user_id)
-        has_recipe = _latest(session, SqlRecipe, user_id) is not None
-    if not has_recipe:
+    torch_dtype(dtype)  # an unknown name fails before any work
+    inputs = _adapt_inputs(ctx, user_id)
+    if inputs is None:
         fuse_user(ctx, user_id, if_absent=True)
-    with ctx.session() as session:
-        user = _get_user_row(session, user_id)
-        recipe = _latest(session, SqlRecipe, user_id)
-        bank = session.get_one(SqlBank, recipe.bank_id)
-        inputs = _recipe_inputs(session, recipe)
-        recipe_id, bank_id, method = recipe.id, bank.id, recipe.method
-        fuse_rank = recipe.params.get("rank")
-        base_model, modules, task = bank.base_model, list(bank.target_modules), user.task
-        profile_blob = user.profile_blob
-    items = _load_profile(ctx, profile_blob)["profile"]
+        inputs = _adapt_inputs(ctx, user_id)
+    if inputs is None:  # the recipe went with a deletion that ran meanwhile
+        raise NotFoundError(f"user {user_id!r} has no recipe; run `mta user fuse`")
+    items = _load_profile(ctx, inputs["profile_blob"])["profile"]
     chosen = shot_indices(len(items), shots, seed)
-    examples = profile_examples(get_task(task), [items[i] for i in chosen])
+    examples = profile_examples(get_task(inputs["task"]), [items[i] for i in chosen])
     config = TrainConfig(
         rank=rank,
         epochs=epochs,
         lr=lr,
         seed=seed,
         batch_size=batch_size,
-        target_modules=modules,
+        target_modules=inputs["modules"],
         max_steps=max_steps,
     )
     config.validate()
-    fused = materialize_fused(ctx, inputs, method, fuse_rank)
-    model, tokenizer = ctx.base_model(base_model)
-    total = -(-len(examples) // batch_size) * epochs
-    total = min(total, max_steps) if max_steps else total
+    fused = materialize_fused(ctx, inputs["anchors"], inputs["method"], inputs["fuse_rank"])
+    model, tokenizer = ctx.base_model(inputs["base_model"])
+    total = planned_steps(len(examples), config)
 
     def on_step(step: int, _loss: float) -> None:
         if progress is not None:
@@ -446,7 +456,7 @@ def adapt_user(
         )
     from mta.peft_io import adapter_to_bytes
 
-    data = adapter_to_bytes(stack, dtype=_torch_dtype(dtype))
+    data = adapter_to_bytes(stack, dtype=torch_dtype(dtype))
     blob = put_blob(ctx, data, KIND_STACK)
     train_config = {
         **{k: v for k, v in vars(config).items()},
@@ -460,8 +470,8 @@ def adapt_user(
         record_blob(session, blob)
         row = SqlStack(
             user_id=user_id,
-            recipe_id=recipe_id,
-            bank_id=bank_id,
+            recipe_id=inputs["recipe_id"],
+            bank_id=inputs["bank_id"],
             blob=blob.digest,
             rank=rank,
             dtype=dtype,
@@ -546,7 +556,7 @@ def export_user(
     Raises:
         NotFoundError: the user has no recipe yet (run `mta user fuse`).
     """
-    torch_dtype = _torch_dtype(dtype)
+    tensor_dtype = torch_dtype(dtype)
     if max_rank is not None and max_rank < 1:
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
     with ctx.session() as session:
@@ -558,7 +568,7 @@ def export_user(
     from_cache = cached is not None
     try:
         if cached is None:
-            cached, rank = _materialize_into_cache(ctx, identity, key, torch_dtype, **options)
+            cached, rank = _materialize_into_cache(ctx, identity, key, tensor_dtype, **options)
         else:
             _verify_sources(ctx, identity)
             rank = _exported_rank(cached)
@@ -592,7 +602,7 @@ def _materialize_into_cache(
     ctx: RegistryContext,
     identity: AdapterIdentity,
     key: str,
-    torch_dtype: Any,
+    tensor_dtype: Any,
     *,
     max_rank: int | None,
     dtype: str,
@@ -602,7 +612,7 @@ def _materialize_into_cache(
     from mta.export import export_adapter
     from mta.peft_io import adapter_from_bytes, save_peft_adapter
 
-    del dtype  # part of the key; the tensors use torch_dtype
+    del dtype  # part of the key; the tensors use tensor_dtype
     fused = materialize_fused(
         ctx, list(identity.anchors), identity.method, identity.params.get("rank")
     )
@@ -613,7 +623,7 @@ def _materialize_into_cache(
         folder = save_peft_adapter(
             adapter,
             Path(tmp) / "adapter",
-            dtype=torch_dtype,
+            dtype=tensor_dtype,
             base_model=base_model_name or identity.base_model,
         )
         cached = ctx.adapter_cache.put(key, folder)

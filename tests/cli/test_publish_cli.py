@@ -96,7 +96,7 @@ def test_publish_errors_are_one_line(cli_env: CliEnv, mta: Mta, pushed_bank: dic
     assert mta("publish", out, "--users", "ghost").code == 1
     assert mta("publish", "gs://bucket/x").code == 1
     assert mta("publish", out, "--dtype", "fp8").error_lines() == [
-        "Error: unknown dtype 'fp8'; valid: fp16, bf16, fp32"
+        "Error: unknown dtype 'fp8'; valid: bf16, fp16, fp32"
     ]
     warned = mta("publish", out, "--bank", TASK)
     assert warned.code == 0 and ".hidden" in warned.stderr
