@@ -21,6 +21,10 @@ class UnknownNameError(MtaError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DataFormatError(MtaError, ValueError):
+    """A LaMP data file or user record is malformed; the message names the user or item."""
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the error for an unknown registry key, listing the valid names."""
     return UnknownNameError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")

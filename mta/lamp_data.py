@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mta.errors import MtaError
+from mta.errors import DataFormatError
 
 LAMP_DIR_ENV = "MTA_LAMP_DIR"
 USERS_FILE = "users.json"
@@ -25,10 +25,6 @@ USERS_FILE = "users.json"
 # Entries of one real LaMP user repeat the same items with a different one held out;
 # unrelated users rarely share this many (see ../shared/lamp/PROVENANCE.md).
 SAME_USER_MIN_SHARED = 5
-
-
-class DataFormatError(MtaError, ValueError):
-    """A LaMP data file or user record is malformed; the message names the user or item."""
 
 
 def _user_label(obj: Any, position: int | None) -> str:

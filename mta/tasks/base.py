@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
-from mta.lamp_data import DataFormatError
+from mta.errors import DataFormatError
 
 _WORD = re.compile(r"\w+")
 _CUE = re.compile(r"^\s*(?:answer|response|output|headline|title|tag|score)\s*:\s*", re.I)

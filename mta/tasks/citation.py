@@ -16,7 +16,7 @@ import re
 import zlib
 from collections.abc import Sequence
 
-from mta.lamp_data import DataFormatError
+from mta.errors import DataFormatError
 from mta.tasks import metrics
 from mta.tasks.base import LampTask, words
 from mta.tasks.retrieval import rank_items

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mta.lamp_data import DataFormatError
+from mta.errors import DataFormatError
 from mta.tasks.base import LampTask, words
 
 
