@@ -15,6 +15,7 @@ from mta.registry.service_bank import (
     set_alias,
 )
 from mta.registry.service_delete import delete_user
+from mta.registry.service_export import adapter_identity, export_user, materialize_fused
 from mta.registry.service_gc import gc
 from mta.registry.service_publish import publish_users, watch_publish
 from mta.registry.service_storage import (
@@ -26,13 +27,10 @@ from mta.registry.service_storage import (
 )
 from mta.registry.service_user import (
     adapt_user,
-    adapter_identity,
     add_user,
-    export_user,
     fuse_user,
     get_user,
     list_users,
-    materialize_fused,
     shot_indices,
 )
 

@@ -6,7 +6,7 @@ The order makes every crash recoverable and every error clean:
    unless the caller asked to drop those anchors, and the store accepts deletes.
 2. One transaction writes the tombstone (`deletions` row, naming the blobs to remove) and
    deletes the user's rows. From then on the user is "not found" everywhere, and an export
-   that races the deletion discards what it cached (see `service_user.export_user`).
+   that races the deletion discards what it cached (see `service_export.export_user`).
 3. The user's export-cache entries and staging folders go, then each blob that no row
    references any more (a blob already missing is nothing to remove, not an error).
 4. The tombstone goes last. A re-run of `delete_user`, or `gc`, finishes a deletion that a

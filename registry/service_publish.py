@@ -28,11 +28,8 @@ from mta.registry.errors import InvalidInputError, NotFoundError, RegistryError
 from mta.registry.names import validate_user_id
 from mta.registry.publish_target import MANIFEST_NAME, PublishTarget, open_target
 from mta.registry.service_bank import ProgressFn, list_banks
-from mta.registry.service_user import (
-    adapter_identity,
-    export_user,
-    list_users,
-)
+from mta.registry.service_export import adapter_identity, export_user
+from mta.registry.service_user import list_users
 
 MANIFEST_FORMAT = 1
 # Base-model aliases whose weights ship locally but which engines know by a hub id.

@@ -1,4 +1,4 @@
-"""Users: add (embed + pin a bank), fuse (recipe), adapt (train the stack), export, delete.
+"""Users: add (embed + pin a bank), get, list, fuse (recipe), adapt (train the stack).
 
 Every flow reads what it needs in a short transaction, does the slow work (embedding,
 training, fusion) with no transaction open, writes blobs, then writes rows in one transaction.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +24,8 @@ from mta.registry.blobrefs import (
     record_blob,
 )
 from mta.registry.context import MODEL_LOCK, RegistryContext
-from mta.registry.entities import Export, Recipe, Stack, User, UserDetail
+from mta.registry.entities import Recipe, Stack, User, UserDetail
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
-from mta.registry.identity import AdapterIdentity, identity_of
 from mta.registry.models import (
     SqlAnchor,
     SqlBank,
@@ -43,64 +40,20 @@ from mta.registry.names import validate_user_id
 from mta.registry.service_bank import (
     ProgressFn,
     default_bank,
-    latest_version,
     resolve_bank,
 )
-from mta.registry.service_delete import is_forgotten, user_cache_prefix
-from mta.storage import BlobNotFoundError
-from mta.storage.cache import ENTRY_MANIFEST
+from mta.registry.service_export import materialize_fused
+from mta.registry.user_rows import (
+    current_stack,
+    get_user_row,
+    latest_row,
+    recipe_entity,
+    recipe_inputs,
+    stack_entity,
+    version_of,
+)
 
 DEFAULT_TOP_K = 2
-
-
-# --- lookups -------------------------------------------------------------------------------
-
-
-def _get_user_row(session: Session, user_id: str) -> SqlUser:
-    """The user's row, or NotFoundError."""
-    row = session.get(SqlUser, user_id)
-    if row is None:
-        raise NotFoundError(f"no user {user_id!r}; add one with `mta user add`")
-    return row
-
-
-def _latest(session: Session, model: type[SqlRecipe] | type[SqlStack], user_id: str) -> Any:
-    """The user's newest recipe or stack (highest id), or None."""
-    query = select(model).where(model.user_id == user_id).order_by(model.id.desc()).limit(1)
-    return session.scalars(query).first()
-
-
-def _current_stack(session: Session, recipe: SqlRecipe) -> SqlStack | None:
-    """The user's current stack: the newest one trained on their current (latest) recipe.
-
-    A stack is only valid on the fused delta it was trained on, so re-fusing a user leaves
-    them without a current stack until `adapt_user` runs again.
-    """
-    query = (
-        select(SqlStack)
-        .where(SqlStack.user_id == recipe.user_id, SqlStack.recipe_id == recipe.id)
-        .order_by(SqlStack.id.desc())
-        .limit(1)
-    )
-    return session.scalars(query).first()
-
-
-def _version_of(session: Session, bank_id: int) -> int:
-    """The version number of a bank row."""
-    return session.get_one(SqlBank, bank_id).version
-
-
-def _recipe_entity(session: Session, row: SqlRecipe) -> Recipe:
-    """A recipe row as an entity."""
-    bank = session.get_one(SqlBank, row.bank_id)
-    return row.to_entity(task=bank.task, bank_version=bank.version)
-
-
-def _stack_entity(session: Session, row: SqlStack) -> Stack:
-    """A stack row as an entity, with its staleness against the task's latest bank."""
-    bank = session.get_one(SqlBank, row.bank_id)
-    stale = bank.version < latest_version(session, bank.task)
-    return row.to_entity(task=bank.task, bank_version=bank.version, stale=stale)
 
 
 def _canonical_json(obj: Any) -> bytes:
@@ -216,10 +169,10 @@ def _refuse_pending_deletion(session: Session, user_id: str) -> None:
 def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
     """A user with their current recipe and stack and the bytes they occupy."""
     with ctx.session() as session:
-        row = _get_user_row(session, user_id)
-        base = row.to_entity(bank_version=_version_of(session, row.bank_id))
-        recipe = _latest(session, SqlRecipe, user_id)
-        stack = _current_stack(session, recipe) if recipe is not None else None
+        row = get_user_row(session, user_id)
+        base = row.to_entity(bank_version=version_of(session, row.bank_id))
+        recipe = latest_row(session, SqlRecipe, user_id)
+        stack = current_stack(session, recipe) if recipe is not None else None
         stack_blobs = session.scalars(
             select(SqlStack.blob).where(SqlStack.user_id == user_id)
         ).all()
@@ -231,8 +184,8 @@ def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
         }
         return UserDetail(
             **{f: getattr(base, f) for f in User.__dataclass_fields__},
-            recipe=_recipe_entity(session, recipe) if recipe is not None else None,
-            stack=_stack_entity(session, stack) if stack is not None else None,
+            recipe=recipe_entity(session, recipe) if recipe is not None else None,
+            stack=stack_entity(session, stack) if stack is not None else None,
             num_recipes=int(count[SqlRecipe]),
             num_stacks=int(count[SqlStack]),
             bytes=int(size or 0),
@@ -290,7 +243,7 @@ def fuse_user(
     if rank is not None and rank < 1:
         raise InvalidInputError(f"rank must be at least 1, got {rank}")
     with ctx.session() as session:
-        user = _get_user_row(session, user_id)
+        user = get_user_row(session, user_id)
         bank = (
             resolve_bank(session, user.task, bank_ref)
             if bank_ref
@@ -323,9 +276,9 @@ def fuse_user(
     with ctx.session() as session:
         # Lock the user row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
         session.scalars(select(SqlUser).where(SqlUser.id == user_id).with_for_update()).first()
-        existing = _latest(session, SqlRecipe, user_id) if if_absent else None
+        existing = latest_row(session, SqlRecipe, user_id) if if_absent else None
         if existing is not None:
-            return _recipe_entity(session, existing)
+            return recipe_entity(session, existing)
         row = SqlRecipe(
             user_id=user_id,
             bank_id=bank_id,
@@ -337,32 +290,7 @@ def fuse_user(
         )
         session.add(row)
         session.flush()
-        return _recipe_entity(session, row)
-
-
-def _recipe_inputs(session: Session, recipe: SqlRecipe) -> list[tuple[str, float]]:
-    """(adapter digest, weight) of each anchor in a recipe."""
-    rows = session.execute(
-        select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
-            SqlAnchor.bank_id == recipe.bank_id
-        )
-    ).all()
-    digest_of = dict(rows)
-    missing = [a["anchor_id"] for a in recipe.anchors if a["anchor_id"] not in digest_of]
-    if missing:
-        raise NotFoundError(f"recipe {recipe.id} names unknown anchors {', '.join(missing)}")
-    return [(digest_of[a["anchor_id"]], float(a["weight"])) for a in recipe.anchors]
-
-
-def materialize_fused(
-    ctx: RegistryContext, inputs: list[tuple[str, float]], method: str, rank: int | None
-) -> Any:
-    """Rebuild a fused adapter from anchor blobs and weights (in memory only)."""
-    from mta.fusion import fuse
-    from mta.peft_io import adapter_from_bytes
-
-    adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest, _ in inputs]
-    return fuse(adapters, [w for _, w in inputs], method=method, rank=rank)
+        return recipe_entity(session, row)
 
 
 # --- adapt ---------------------------------------------------------------------------------
@@ -371,15 +299,15 @@ def materialize_fused(
 def _adapt_inputs(ctx: RegistryContext, user_id: str) -> dict[str, Any] | None:
     """What training a stack needs, read in one session; None when the user has no recipe."""
     with ctx.session() as session:
-        user = _get_user_row(session, user_id)
-        recipe = _latest(session, SqlRecipe, user_id)
+        user = get_user_row(session, user_id)
+        recipe = latest_row(session, SqlRecipe, user_id)
         if recipe is None:
             return None
         bank = session.get_one(SqlBank, recipe.bank_id)
         return {
             "recipe_id": recipe.id,
             "bank_id": bank.id,
-            "anchors": _recipe_inputs(session, recipe),
+            "anchors": recipe_inputs(session, recipe),
             "method": recipe.method,
             "fuse_rank": recipe.params.get("rank"),
             "base_model": bank.base_model,
@@ -482,174 +410,6 @@ def adapt_user(
         )
         session.add(row)
         session.flush()
-        entity = _stack_entity(session, row)
+        entity = stack_entity(session, row)
     reassert_blobs(ctx, [blob])
     return entity
-
-
-# --- export --------------------------------------------------------------------------------
-
-
-def cache_key(identity: AdapterIdentity, **options: Any) -> str:
-    """Export-cache key: a per-user prefix (so `delete_user` finds the entries) + the digest.
-
-    The digest is the adapter identity's with the export options (`max_rank`, `dtype`,
-    `base_model_name`): the same key means the same bytes, whatever database the ids come from.
-    """
-    return user_cache_prefix(identity.user_id) + identity.digest(**options)[:32]
-
-
-def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
-    """The user's adapter identity from their current recipe and stack rows."""
-    _get_user_row(session, user_id)
-    recipe = _latest(session, SqlRecipe, user_id)
-    if recipe is None:
-        raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
-    stack = _current_stack(session, recipe)
-    digests = dict(
-        session.execute(
-            select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
-                SqlAnchor.bank_id == recipe.bank_id
-            )
-        )
-        .tuples()
-        .all()
-    )
-    return identity_of(
-        _recipe_entity(session, recipe),
-        _stack_entity(session, stack) if stack is not None else None,
-        digests,
-        session.get_one(SqlBank, recipe.bank_id).base_model,
-    )
-
-
-def adapter_identity(ctx: RegistryContext, user_id: str) -> AdapterIdentity:
-    """What the user's exported adapter is made of now (see `mta.registry.identity`)."""
-    with ctx.session() as session:
-        return _read_identity(session, user_id)
-
-
-def export_user(
-    ctx: RegistryContext,
-    user_id: str,
-    out_dir: Path | None,
-    *,
-    max_rank: int | None = None,
-    dtype: str = "fp32",
-    base_model_name: str | None = None,
-) -> Export:
-    """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
-
-    The current recipe is the latest; the current stack is the newest one trained on it (a
-    stack is only valid on its own fused delta). A user without one gets the fused adapter
-    alone. The folder is cached under the adapter identity (see `cache_key`) and copied to
-    `out_dir` when given.
-
-    Args:
-        user_id: a registered user with a recipe.
-        out_dir: destination folder (created; files overwritten), or None for the cache path.
-        max_rank: compress to this rank with the truncated SVD (engines that cap LoRA rank).
-        dtype: tensor precision of the written folder ("fp32" default, "fp16", "bf16").
-        base_model_name: written as `base_model_name_or_path` instead of the bank's base
-            model (serving engines match it against the model they serve).
-
-    Raises:
-        NotFoundError: the user has no recipe yet (run `mta user fuse`).
-    """
-    tensor_dtype = torch_dtype(dtype)
-    if max_rank is not None and max_rank < 1:
-        raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
-    with ctx.session() as session:
-        identity = _read_identity(session, user_id)
-    options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": base_model_name}
-    key = cache_key(identity, **options)
-    cache = ctx.adapter_cache
-    cached = cache.get(key)
-    from_cache = cached is not None
-    try:
-        if cached is None:
-            cached, rank = _materialize_into_cache(ctx, identity, key, tensor_dtype, **options)
-        else:
-            _verify_sources(ctx, identity)
-            rank = _exported_rank(cached)
-    except BlobNotFoundError:
-        _refuse_if_forgotten(ctx, user_id)  # deleted meanwhile: not found, not an integrity error
-        raise
-    _refuse_if_forgotten(ctx, user_id)  # a deletion that raced us must not find our entry left
-    path = cached
-    if out_dir is not None:
-        path = Path(out_dir)
-        shutil.copytree(
-            cached, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ENTRY_MANIFEST)
-        )
-    size = sum(
-        p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.name != ENTRY_MANIFEST
-    )
-    return Export(
-        user_id=user_id,
-        path=Path(path),
-        cache_path=Path(cached),
-        from_cache=from_cache,
-        rank=rank,
-        max_rank=max_rank,
-        recipe_id=identity.recipe_id,
-        stack_id=identity.stack_id,
-        bytes=size,
-    )
-
-
-def _materialize_into_cache(
-    ctx: RegistryContext,
-    identity: AdapterIdentity,
-    key: str,
-    tensor_dtype: Any,
-    *,
-    max_rank: int | None,
-    dtype: str,
-    base_model_name: str | None,
-) -> tuple[Path, int]:
-    """Fuse, stack and write the identity's PEFT folder into the export cache."""
-    from mta.export import export_adapter
-    from mta.peft_io import adapter_from_bytes, save_peft_adapter
-
-    del dtype  # part of the key; the tensors use tensor_dtype
-    fused = materialize_fused(
-        ctx, list(identity.anchors), identity.method, identity.params.get("rank")
-    )
-    stack = adapter_from_bytes(ctx.store.get_bytes(identity.stack)) if identity.stack else None
-    adapter = export_adapter(fused, stack, max_rank=max_rank)
-    # Staged inside the cache under the key, so deleting the user finds a crashed build too.
-    with ctx.adapter_cache.staging(key) as tmp:
-        folder = save_peft_adapter(
-            adapter,
-            Path(tmp) / "adapter",
-            dtype=tensor_dtype,
-            base_model=base_model_name or identity.base_model,
-        )
-        cached = ctx.adapter_cache.put(key, folder)
-    return cached, max(adapter.ranks().values())
-
-
-def _verify_sources(ctx: RegistryContext, identity: AdapterIdentity) -> None:
-    """Re-hash the blobs a cached export was built from: a warm cache must not hide damage."""
-    for digest in [d for d, _ in identity.anchors] + ([identity.stack] if identity.stack else []):
-        ctx.store.verify(digest)
-
-
-def _refuse_if_forgotten(ctx: RegistryContext, user_id: str) -> None:
-    """NotFoundError (after dropping their cache entries) if the user is gone or being deleted."""
-    with ctx.session() as session:
-        forgotten = is_forgotten(session, user_id)
-    if forgotten:
-        ctx.adapter_cache.discard_prefix(user_cache_prefix(user_id))
-        raise NotFoundError(f"no user {user_id!r}")
-
-
-def _exported_rank(folder: Path) -> int:
-    """The largest per-module rank written in a PEFT folder's config."""
-    config = json.loads((Path(folder) / "adapter_config.json").read_text())
-    ranks = [
-        int(config.get("r", 0)),
-        *(int(r) for r in (config.get("rank_pattern") or {}).values()),
-    ]
-    return max(ranks)

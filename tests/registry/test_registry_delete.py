@@ -24,7 +24,7 @@ from mta.registry.service import (
     get_user,
 )
 from mta.registry.service_delete import user_cache_prefix
-from mta.registry.service_user import cache_key
+from mta.registry.service_export import cache_key
 from mta.storage import StorageError
 from tests.registry.registry_env import TASK, movie_user
 
@@ -163,17 +163,17 @@ def test_a_read_only_store_changes_nothing(bank_registry, tmp_path):
 
 
 def test_an_export_racing_a_delete_leaves_no_cache_entry(bank_registry, monkeypatch):
-    from mta.registry import service_user
+    from mta.registry import service_export
 
     add_user(bank_registry, user_id="pia", task=TASK, profile=movie_user("pia", 6))
     fuse_user(bank_registry, "pia")
-    real = service_user._materialize_into_cache
+    real = service_export._materialize_into_cache
 
     def delete_meanwhile(ctx, *args, **kwargs):
         delete_user(ctx, "pia")  # the whole deletion runs while the export is building
         return real(ctx, *args, **kwargs)
 
-    monkeypatch.setattr(service_user, "_materialize_into_cache", delete_meanwhile)
+    monkeypatch.setattr(service_export, "_materialize_into_cache", delete_meanwhile)
     with pytest.raises(NotFoundError, match="no user 'pia'"):
         export_user(bank_registry, "pia", None)
     assert not [n for n in bank_registry.adapter_cache.names() if user_cache_prefix("pia") in n]

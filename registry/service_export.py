@@ -1,0 +1,209 @@
+"""Export: materialize a user's adapter (fused + current stack) as a cached PEFT folder.
+
+The cache key is the adapter identity (`mta.registry.identity`); every cache hit is
+verified (the entry's manifest, and the source blobs it was built from), and an export
+that races the user's deletion leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mta.dtypes import torch_dtype
+from mta.registry.context import RegistryContext
+from mta.registry.entities import Export
+from mta.registry.errors import InvalidInputError, NotFoundError
+from mta.registry.identity import AdapterIdentity, identity_of
+from mta.registry.models import SqlAnchor, SqlBank, SqlRecipe
+from mta.registry.service_delete import is_forgotten, user_cache_prefix
+from mta.registry.user_rows import (
+    current_stack,
+    get_user_row,
+    latest_row,
+    recipe_entity,
+    stack_entity,
+)
+from mta.storage import BlobNotFoundError
+from mta.storage.cache import ENTRY_MANIFEST
+
+
+def materialize_fused(
+    ctx: RegistryContext, inputs: list[tuple[str, float]], method: str, rank: int | None
+) -> Any:
+    """Rebuild a fused adapter from anchor blobs and weights (in memory only)."""
+    from mta.fusion import fuse
+    from mta.peft_io import adapter_from_bytes
+
+    adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest, _ in inputs]
+    return fuse(adapters, [w for _, w in inputs], method=method, rank=rank)
+
+
+def cache_key(identity: AdapterIdentity, **options: Any) -> str:
+    """Export-cache key: a per-user prefix (so `delete_user` finds the entries) + the digest.
+
+    The digest is the adapter identity's with the export options (`max_rank`, `dtype`,
+    `base_model_name`): the same key means the same bytes, whatever database the ids come from.
+    """
+    return user_cache_prefix(identity.user_id) + identity.digest(**options)[:32]
+
+
+def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
+    """The user's adapter identity from their current recipe and stack rows."""
+    get_user_row(session, user_id)
+    recipe = latest_row(session, SqlRecipe, user_id)
+    if recipe is None:
+        raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
+    stack = current_stack(session, recipe)
+    digests = dict(
+        session.execute(
+            select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
+                SqlAnchor.bank_id == recipe.bank_id
+            )
+        )
+        .tuples()
+        .all()
+    )
+    return identity_of(
+        recipe_entity(session, recipe),
+        stack_entity(session, stack) if stack is not None else None,
+        digests,
+        session.get_one(SqlBank, recipe.bank_id).base_model,
+    )
+
+
+def adapter_identity(ctx: RegistryContext, user_id: str) -> AdapterIdentity:
+    """What the user's exported adapter is made of now (see `mta.registry.identity`)."""
+    with ctx.session() as session:
+        return _read_identity(session, user_id)
+
+
+def export_user(
+    ctx: RegistryContext,
+    user_id: str,
+    out_dir: Path | None,
+    *,
+    max_rank: int | None = None,
+    dtype: str = "fp32",
+    base_model_name: str | None = None,
+) -> Export:
+    """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
+
+    The current recipe is the latest; the current stack is the newest one trained on it (a
+    stack is only valid on its own fused delta). A user without one gets the fused adapter
+    alone. The folder is cached under the adapter identity (see `cache_key`) and copied to
+    `out_dir` when given.
+
+    Args:
+        user_id: a registered user with a recipe.
+        out_dir: destination folder (created; files overwritten), or None for the cache path.
+        max_rank: compress to this rank with the truncated SVD (engines that cap LoRA rank).
+        dtype: tensor precision of the written folder ("fp32" default, "fp16", "bf16").
+        base_model_name: written as `base_model_name_or_path` instead of the bank's base
+            model (serving engines match it against the model they serve).
+
+    Raises:
+        NotFoundError: the user has no recipe yet (run `mta user fuse`).
+    """
+    tensor_dtype = torch_dtype(dtype)
+    if max_rank is not None and max_rank < 1:
+        raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
+    with ctx.session() as session:
+        identity = _read_identity(session, user_id)
+    options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": base_model_name}
+    key = cache_key(identity, **options)
+    cache = ctx.adapter_cache
+    cached = cache.get(key)
+    from_cache = cached is not None
+    try:
+        if cached is None:
+            cached, rank = _materialize_into_cache(ctx, identity, key, tensor_dtype, **options)
+        else:
+            _verify_sources(ctx, identity)
+            rank = _exported_rank(cached)
+    except BlobNotFoundError:
+        _refuse_if_forgotten(ctx, user_id)  # deleted meanwhile: not found, not an integrity error
+        raise
+    _refuse_if_forgotten(ctx, user_id)  # a deletion that raced us must not find our entry left
+    path = cached
+    if out_dir is not None:
+        path = Path(out_dir)
+        shutil.copytree(
+            cached, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ENTRY_MANIFEST)
+        )
+    size = sum(
+        p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.name != ENTRY_MANIFEST
+    )
+    return Export(
+        user_id=user_id,
+        path=Path(path),
+        cache_path=Path(cached),
+        from_cache=from_cache,
+        rank=rank,
+        max_rank=max_rank,
+        recipe_id=identity.recipe_id,
+        stack_id=identity.stack_id,
+        bytes=size,
+    )
+
+
+def _materialize_into_cache(
+    ctx: RegistryContext,
+    identity: AdapterIdentity,
+    key: str,
+    tensor_dtype: Any,
+    *,
+    max_rank: int | None,
+    dtype: str,
+    base_model_name: str | None,
+) -> tuple[Path, int]:
+    """Fuse, stack and write the identity's PEFT folder into the export cache."""
+    from mta.export import export_adapter
+    from mta.peft_io import adapter_from_bytes, save_peft_adapter
+
+    del dtype  # part of the key; the tensors use tensor_dtype
+    fused = materialize_fused(
+        ctx, list(identity.anchors), identity.method, identity.params.get("rank")
+    )
+    stack = adapter_from_bytes(ctx.store.get_bytes(identity.stack)) if identity.stack else None
+    adapter = export_adapter(fused, stack, max_rank=max_rank)
+    # Staged inside the cache under the key, so deleting the user finds a crashed build too.
+    with ctx.adapter_cache.staging(key) as tmp:
+        folder = save_peft_adapter(
+            adapter,
+            Path(tmp) / "adapter",
+            dtype=tensor_dtype,
+            base_model=base_model_name or identity.base_model,
+        )
+        cached = ctx.adapter_cache.put(key, folder)
+    return cached, max(adapter.ranks().values())
+
+
+def _verify_sources(ctx: RegistryContext, identity: AdapterIdentity) -> None:
+    """Re-hash the blobs a cached export was built from: a warm cache must not hide damage."""
+    for digest in [d for d, _ in identity.anchors] + ([identity.stack] if identity.stack else []):
+        ctx.store.verify(digest)
+
+
+def _refuse_if_forgotten(ctx: RegistryContext, user_id: str) -> None:
+    """NotFoundError (after dropping their cache entries) if the user is gone or being deleted."""
+    with ctx.session() as session:
+        forgotten = is_forgotten(session, user_id)
+    if forgotten:
+        ctx.adapter_cache.discard_prefix(user_cache_prefix(user_id))
+        raise NotFoundError(f"no user {user_id!r}")
+
+
+def _exported_rank(folder: Path) -> int:
+    """The largest per-module rank written in a PEFT folder's config."""
+    config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    ranks = [
+        int(config.get("r", 0)),
+        *(int(r) for r in (config.get("rank_pattern") or {}).values()),
+    ]
+    return max(ranks)
