@@ -1,16 +1,21 @@
-"""Bounded HTTP load test of `mta serve` on loopback: concurrent adapter fetches.
+"""Bounded HTTP load test of `mta serve` on loopback, against the same bytes as static files.
 
 Builds a throwaway registry (tiny random Llama, a bank of random rank-8 anchors,
 ``--users`` users each with a fused recipe and a one-step rank-1 stack), starts the
-server as a subprocess on 127.0.0.1, and runs ``--clients`` concurrent clients that
-fetch random users' adapters for ``--seconds`` per phase:
+server as a subprocess on 127.0.0.1, and runs ``--clients`` concurrent clients:
 
-* ``full``: ``GET /v1/users/{id}/adapter`` (the first fetch of a user builds the
-  export, later ones come from the server's in-memory archive cache);
-* ``revalidate``: the same with ``If-None-Match`` set to the ETag seen before (304).
+* ``cold``: every user's adapter fetched once (each builds its export); the archives
+  are then written as ``<user>.tar`` files for the static anchor;
+* ``full``: ``GET /v1/users/{id}/adapter`` of random users for ``--seconds`` (warm:
+  answered from the server's in-memory archive cache);
+* ``revalidate``: the same with ``If-None-Match`` set to the ETag seen before (304);
+* ``static`` / ``static-revalidate``: the anchor. The same archive files, same clients,
+  served by a bare FastAPI ``StaticFiles`` app under uvicorn in its own process: what
+  this stack on this machine does with no registry, auth or metrics in the way.
 
-It prints a markdown table (p50/p99 latency, requests/s, errors, cache hit ratio)
-and exits 1 if any request failed. Run: ``python -m bench.http_load --seconds 30``.
+It prints a markdown table (p50/p99 latency, requests/s and its ratio to the static
+phase, errors, cache hit ratio) and exits 1 if any request failed.
+Run: ``python -m bench.http_load --seconds 30``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ HOST = "127.0.0.1"  # never anything else: this is a loopback benchmark
 TASK = "movie_tagging"
 READ_TOKEN = "bench-read-token-0123456789"
 ADMIN_TOKEN = "bench-admin-token-0123456789"
+PHASES = ("cold", "full", "static", "revalidate", "static-revalidate")
+# Each mta phase and the static phase it is measured against.
+ANCHOR_OF = {"full": "static", "revalidate": "static-revalidate"}
 _WORDS = (
     "space", "crew", "robot", "planet", "war", "love", "city", "detective", "secret",
     "family", "island", "king", "time", "future", "past", "dream", "ghost", "school",
@@ -142,33 +150,60 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(where: dict[str, str], root: Path, memory_cache_mb: int) -> tuple[Any, str]:
-    """Start `mta serve` in a subprocess and wait (bounded) until /healthz answers."""
+def _wait_healthy(process: Any, url: str, what: str) -> None:
+    """Poll ``url`` until it answers (bounded: 60 s), or raise if the process died."""
     import httpx
 
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.terminate()
+    raise RuntimeError(f"{what} did not answer within 60 s")
+
+
+def start_server(where: dict[str, str], root: Path, memory_cache_mb: int) -> tuple[Any, str]:
+    """Start `mta serve` in a subprocess and wait (bounded) until it answers."""
     tokens = root / "tokens.json"
     tokens.write_text(json.dumps({"read": [READ_TOKEN], "admin": [ADMIN_TOKEN]}))
     port = _free_port()
     argv = [
-        sys.executable, "-m", "mta.cli.serve", "--host", HOST, "--port", str(port),
+        sys.executable, "-m", "mta.cli.app",
         "--db", where["db"], "--store", where["store"], "--cache-dir", where["cache"],
+        "serve", "--host", HOST, "--port", str(port),
         "--tokens-file", str(tokens), "--memory-cache-mb", str(memory_cache_mb),
         "--log-level", "warning",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("MTA_READ_TOKEN", "MTA_ADMIN_TOKEN")}
     process = subprocess.Popen(argv, env=env)
     base = f"http://{HOST}:{port}"
-    for _ in range(600):
-        if process.poll() is not None:
-            raise RuntimeError(f"mta serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.terminate()
-    raise RuntimeError("mta serve did not become healthy within 60 s")
+    _wait_healthy(process, f"{base}/healthz", "mta serve")
+    return process, base
+
+
+def start_static_server(folder: Path) -> tuple[Any, str]:
+    """Serve ``folder`` with `serve_static` in a subprocess; wait until it answers."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "bench.http_load", "--serve-static", str(folder)]
+    process = subprocess.Popen([*argv, "--port", str(port)])
+    base = f"http://{HOST}:{port}"
+    _wait_healthy(process, f"{base}/", "the static server")
+    return process, base
+
+
+def serve_static(folder: Path, port: int) -> None:
+    """The anchor: ``folder`` as static files, by uvicorn + FastAPI as `mta serve` runs them."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.staticfiles import StaticFiles
+
+    app = FastAPI()
+    app.mount("/", StaticFiles(directory=folder))
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def _cache_counters(base: str) -> dict[str, float]:
@@ -185,82 +220,151 @@ def _cache_counters(base: str) -> dict[str, float]:
     return counters
 
 
+@dataclass
+class Target:
+    """A server the phases fetch archives from, and the ETags it has sent."""
+
+    base: str
+    path: str  # with "{user_id}"
+    etags: dict[str, str] = field(default_factory=dict)
+    archives: dict[str, bytes] = field(default_factory=dict)  # kept by the cold phase
+
+
 async def _run_phase(
-    base: str,
-    name: str,
-    user_ids: list[str],
-    clients: int,
-    seconds: float,
-    etags: dict[str, str],
-    seed: int,
+    target: Target, name: str, user_ids: list[str], clients: int, seconds: float, seed: int
 ) -> PhaseResult:
+    """Fetch random users' archives for ``seconds`` (``cold``: each user once)."""
     import httpx
 
     result = PhaseResult(name)
-    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
+    headers = {"Authorization": f"Bearer {READ_TOKEN}"}  # sent to the static server too
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     deadline = time.perf_counter() + seconds
-    expected = 304 if name == "revalidate" else 200
+    conditional = name.endswith("revalidate")
+    pending = list(user_ids) if name == "cold" else None
 
-    async def worker(client: httpx.AsyncClient, worker_rng: random.Random) -> None:
-        while time.perf_counter() < deadline:
-            user_id = worker_rng.choice(user_ids)
-            extra = {"If-None-Match": etags[user_id]} if expected == 304 else {}
+    def next_user(rng: random.Random) -> str | None:
+        if pending is not None:
+            return pending.pop() if pending else None
+        return rng.choice(user_ids) if time.perf_counter() < deadline else None
+
+    async def worker(client: httpx.AsyncClient, rng: random.Random) -> None:
+        while (user_id := next_user(rng)) is not None:
+            extra = {"If-None-Match": target.etags[user_id]} if conditional else {}
             start = time.perf_counter()
             try:
-                response = await client.get(f"/v1/users/{user_id}/adapter", headers=extra)
+                response = await client.get(target.path.format(user_id=user_id), headers=extra)
             except httpx.HTTPError:
                 result.errors += 1
                 continue
             elapsed = (time.perf_counter() - start) * 1e3
-            if response.status_code != expected:
+            if response.status_code != (304 if conditional else 200):
                 result.errors += 1
                 continue
             result.latencies_ms.append(elapsed)
             result.bytes += len(response.content)
-            if expected == 200:
-                etags[user_id] = response.headers["etag"]
+            if not conditional:
+                target.etags[user_id] = response.headers["etag"]
+            if pending is not None:
+                target.archives[user_id] = response.content
 
-    before = _cache_counters(base)
+    is_mta = not name.startswith("static")
+    before = _cache_counters(target.base) if is_mta else {}
     started = time.perf_counter()
     async with httpx.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=60
+        base_url=target.base, headers=headers, limits=limits, timeout=60
     ) as client:
         await asyncio.gather(
             *(worker(client, random.Random(seed * 1000 + i)) for i in range(clients))
         )
     result.seconds = time.perf_counter() - started
-    after = _cache_counters(base)
+    after = _cache_counters(target.base) if is_mta else {}
     result.cache = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     return result
 
 
-def _collect_etags(base: str, user_ids: list[str], etags: dict[str, str]) -> None:
-    """Fetch every user's ETag not seen yet, so each conditional request can match."""
+def _collect(target: Target, user_ids: list[str]) -> None:
+    """Fetch every user's archive and ETag not seen yet (so conditional requests match)."""
     import httpx
 
     auth = {"Authorization": f"Bearer {READ_TOKEN}"}
     for user_id in user_ids:
-        if user_id not in etags:
-            url = f"{base}/v1/users/{user_id}/adapter"
-            etags[user_id] = httpx.get(url, headers=auth, timeout=60).headers["etag"]
+        if user_id not in target.etags or user_id not in target.archives:
+            url = target.base + target.path.format(user_id=user_id)
+            response = httpx.get(url, headers=auth, timeout=60)
+            target.etags[user_id] = response.headers["etag"]
+            target.archives[user_id] = response.content
+
+
+def anchor_ratio(result: PhaseResult, results: list[PhaseResult]) -> float:
+    """An mta phase's req/s over its static anchor's in the same run (NaN without one)."""
+    anchor = next((r for r in results if r.name == ANCHOR_OF.get(result.name)), None)
+    if anchor is None or not anchor.requests or not result.requests:
+        return float("nan")
+    return (result.requests / result.seconds) / (anchor.requests / anchor.seconds)
 
 
 def markdown_table(results: list[PhaseResult], clients: int, users: int) -> str:
     """The results as a markdown table."""
     lines = [
-        f"| phase ({clients} clients, {users} users) | requests | req/s | p50 ms | p99 ms | "
-        "errors | archive-cache hit ratio | MB/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| phase ({clients} clients, {users} users) | requests | req/s | × static | p50 ms | "
+        "p99 ms | p99/p50 | errors | archive-cache hit ratio | MB/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        ratio = r.hit_ratio()
+        ratio, anchor = r.hit_ratio(), anchor_ratio(r, results)
         lines.append(
             f"| {r.name} | {r.requests} | {r.requests / r.seconds:.0f} | "
-            f"{r.percentile(50):.1f} | {r.percentile(99):.1f} | {r.errors} | "
+            f"{'–' if anchor != anchor else f'{anchor:.2f}'} | "
+            f"{r.percentile(50):.1f} | {r.percentile(99):.1f} | "
+            f"{r.percentile(99) / r.percentile(50):.1f} | {r.errors} | "
             f"{'–' if ratio != ratio else f'{ratio:.3f}'} | {r.bytes / r.seconds / 1e6:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _registry(root: Path, users: int, anchors: int, seed: int) -> dict[str, str]:
+    """The registry under ``root``: the one a previous run left there, else a new one."""
+    recorded = root / "where.json"
+    if recorded.exists():
+        print(f"reusing the registry in {root}", file=sys.stderr)
+        return json.loads(recorded.read_text())
+    print(f"building a registry of {users} users in {root}", file=sys.stderr)
+    started = time.perf_counter()
+    where = build_registry(root, users, anchors, seed)
+    print(f"  built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    recorded.write_text(json.dumps(where))
+    return where
+
+
+def _run_phases(
+    root: Path, mta: Target, user_ids: list[str], phases: list[str], clients: int, **run: Any
+) -> list[PhaseResult]:
+    """Run the phases in order; the static server starts once the archives are known."""
+    static: Target | None = None
+    static_process = None
+    results = []
+    try:
+        for phase in phases:
+            if phase.startswith("static") and static is None:
+                _collect(mta, user_ids)  # the bytes the static server will serve
+                folder = root / "static"
+                folder.mkdir(exist_ok=True)
+                for user_id, data in mta.archives.items():
+                    (folder / f"{user_id}.tar").write_bytes(data)
+                static_process, base = start_static_server(folder)
+                static = Target(base, "/{user_id}.tar")
+            target = static if phase.startswith("static") else mta
+            assert target is not None
+            if phase.endswith("revalidate"):
+                _collect(target, user_ids)
+            print(f"phase {phase}: {clients} clients", file=sys.stderr)
+            results.append(asyncio.run(_run_phase(target, phase, user_ids, clients, **run)))
+    finally:
+        if static_process is not None:
+            static_process.terminate()
+            static_process.wait(timeout=30)
+    return results
 
 
 def run_load(
@@ -274,30 +378,19 @@ def run_load(
     seed: int = 0,
     work_dir: Path | None = None,
 ) -> list[PhaseResult]:
-    """Build a registry, start `mta serve` on loopback, run the phases, stop the server."""
+    """Build (or reuse) a registry, start `mta serve` on loopback, run the phases, stop it."""
     with tempfile.TemporaryDirectory(prefix="mta-http-load-") as tmp:
         root = work_dir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        print(f"building a registry of {users} users in {root}", file=sys.stderr)
-        started = time.perf_counter()
-        where = build_registry(root, users, anchors, seed)
-        print(f"  built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        where = _registry(root, users, anchors, seed)
         process, base = start_server(where, root, memory_cache_mb)
         try:
+            mta = Target(base, "/v1/users/{user_id}/adapter")
             user_ids = [f"u{n:04d}" for n in range(users)]
-            etags: dict[str, str] = {}
-            results = []
-            for phase in phases:
-                if phase == "revalidate":
-                    _collect_etags(base, user_ids, etags)
-                print(f"phase {phase}: {clients} clients for {seconds:g} s", file=sys.stderr)
-                results.append(
-                    asyncio.run(_run_phase(base, phase, user_ids, clients, seconds, etags, seed))
-                )
+            return _run_phases(root, mta, user_ids, phases, clients, seconds=seconds, seed=seed)
         finally:
             process.terminate()
             process.wait(timeout=30)
-    return results
 
 
 def bench_http(quick: bool) -> Any:
@@ -305,19 +398,18 @@ def bench_http(quick: bool) -> Any:
     from bench.report import Section
 
     users, seconds = (40, 5.0) if quick else (200, 30.0)
-    results = run_load(
-        users=users, anchors=8, clients=32, seconds=seconds, phases=["full", "revalidate"]
-    )
+    results = run_load(users=users, anchors=8, clients=32, seconds=seconds, phases=list(PHASES))
     section = Section(
         f"HTTP adapter fetches on loopback (mta serve, 32 clients, {users} users, "
         f"{seconds:g} s per phase)",
-        ["phase", "requests", "req/s", "p50 ms", "p99 ms", "errors", "cache hit ratio"],
+        ["phase", "requests", "req/s", "× static", "p50 ms", "p99 ms", "errors", "hit ratio"],
     )
     for r in results:
         section.add(
             r.name,
             r.requests,
             r.requests / r.seconds,
+            anchor_ratio(r, results),
             r.percentile(50),
             r.percentile(99),
             r.errors,
@@ -325,8 +417,10 @@ def bench_http(quick: bool) -> Any:
         )
     section.notes.append(
         "Tiny random Llama adapters (the cost is the registry lookup + archive, not the "
-        "model); client and server share this machine's cores. 'revalidate' sends "
-        "If-None-Match and gets 304s."
+        "model); client and server share this machine's cores. 'cold' fetches each user "
+        "once (builds the export); 'full' and 'revalidate' (If-None-Match, 304) are warm. "
+        "'static*' serve the same archive bytes as files (FastAPI StaticFiles under uvicorn, "
+        "no auth) to the same clients in the same run; '× static' is req/s over that anchor."
     )
     return section
 
@@ -338,16 +432,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchors", type=int, default=8)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0, help="per phase")
-    parser.add_argument("--phases", default="full,revalidate")
+    parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--memory-cache-mb", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp folder")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="default: a temp folder; reused if built"
+    )
+    parser.add_argument("--serve-static", type=Path, help=argparse.SUPPRESS)  # the anchor
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_static is not None:
+        serve_static(args.serve_static, args.port)
+        return 0
     if args.users < 1 or args.clients < 1 or not 0 < args.seconds <= 600:
         parser.error("--users and --clients must be >= 1 and --seconds in (0, 600]")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if not phases or set(phases) - {"full", "revalidate"}:
-        parser.error("--phases is a comma list of: full, revalidate")
+    if not phases or set(phases) - set(PHASES):
+        parser.error(f"--phases is a comma list of: {', '.join(PHASES)}")
 
     results = run_load(
         users=args.users,

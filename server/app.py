@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from mta.registry import service
 from mta.registry.context import RegistryContext
+from mta.registry.db import sqlite_path
 from mta.registry.entities import (
     BankDetail,
     BankVersion,
@@ -20,14 +24,14 @@ from mta.registry.entities import (
     User,
     UserDetail,
 )
-from mta.registry.errors import NotFoundError
-from mta.registry.identity import AdapterIdentity, identity_of
+from mta.registry.identity import AdapterIdentity
 from mta.registry.names import validate_user_id
 from mta.storage.errors import StorageError
 
 from .archive import (
     ARCHIVE_MEDIA_TYPE,
     ArchiveCache,
+    IdentityCache,
     archive_etag,
     etag_matches,
     tar_adapter_folder,
@@ -48,9 +52,10 @@ from .schemas import (
     JobResponse,
     error_responses,
 )
-from .settings import ServerSettings
+from .settings import ServerSettings, default_lookup_threads
 
 log = logging.getLogger("mta.server")
+T = TypeVar("T")
 
 API_VERSION = "1"
 # An export can race a concurrent re-adapt or a cache eviction; a few retries settle it.
@@ -62,7 +67,9 @@ _bearer = HTTPBearer(
 )
 
 
-def _user_id(
+# Dependencies that do no I/O are `async def`: FastAPI runs a sync one on the threadpool,
+# a thread hop per dependency per request that costs more than the check itself.
+async def _user_id(
     user_id: Annotated[str, Path(pattern=USER_ID_REGEX, description="The user's id.")],
 ) -> str:
     # The pattern lets "." and ".." through; the service's rule refuses them (422).
@@ -73,8 +80,8 @@ UserId = Annotated[str, Depends(_user_id)]
 Task = Annotated[str, Path(pattern=TASK_REGEX, description="LaMP task name, e.g. citation.")]
 
 
-def _require(role: Role) -> Callable[..., None]:
-    def check(
+def _require(role: Role) -> Callable[..., Awaitable[None]]:
+    async def check(
         request: Request,
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> None:
@@ -96,9 +103,13 @@ class AppState:
         self.jobs = JobRunner(settings.workers, max_queued=settings.max_queued_jobs)
         self.archives = ArchiveCache(settings.memory_cache_bytes)
         self.metrics = Metrics()
-        # Anchor adapter digests per (task, version): bank versions are immutable.
-        self._bank_digests: dict[tuple[str, int], tuple[dict[str, str], str]] = {}
         self.metrics.add_gauges(self._gauges)
+        threads = settings.lookup_threads
+        threads = default_lookup_threads(ctx.db_url) if threads is None else threads
+        # 0: on the event loop itself (no thread hop, but a slow read stalls every request).
+        self.lookups = ThreadPoolExecutor(threads, "mta-lookup") if threads else None
+        db_file = sqlite_path(ctx.db_url)
+        self.identities = IdentityCache(db_file) if db_file and db_file.exists() else None
 
     def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
         yield (
@@ -110,29 +121,32 @@ class AppState:
         for status, count in self.jobs.counts().items():
             yield "mta_jobs", "Adapt jobs kept in memory, by status.", (("status", status),), count
 
-    def bank_facts(self, task: str, version: int) -> tuple[dict[str, str], str]:
-        """Anchor id -> adapter digest, and the base model, of a bank version (cached)."""
-        key = (task, version)
-        if key not in self._bank_digests:
-            bank = service.get_bank(self.ctx, task, str(version))
-            digests = {a.anchor_id: a.adapter_blob for a in bank.anchors}
-            if len(self._bank_digests) > 1024:
-                self._bank_digests.clear()  # a crude bound; refilled by one query per bank
-            self._bank_digests[key] = (digests, bank.base_model)
-        return self._bank_digests[key]
+    def adapter_identity(self, user_id: str) -> AdapterIdentity:
+        """What fixes a user's exported adapter bytes now: the ETag input (see archive.py).
 
-    def adapter_identity(self, detail: UserDetail) -> AdapterIdentity:
-        """What fixes a user's exported adapter bytes: the ETag input (see archive.py).
-
-        Built by the same `identity_of` as the service's export-cache key, so the two agree.
+        The service's own identity read, the one its export-cache key uses, so the two
+        agree; kept in `identities` until the registry changes.
 
         Raises:
-            NotFoundError: the user has no recipe yet, so there is no adapter to serve.
+            NotFoundError: unknown user, or no recipe yet, so there is no adapter to serve.
         """
-        if detail.recipe is None:
-            raise NotFoundError(f"user {detail.user_id!r} has no recipe yet; fuse first")
-        digests, base_model = self.bank_facts(detail.recipe.task, detail.recipe.bank_version)
-        return identity_of(detail.recipe, detail.stack, digests, base_model)
+        if self.identities is None:
+            return service.adapter_identity(self.ctx, user_id)
+        version, identity = self.identities.get(user_id)
+        if identity is None:
+            identity = service.adapter_identity(self.ctx, user_id)
+            self.identities.put(user_id, version, identity)
+        return identity
+
+    def cached_identity(self, user_id: str) -> AdapterIdentity | None:
+        """The user's identity if the registry has not changed since it was read, else None."""
+        return self.identities.get(user_id)[1] if self.identities is not None else None
+
+    async def lookup(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a registry read on the lookup threads (FIFO, bounded) and await it."""
+        if self.lookups is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.lookups, fn, *args)
 
 
 def _state(request: Request) -> AppState:
@@ -291,7 +305,7 @@ def _v1_router() -> APIRouter:
             **error_responses(401, 403, 404, 422, 500, 503),
         },
     )
-    def get_adapter(
+    async def get_adapter(
         request: Request,
         user_id: UserId,
         max_rank: Annotated[
@@ -304,7 +318,7 @@ def _v1_router() -> APIRouter:
         if_none_match: Annotated[str | None, Header(max_length=4096)] = None,
     ) -> Response:
         """The user's adapter (fused + stack) as a PEFT folder in a tar archive."""
-        return _adapter_response(_state(request), user_id, max_rank, dtype, if_none_match)
+        return await _adapter_response(_state(request), user_id, max_rank, dtype, if_none_match)
 
     @router.get(
         "/storage/report",
@@ -319,29 +333,29 @@ def _v1_router() -> APIRouter:
     return router
 
 
-def _adapter_response(
+async def _adapter_response(
     state: AppState, user_id: str, max_rank: int | None, dtype: str, if_none_match: str | None
 ) -> Response:
-    """Answer an adapter fetch: 304, a cached archive, or a fresh export."""
+    """Answer an adapter fetch: 304, a cached archive, or a fresh export.
+
+    Runs on the event loop: an identity read since the registry last changed is reused
+    (`IdentityCache`), a fresh read goes to the lookup threads and a build to the
+    threadpool, so a warm 304 or archive-cache hit never leaves the loop.
+    """
     for _ in range(EXPORT_ATTEMPTS):
-        detail = service.get_user(state.ctx, user_id)
-        etag = archive_etag(state.adapter_identity(detail), max_rank, dtype)
+        identity = state.cached_identity(user_id)
+        if identity is None:
+            identity = await state.lookup(state.adapter_identity, user_id)
+        etag = archive_etag(identity, max_rank, dtype)
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         if etag_matches(if_none_match, etag):
             state.metrics.count_cache("not_modified")
             return Response(status_code=304, headers=headers)
         data = state.archives.get(etag)
         if data is None:
-            with state.archives.building(etag):
-                data = state.archives.get(etag)  # built by a concurrent request meanwhile?
-                if data is None:
-                    data = _export_archive(state, detail, max_rank, dtype)
-                    if data is None:
-                        continue  # the user changed under us: recompute the ETag
-                    state.archives.put(etag, data)
-                    state.metrics.count_cache("miss")
-                else:
-                    state.metrics.count_cache("hit")
+            data = await run_in_threadpool(_build_archive, state, etag, identity, max_rank, dtype)
+            if data is None:
+                continue  # the user changed under us: recompute the ETag
         else:
             state.metrics.count_cache("hit")
         state.metrics.count_bytes_served(len(data))
@@ -355,24 +369,36 @@ def _adapter_response(
     )
 
 
-def _export_archive(
-    state: AppState, detail: UserDetail, max_rank: int | None, dtype: str
+def _build_archive(
+    state: AppState, etag: str, identity: AdapterIdentity, max_rank: int | None, dtype: str
 ) -> bytes | None:
-    """Materialize and tar the export; None if it no longer matches ``detail``."""
+    """The archive of ``etag``, built once however many requests want it (a thread's work)."""
+    with state.archives.building(etag):
+        data = state.archives.get(etag)  # built by a concurrent request meanwhile?
+        if data is not None:
+            state.metrics.count_cache("hit")
+            return data
+        data = _export_archive(state, identity, max_rank, dtype)
+        if data is not None:
+            state.archives.put(etag, data)
+            state.metrics.count_cache("miss")
+        return data
+
+
+def _export_archive(
+    state: AppState, identity: AdapterIdentity, max_rank: int | None, dtype: str
+) -> bytes | None:
+    """Materialize and tar the export; None if it no longer matches ``identity``."""
     try:
         export = service.export_user(
-            state.ctx, detail.user_id, None, max_rank=max_rank, dtype=dtype
+            state.ctx, identity.user_id, None, max_rank=max_rank, dtype=dtype
         )
         data = tar_adapter_folder(export.path)
     except FileNotFoundError as error:
         if isinstance(error, StorageError):
             raise  # a blob missing from the store is an integrity error, not a race
         return None  # the export cache evicted the folder between export and read
-    expected_stack = detail.stack.stack_id if detail.stack is not None else None
-    expected_recipe = detail.recipe.recipe_id if detail.recipe is not None else None
-    if export.stack_id != expected_stack or (
-        expected_recipe is not None and export.recipe_id != expected_recipe
-    ):
+    if (export.recipe_id, export.stack_id) != (identity.recipe_id, identity.stack_id):
         return None
     return data
 
@@ -404,6 +430,10 @@ def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) 
         _warm_imports()
         yield
         state.jobs.shutdown(wait=False)
+        if state.lookups is not None:
+            state.lookups.shutdown(wait=False, cancel_futures=True)
+        if state.identities is not None:
+            state.identities.close()
         if owned:
             context.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sqlite3
 import tarfile
 import threading
 from collections import OrderedDict
@@ -80,6 +81,48 @@ def tar_adapter_folder(folder: Path) -> bytes:
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+class IdentityCache:
+    """Users' adapter identities, kept until the SQLite registry file changes.
+
+    ``PRAGMA data_version`` changes whenever another connection (thread or process,
+    the CLI included) commits to the database, and costs microseconds. Reading it
+    before each fetch lets a fetch skip the registry read (several queries) while
+    nothing was written; any commit drops every entry, since writes are rare next
+    to fetches. An entry stored under an older version is never served.
+    """
+
+    MAX_ENTRIES = 100_000  # a crude bound; a clear costs one registry read per user
+
+    def __init__(self, db_path: Path) -> None:
+        # Our own connection, which never writes: every commit is "another connection's".
+        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._items: dict[str, AdapterIdentity] = {}
+
+    def get(self, user_id: str) -> tuple[int, AdapterIdentity | None]:
+        """The database's current version and the user's identity cached under it, if any."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._items.clear()
+                self._version = version
+            return version, self._items.get(user_id)
+
+    def put(self, user_id: str, version: int, identity: AdapterIdentity) -> None:
+        """Keep an identity read after `get` returned ``version`` (dropped if it moved on)."""
+        with self._lock:
+            if version == self._version:
+                if len(self._items) >= self.MAX_ENTRIES:
+                    self._items.clear()
+                self._items[user_id] = identity
+
+    def close(self) -> None:
+        """Close the version connection."""
+        with self._lock:
+            self._db.close()
 
 
 class ArchiveCache:

@@ -9,6 +9,7 @@ from .auth import TokenSet
 
 DEFAULT_MEMORY_CACHE_BYTES = 256 * 1024**2
 DEFAULT_MAX_BODY_BYTES = 16 * 1024**2
+POSTGRES_LOOKUP_THREADS = 4  # within SQLAlchemy's default pool of 5
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ServerSettings:
         max_queued_jobs: jobs allowed to wait for a worker before submissions get 429.
         memory_cache_bytes: bound of the in-process LRU of adapter archives (0 disables it).
         max_body_bytes: largest accepted request body (profiles), else 413.
+        lookup_threads: threads reading the registry for adapter fetches (None: see
+            `default_lookup_threads`).
     """
 
     db_url: str | None = None
@@ -34,3 +37,16 @@ class ServerSettings:
     max_queued_jobs: int = 16
     memory_cache_bytes: int = DEFAULT_MEMORY_CACHE_BYTES
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    lookup_threads: int | None = None
+
+
+def default_lookup_threads(db_url: str) -> int:
+    """One lookup thread on SQLite, a few on a database server.
+
+    Every SQLite transaction of the registry takes the write lock (``BEGIN IMMEDIATE``),
+    so concurrent reads only queue inside SQLite's busy handler, whose sleeps grow to
+    100 ms: that was the seconds-long tail. One thread queues them FIFO in the process
+    instead, off the event loop so a writer holding the lock stalls fetches, not the
+    server. PostgreSQL reads run in parallel and wait on the network, so they get more.
+    """
+    return 1 if db_url.startswith("sqlite") else POSTGRES_LOOKUP_THREADS
