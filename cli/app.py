@@ -34,7 +34,7 @@ def root(
 ) -> None:
     """Merge-then-Adapt adapter registry: per-user LoRAs from a fused anchor bank."""
     # The values stay in the root context's params; registry commands read them from there
-    # (mta.cli.options.resolve_locations), so `mta --db URL user list` works.
+    # (mta.cli.options.locations): `mta --db URL user list`.
 
 
 app.add_typer(adapter_app, name="adapter")

@@ -10,11 +10,8 @@ import typer
 
 from mta.cli.options import (
     BaseModelOpt,
-    CacheDirOpt,
-    DbUrlOpt,
     EmbedderOpt,
     JsonOpt,
-    StoreUrlOpt,
     registry_context,
 )
 from mta.cli.output import Output
@@ -62,9 +59,6 @@ def bank_build(
     embedder: EmbedderOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for clustering and training.")] = 0,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Select anchors among the users in --data, train one LoRA per anchor, publish a version.
 
@@ -75,7 +69,7 @@ def bank_build(
     from mta.registry.service import build_bank
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry, StageProgress() as progress:
+    with registry_context(ctx) as registry, StageProgress() as progress:
         bank = build_bank(
             registry,
             task=task,
@@ -111,9 +105,6 @@ def bank_push(
     base_model: BaseModelOpt = None,
     embedder: EmbedderOpt = None,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Publish externally trained LoRAs (PEFT or LLaMA-Factory output) as a new bank version.
 
@@ -124,7 +115,7 @@ def bank_push(
     from mta.registry.service import push_bank
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         bank = push_bank(
             registry,
             task=task,
@@ -140,9 +131,6 @@ def bank_push(
 def bank_list(
     ctx: typer.Context,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """List every bank version of every task.
 
@@ -153,7 +141,7 @@ def bank_list(
     from mta.registry.service import list_banks
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         banks = [bank.to_dict() for bank in list_banks(registry)]
     if json_mode:
         out.emit_json(banks)
@@ -196,9 +184,6 @@ def bank_show(
         str | None, typer.Option("--alias", help="Alias to resolve, e.g. prod.")
     ] = None,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Show one bank version and its anchors (the latest unless --version or --alias).
 
@@ -212,7 +197,7 @@ def bank_show(
         raise typer.BadParameter("give --version or --alias, not both")
     ref = alias if alias is not None else (str(version) if version is not None else None)
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         detail = get_bank(registry, task, ref).to_dict()
     if json_mode:
         out.emit_json(detail)
@@ -243,9 +228,6 @@ def bank_alias(
     version: Annotated[int, typer.Argument(min=1, help="Existing version number.")],
     name: Annotated[str, typer.Argument(help="Alias to point at it, e.g. prod.")],
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Point an alias (a mutable name such as prod) at a bank version.
 
@@ -256,7 +238,7 @@ def bank_alias(
     from mta.registry.service import set_alias
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         bank = set_alias(registry, task, version, name).to_dict()
     out.result(f"{task}: alias {name!r} -> version {version}", **bank)
 

@@ -1,10 +1,10 @@
 """Shared option aliases, and the registry context that the global options resolve into.
 
-`--db`, `--store` and `--cache-dir` are accepted both on the root command
-(`mta --db URL user list`) and on each registry command (`mta user list --db URL`).
-A flag typed on the command wins over one typed on the root, which wins over the
-environment (`MTA_DB_URL`, `MTA_STORE_URL`, `MTA_CACHE_DIR`), which wins over the
-defaults under `.mta/`.
+`--db`, `--store` and `--cache-dir` are options of the root command only
+(`mta --db URL user list`): declared once, resolved once by the root callback, and read
+by every registry command from the root context. A flag wins over the environment
+(`MTA_DB_URL`, `MTA_STORE_URL`, `MTA_CACHE_DIR`), which wins over the defaults under
+`.mta/` (`RegistryContext.open`).
 """
 
 from __future__ import annotations
@@ -74,53 +74,19 @@ JsonOpt = Annotated[
     typer.Option("--json", help="Print one JSON document on stdout instead of tables."),
 ]
 
-_KEYS = ("db", "store", "cache_dir")
 
-
-def _typed_on_command_line(ctx: typer.Context, name: str) -> bool:
-    """Whether the user typed the option `name` on this context's command line."""
-    # Typer vendors its own click, so compare the enum by name rather than by class.
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name == "COMMANDLINE"
-
-
-def resolve_locations(
-    ctx: typer.Context, db: str | None, store: str | None, cache_dir: Path | None
-) -> dict[str, Any]:
-    """Merge a command's --db/--store/--cache-dir with the root's (the command's win).
-
-    Args:
-        ctx: the command's context; its parents hold the root options.
-        db: the command's --db value (may come from the environment).
-        store: the command's --store value.
-        cache_dir: the command's --cache-dir value.
-
-    Returns:
-        {"db": ..., "store": ..., "cache_dir": ...}; None means "use the default".
-    """
-    values: dict[str, Any] = {"db": db, "store": store, "cache_dir": cache_dir}
+def locations(ctx: typer.Context) -> dict[str, Any]:
+    """The registry location the root options resolved to; None means "use the default"."""
     root = ctx.find_root()
-    for key in _KEYS:
-        if key in ctx.params and _typed_on_command_line(ctx, key):
-            continue
-        root_value = root.params.get(key) if root is not ctx else None
-        # The root's value counts when typed there, or when the command has none at all.
-        if root_value is not None and (_typed_on_command_line(root, key) or values[key] is None):
-            values[key] = root_value
-    return values
+    return {key: root.params.get(key) for key in ("db", "store", "cache_dir")}
 
 
 @contextmanager
-def registry_context(
-    ctx: typer.Context,
-    db: str | None = None,
-    store: str | None = None,
-    cache_dir: Path | None = None,
-) -> Iterator[RegistryContext]:
-    """Open the registry the options point at, and close it when the command ends."""
+def registry_context(ctx: typer.Context) -> Iterator[RegistryContext]:
+    """Open the registry the root options point at, and close it when the command ends."""
     from mta.registry.context import RegistryContext
 
-    where = resolve_locations(ctx, db, store, cache_dir)
+    where = locations(ctx)
     registry = RegistryContext.open(where["db"], where["store"], where["cache_dir"])
     try:
         yield registry

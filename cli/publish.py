@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mta.cli.options import CacheDirOpt, DbUrlOpt, JsonOpt, StoreUrlOpt, registry_context
+from mta.cli.options import JsonOpt, registry_context
 from mta.cli.output import Output, log, warning
 from mta.cli.progress import StageProgress
 
@@ -66,9 +66,6 @@ def publish_command(
         int | None, typer.Option("--rounds", min=1, hidden=True, help="Stop --watch after N.")
     ] = None,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Materialize users' adapters as TARGET/<user_id>/ PEFT folders + a manifest.
 
@@ -90,7 +87,7 @@ def publish_command(
         "dtype": dtype,
         "max_rank": max_rank,
     }
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         if watch is None:
             with StageProgress(enabled=not json_mode) as progress:
                 result = publish_users(registry, target, progress=progress, **options)

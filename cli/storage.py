@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from mta.cli.errors import EXIT_INTEGRITY
-from mta.cli.options import CacheDirOpt, DbUrlOpt, JsonOpt, StoreUrlOpt, registry_context
+from mta.cli.options import JsonOpt, registry_context
 from mta.cli.output import Output
 
 storage_app = typer.Typer(
@@ -19,9 +19,6 @@ storage_app = typer.Typer(
 def storage_init(
     ctx: typer.Context,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Create the registry database (migrated to the latest schema) and the blob store.
 
@@ -35,7 +32,7 @@ def storage_init(
     from mta.registry.service import init_registry
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         info = init_registry(registry)
         where = {"db_url": registry.db_url, "store_url": registry.store_url}
     info = {**where, **info}
@@ -49,9 +46,6 @@ def storage_init(
 def storage_report(
     ctx: typer.Context,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Bytes by kind and per user, compared with storing one rank-8 LoRA per user (OPPU).
 
@@ -62,7 +56,7 @@ def storage_report(
     from mta.registry.service import storage_report as build_report
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         report = build_report(registry)
     if json_mode:
         out.emit_json(report)
@@ -136,9 +130,6 @@ def storage_gc(
         bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")
     ] = False,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Reclaim what nothing serves: interrupted deletions, superseded stacks, cache, blobs.
 
@@ -154,7 +145,7 @@ def storage_gc(
     from mta.registry.service import gc
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         result = gc(
             registry,
             grace_seconds=grace,
@@ -175,9 +166,6 @@ def storage_gc(
 def storage_fsck(
     ctx: typer.Context,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Verify the registry against the store: every row has its blob and every blob its digest.
 
@@ -191,7 +179,7 @@ def storage_fsck(
     from mta.registry.service import fsck
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         report = fsck(registry)
     data = report.to_dict()
     if json_mode:

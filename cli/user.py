@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mta.cli.options import CacheDirOpt, DbUrlOpt, JsonOpt, StoreUrlOpt, registry_context
+from mta.cli.options import JsonOpt, registry_context
 from mta.cli.output import Output
 from mta.cli.progress import StageProgress
 
@@ -70,9 +70,6 @@ def user_add(
     ],
     profile: Annotated[str, typer.Option("--profile", help="Per-user JSON file, or - for stdin.")],
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Register a user with their history; the history is embedded for anchor lookup.
 
@@ -85,7 +82,7 @@ def user_add(
     task, _, bank_ref = bank.partition("@")
     data = read_profile(profile, user_id)
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         user = add_user(
             registry, user_id=user_id, task=task, profile=data, bank_ref=bank_ref or None
         ).to_dict()
@@ -111,9 +108,6 @@ def user_fuse(
         float, typer.Option("--temperature", min=0.0, help="Softmax temperature.")
     ] = 1.0,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Find the user's nearest anchors and store the fusion recipe (never the fused weights).
 
@@ -124,7 +118,7 @@ def user_fuse(
     from mta.registry.service import fuse_user
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         recipe = fuse_user(
             registry,
             user_id,
@@ -170,9 +164,6 @@ def user_adapt(
         str, typer.Option("--dtype", help="Storage dtype of the stack: fp16, bf16 or fp32.")
     ] = "fp16",
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Train an ultra-low-rank stack on top of the frozen fused adapter and store it.
 
@@ -185,7 +176,7 @@ def user_adapt(
     from mta.registry.service import adapt_user
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry, StageProgress() as progress:
+    with registry_context(ctx) as registry, StageProgress() as progress:
         stack = adapt_user(
             registry,
             user_id,
@@ -239,9 +230,6 @@ def user_export(
         ),
     ] = None,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Write fused + stack as one standard PEFT LoRA that PEFT, vLLM or LoRAX can load.
 
@@ -253,7 +241,7 @@ def user_export(
 
     check_out_dir(out_dir)
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         export = export_user(
             registry, user_id, out_dir, max_rank=max_rank, base_model_name=served_model_name
         ).to_dict()
@@ -322,9 +310,6 @@ def user_show(
     ctx: typer.Context,
     user_id: UserArg,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Show a user: bank, recipe, stack and the bytes they cost.
 
@@ -335,7 +320,7 @@ def user_show(
     from mta.registry.service import get_user
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         detail = get_user(registry, user_id).to_dict()
     if json_mode:
         out.emit_json(detail)
@@ -360,9 +345,6 @@ def user_list(
     ctx: typer.Context,
     task: Annotated[str | None, typer.Option("--task", help="Only users of this task.")] = None,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """List users.
 
@@ -373,7 +355,7 @@ def user_list(
     from mta.registry.service import list_users
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         users = [user.to_dict() for user in list_users(registry, task=task)]
     if json_mode:
         out.emit_json(users)
@@ -410,9 +392,6 @@ def user_delete(
         ),
     ] = False,
     json_mode: JsonOpt = False,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Delete a user and every byte stored for them (profile, embedding, recipes, stacks, cache).
 
@@ -427,7 +406,7 @@ def user_delete(
     from mta.registry.service import delete_user
 
     out = Output(json_mode)
-    with registry_context(ctx, db, store, cache_dir) as registry:
+    with registry_context(ctx) as registry:
         result = delete_user(registry, user_id, drop_anchors=drop_anchor).to_dict()
     message = (
         f"deleted user {user_id!r}: {result['rows_deleted']} row(s), "

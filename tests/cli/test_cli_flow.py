@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli.cli_env import Result, write_users
-from tests.cli.conftest import ANCHOR_IDS, TASK, CliEnv
-
-Mta = Callable[..., Result]
-
-
-def ok(result: Result) -> Any:
-    """Assert a zero exit with parseable JSON on stdout; return the JSON."""
-    assert result.code == 0, result.stderr
-    return result.json()
+from tests.support import (
+    ANCHOR_IDS,
+    TASK,
+    CliEnv,
+    Mta,
+    movie_user,
+    ok,
+    push_bank_argv,
+    write_users,
+)
 
 
 def test_init_is_idempotent_and_reports_locations(cli_env: CliEnv, mta: Mta) -> None:
@@ -129,8 +128,6 @@ def test_stack_goes_stale_when_a_new_bank_version_lands(
     cli_env: CliEnv, mta: Mta, pushed_bank: dict, new_user_file: Path,
     tiny_shapes: dict[str, tuple[int, int]],
 ) -> None:  # fmt: skip
-    from tests.cli.conftest import push_bank_argv
-
     ok(mta("user", "add", "alice", "--bank", TASK, "--profile", new_user_file, "--json"))
     ok(mta("user", "adapt", "alice", "--shots", "2", "--epochs", "1", "--json"))
     assert ok(mta(*push_bank_argv(cli_env, tiny_shapes)))["version"] == 2
@@ -147,7 +144,7 @@ def test_adapt_with_more_shots_than_history_uses_every_item(
 
 
 def test_bank_build_from_data(cli_env: CliEnv, mta: Mta) -> None:
-    data = write_users(cli_env.root / "users.json", [f"u{i}" for i in range(6)], items=8)
+    data = write_users(cli_env.root / "users.json", [movie_user(f"u{i}", 8) for i in range(6)])
     bank = ok(mta(
         "bank", "build", TASK, "--data", data, "--anchors", "2", "--epochs", "1",
         "--rank", "2", "--min-history", "4", "--base-model", cli_env.base_model,
@@ -164,11 +161,11 @@ def test_gc_reclaims_only_unreferenced_blobs(cli_env: CliEnv, mta: Mta, pushed_b
 
     store = open_store(cli_env.store_url)
     orphan = store.put_bytes(b"left behind by a crash")
-    before = cli_env.snapshot()
+    before = cli_env.dump()
 
     dry = ok(mta("gc", "--grace", "0", "--dry-run", "--json"))
     assert dry["deleted"] == [orphan] and dry["dry_run"] is True
-    assert cli_env.snapshot() == before
+    assert cli_env.dump() == before
 
     assert ok(mta("gc", "--json"))["deleted"] == []  # inside the default grace period
     done = ok(mta("gc", "--grace", "0", "--json"))
@@ -215,7 +212,7 @@ def test_profile_from_stdin(
 
 
 def test_profile_list_picks_the_users_entry(cli_env: CliEnv, mta: Mta, pushed_bank: dict) -> None:
-    users = write_users(cli_env.root / "many.json", ["bob", "carol"], items=5)
+    users = write_users(cli_env.root / "many.json", [movie_user(u, 5) for u in ("bob", "carol")])
     user = ok(mta("user", "add", "carol", "--bank", TASK, "--profile", users, "--json"))
     assert user["user_id"] == "carol" and user["profile_items"] == 5
     assert json.loads(users.read_text())[1]["user_id"] == "carol"
@@ -224,20 +221,20 @@ def test_profile_list_picks_the_users_entry(cli_env: CliEnv, mta: Mta, pushed_ba
 def test_root_options_select_the_registry(
     cli_env: CliEnv, mta: Mta, pushed_bank: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`mta --db URL --store URL cmd` works without env; a flag on the command wins."""
+    """`mta --db URL --store URL cmd` works without env; the flags belong to the root only."""
     for key in cli_env.env():
         monkeypatch.delenv(key)
     root_flags = ["--db", cli_env.db_url, "--store", cli_env.store_url,
                   "--cache-dir", cli_env.cache_dir]  # fmt: skip
     assert len(ok(mta(*root_flags, "bank", "list", "--json"))) == 1
-    assert len(ok(mta("bank", "list", "--json", *root_flags))) == 1
+    # Declared once, on the root: a subcommand does not take them (usage error, exit 2).
+    assert mta("bank", "list", "--json", *root_flags).code == 2
 
     other = cli_env.root / "other"
     other_flags = ["--db", f"sqlite:///{other / 'r.db'}", "--store", f"file://{other / 's'}"]
     other.mkdir()
     ok(mta(*other_flags, "init", "--json"))
-    # Command-level flags override root-level ones.
-    assert ok(mta(*root_flags, "bank", "list", "--json", *other_flags)) == []
+    assert ok(mta(*other_flags, "bank", "list", "--json")) == []
     # Root flags override the environment.
     monkeypatch.setenv("MTA_DB_URL", f"sqlite:///{other / 'r.db'}")
     monkeypatch.setenv("MTA_STORE_URL", f"file://{other / 's'}")

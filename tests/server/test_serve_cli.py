@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from mta.cli.serve import serve_app
+from mta.cli.app import app
 from mta.registry.errors import InvalidInputError, NotInitializedError
 from tests.server.conftest import ADMIN_TOKEN, READ_TOKEN, Registry
 
@@ -26,7 +26,14 @@ def _no_env_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _serve(*argv: str) -> BaseException | None:
-    return CliRunner().invoke(serve_app, list(argv)).exception
+    """Run `mta [location flags] serve [flags]`: location flags belong to the root command."""
+    args, root = list(argv), []
+    for flag in ("--db", "--store", "--cache-dir"):
+        if flag in args:
+            at = args.index(flag)
+            root += args[at : at + 2]
+            del args[at : at + 2]
+    return CliRunner().invoke(app, [*root, "serve", *args]).exception
 
 
 def test_refuses_to_start_without_tokens(registry: Registry) -> None:
@@ -67,9 +74,9 @@ def test_serves_over_loopback_with_a_tokens_file(registry: Registry, tmp_path: P
     tokens.write_text(json.dumps({"read": [READ_TOKEN], "admin": [ADMIN_TOKEN]}))
     port = _free_port()
     argv = [
-        sys.executable, "-m", "mta.cli.serve", "--port", str(port), "--db", registry.db_url,
+        sys.executable, "-m", "mta.cli.app", "--db", registry.db_url,
         "--store", registry.store_url, "--cache-dir", str(registry.cache_dir),
-        "--tokens-file", str(tokens), "--log-level", "warning",
+        "serve", "--port", str(port), "--tokens-file", str(tokens), "--log-level", "warning",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.endswith("_TOKEN")}
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)

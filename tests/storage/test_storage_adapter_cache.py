@@ -97,7 +97,8 @@ def test_put_of_existing_key_keeps_the_first_copy(tmp_path: Path) -> None:
 
 
 def test_least_recently_used_is_evicted_first(tmp_path: Path) -> None:
-    cache = AdapterCache(tmp_path / "cache", max_bytes=int(3.9 * UNIT))  # entries hold a ~200-byte manifest
+    # 3.9 units: each entry also holds its ~200-byte content manifest.
+    cache = AdapterCache(tmp_path / "cache", max_bytes=int(3.9 * UNIT))
     for key in ("a", "b", "c"):
         cache.put(key, make_adapter(tmp_path, key))
     age(cache, "a", 300)
