@@ -7,16 +7,13 @@ from typing import Annotated
 
 import typer
 
-from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt, resolve_locations
+from mta.cli.options import locations
 
 
 def serve_command(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
-    db: DbUrlOpt = None,
-    store: StoreUrlOpt = None,
-    cache_dir: CacheDirOpt = None,
     tokens_file: Annotated[
         Path | None,
         typer.Option(
@@ -33,6 +30,16 @@ def serve_command(
     memory_cache_mb: Annotated[
         int, typer.Option(min=0, help="In-memory LRU of adapter archives, MiB (0: off).")
     ] = 256,
+    lookup_threads: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            envvar="MTA_LOOKUP_THREADS",
+            help="Threads reading the registry for adapter fetches; 0 reads on the event "
+            "loop (default: 1 on SQLite, 4 on PostgreSQL).",
+        ),
+    ] = None,
     insecure_no_auth: Annotated[
         bool,
         typer.Option(
@@ -66,7 +73,7 @@ def serve_command(
         )
     if tokens and insecure_no_auth:
         raise InvalidInputError("--insecure-no-auth contradicts the tokens configured")
-    where = resolve_locations(ctx, db, store, cache_dir)
+    where = locations(ctx)
     registry = RegistryContext.open(where["db"], where["store"], where["cache_dir"])
     try:
         check_schema(registry.engine)  # refuse to start on a registry `mta init` never made
@@ -78,6 +85,7 @@ def serve_command(
             workers=workers,
             max_queued_jobs=max_queued_jobs,
             memory_cache_bytes=memory_cache_mb * 1024**2,
+            lookup_threads=lookup_threads,
         )
         app = create_app(settings, ctx=registry)
         if insecure_no_auth:
@@ -85,11 +93,3 @@ def serve_command(
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         registry.close()
-
-
-serve_app = typer.Typer(add_completion=False)
-serve_app.command("serve")(serve_command)
-
-if __name__ == "__main__":
-    # `python -m mta.cli.serve ...` runs the command directly (used by bench/http_load.py).
-    serve_app()
