@@ -120,12 +120,9 @@ def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str,
         anchor_dirs.append(save_peft_adapter(LoraAdapter(modules), root / "anchors" / f"a{i}"))
     profiles = root / "anchor_profiles.json"
     profiles.write_text(json.dumps([_movie_user(f"a{i}", 10, rng) for i in range(anchors)]))
-    where = {
-        "db": f"sqlite:///{root / 'registry.db'}",
-        "store": f"file://{root / 'store'}",
-        "cache": str(root / "cache"),
-    }
-    with RegistryContext.open(where["db"], where["store"], where["cache"]) as ctx:
+    db, store, cache = RegistryContext.folder_locations(root)
+    where = {"db": db, "store": store, "cache": str(cache)}
+    with RegistryContext.in_folder(root) as ctx:
         service.init_registry(ctx)
         service.push_bank(
             ctx,

@@ -26,11 +26,7 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     from mta.registry.service import adapt_user, add_user, fuse_user, init_registry
     from mta.registry.service_bank import AnchorPayload, publish_bank
 
-    ctx = RegistryContext.open(
-        db_url=f"sqlite:///{root / 'registry.db'}",
-        store_url=f"file://{root / 'store'}",
-        cache_dir=root / "cache",
-    )
+    ctx = RegistryContext.in_folder(root)
     init_registry(ctx)
     users = json.loads(
         (

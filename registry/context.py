@@ -78,6 +78,17 @@ class RegistryContext:
     _schema_checked: bool = field(default=False, repr=False)
     _embedders: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @staticmethod
+    def folder_locations(root: str | Path) -> tuple[str, str, Path]:
+        """(db URL, store URL, cache dir) of a self-contained registry inside `root`."""
+        folder = Path(root).expanduser().absolute()
+        return f"sqlite:///{folder / 'registry.db'}", f"file://{folder / 'store'}", folder / "cache"
+
+    @classmethod
+    def in_folder(cls, root: str | Path) -> RegistryContext:
+        """Open the registry laid out inside `root`: SQLite file, blob store and cache."""
+        return cls.open(*cls.folder_locations(root))
+
     @classmethod
     def open(
         cls,
