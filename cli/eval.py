@@ -11,78 +11,100 @@ import typer
 from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt
 from mta.cli.output import Output, log
 from mta.cli.progress import StageProgress
+from mta.evaluation.options import DEFAULTS, EvalOptions
 
 eval_app = typer.Typer(help="LaMP evaluation: the methods side by side.")
 
 
 @eval_app.command("eval")
+# Long only by its option declarations: typer reads the options from the signature.
 def eval_command(
     task: Annotated[str, typer.Option("--task", help="LaMP task, e.g. movie_tagging.")],
     data: Annotated[
         Path | None,
         typer.Option(
             "--data",
-            help="Per-user JSON (default: $MTA_LAMP_DIR/<task>/users.json, then ../shared/lamp).",
+            help="Per-user JSON, the users to split, or the pool with --test-data "
+            "(default: <task>/users.json under $MTA_LAMP_DIR, then ./lamp, then ../shared/lamp).",
         ),
-    ] = None,
+    ] = DEFAULTS.data,
+    test_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-data",
+            help="Per-user JSON whose every user is a test user; --data is then the pool, "
+            "unsplit (--test-fraction unused). Refused when a real user is in both files.",
+        ),
+    ] = DEFAULTS.test_data,
     methods: Annotated[
         str,
         typer.Option(
             "--methods",
-            help="Comma-separated: base,task-lora,oppu,mta-fuse,mta,mta-factorwise,"
-            "retrieved,user-majority.",
+            help="Comma-separated method names (the default lists every method).",
         ),
-    ] = "base,task-lora,oppu,mta-fuse,mta,mta-factorwise,retrieved,user-majority",
-    anchors: Annotated[int, typer.Option("--anchors", help="Anchors in the bank.")] = 4,
-    top_k: Annotated[int, typer.Option("--top-k", help="Anchors fused per user.")] = 2,
-    shots: Annotated[int, typer.Option("--shots", help="Profile items each user trains on.")] = 5,
-    stack_rank: Annotated[int, typer.Option("--stack-rank", help="Rank of the MTA stack.")] = 1,
+    ] = DEFAULTS.methods,
+    anchors: Annotated[
+        int, typer.Option("--anchors", help="Anchors in the bank.")
+    ] = DEFAULTS.anchors,
+    top_k: Annotated[int, typer.Option("--top-k", help="Anchors fused per user.")] = DEFAULTS.top_k,
+    shots: Annotated[
+        int, typer.Option("--shots", help="Profile items each user trains on.")
+    ] = DEFAULTS.shots,
+    stack_rank: Annotated[
+        int, typer.Option("--stack-rank", help="Rank of the MTA stack.")
+    ] = DEFAULTS.stack_rank,
     fusion: Annotated[
         str, typer.Option("--fusion", help="Fusion of the `mta` methods: cat, svd, factorwise.")
-    ] = "cat",
-    seed: Annotated[int, typer.Option("--seed", help="First split/training seed.")] = 0,
+    ] = DEFAULTS.fusion,
+    seed: Annotated[int, typer.Option("--seed", help="First split/training seed.")] = DEFAULTS.seed,
     seeds: Annotated[
         int, typer.Option("--seeds", help="Seeds to run (seed, seed+1, ...); items are pooled.")
-    ] = 1,
+    ] = DEFAULTS.seeds,
     limit: Annotated[
         int | None, typer.Option("--limit", help="Cap on test users (entries) per seed.")
-    ] = None,
+    ] = DEFAULTS.limit,
     test_fraction: Annotated[
         float, typer.Option("--test-fraction", help="Share of real users held out for testing.")
-    ] = 0.5,
+    ] = DEFAULTS.test_fraction,
     epochs: Annotated[
         int, typer.Option("--epochs", help="Epochs of the anchor LoRAs and the task LoRA.")
-    ] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="LR of the anchor LoRAs and task LoRA.")] = 2e-4,
+    ] = DEFAULTS.epochs,
+    lr: Annotated[
+        float, typer.Option("--lr", help="LR of the anchor LoRAs and task LoRA.")
+    ] = DEFAULTS.lr,
     user_epochs: Annotated[
         int, typer.Option("--user-epochs", help="Epochs of per-user training (stack, OPPU).")
-    ] = 3,
+    ] = DEFAULTS.user_epochs,
     user_lr: Annotated[
         float, typer.Option("--user-lr", help="LR of per-user training (stack, OPPU).")
-    ] = 1e-3,
+    ] = DEFAULTS.user_lr,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Cap on optimizer steps of every training.")
-    ] = None,
+    ] = DEFAULTS.max_steps,
     min_history: Annotated[
         int, typer.Option("--min-history", help="Fewest profile items an anchor needs.")
-    ] = 8,
+    ] = DEFAULTS.min_history,
     anchor_data: Annotated[
         str, typer.Option("--anchor-data", help="Anchor training data: user (paper) or cluster.")
-    ] = "user",
-    base_model: BaseModelOpt = None,
-    embedder: EmbedderOpt = None,
+    ] = DEFAULTS.anchor_data,
+    base_model: BaseModelOpt = DEFAULTS.base_model,
+    embedder: EmbedderOpt = DEFAULTS.embedder,
     max_new_tokens: Annotated[
         int | None,
         typer.Option("--max-new-tokens", help="Generation budget (default 8 labels, 24 text)."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Generation batch size.")] = 8,
-    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 1000,
+    ] = DEFAULTS.max_new_tokens,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Generation batch size.")
+    ] = DEFAULTS.batch_size,
+    resamples: Annotated[
+        int, typer.Option("--resamples", help="Bootstrap resamples.")
+    ] = DEFAULTS.n_resamples,
     cluster_bootstrap: Annotated[
         bool,
         typer.Option(
             "--cluster-bootstrap", help="Resample real users instead of items (wider, honest)."
         ),
-    ] = False,
+    ] = DEFAULTS.cluster_bootstrap,
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Write the full result JSON here.")
     ] = None,
@@ -92,7 +114,7 @@ def eval_command(
         typer.Option(
             "--checkpoint", help="Rewrite this JSON after every finished method (partial results)."
         ),
-    ] = None,
+    ] = DEFAULTS.checkpoint,
     db: Annotated[
         str | None,
         typer.Option("--db", help="Use this registry (default: a private temporary one)."),
@@ -108,14 +130,18 @@ def eval_command(
 ) -> None:
     """Split users by real user, build a bank from the pool, score every method.
 
+    With --test-data the pool is --data and every user of --test-data is tested.
+
     Prints each metric's mean with a 95% bootstrap CI per method, for the queries only and
     for all scored items, and paired bootstrap intervals of the differences vs `mta`.
     """
-    from mta.registry.eval_runner import EvalOptions, eval_registry, run_eval
+    from mta.evaluation.runner import run_eval
+    from mta.evaluation.workspace import eval_registry
 
     options = EvalOptions(
         task=task,
         data=data,
+        test_data=test_data,
         methods=methods,
         anchors=anchors,
         top_k=top_k,
@@ -150,7 +176,7 @@ def eval_command(
         json_out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
         log(f"results written to {json_out}")
     if plot is not None:
-        from mta.eval_plot import plot_results
+        from mta.evaluation.plot import plot_results
 
         plot_results(results, plot)
         log(f"chart written to {plot}")
@@ -162,7 +188,8 @@ def eval_command(
 
 def render_results(out: Output, results: dict[str, Any]) -> None:
     """Print the per-method and paired-difference tables of every subset."""
-    from mta.evaluation import SubsetSummary, differences_table, results_table
+    from mta.eval_summary import SubsetSummary
+    from mta.evaluation.report import differences_table, results_table
 
     for name, data in results["subsets"].items():
         if name == "all" and data["n_items"] == results["subsets"]["query"]["n_items"]:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-# Metrics where a smaller value is better; every other metric is maximized.
-LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+# Metrics where a smaller value is better (normalized names); every other metric is maximized.
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "mse"})
+
+
+def normalize_metric(name: str) -> str:
+    """Lower-case a metric name and drop separators ("ROUGE-L" -> "rougel")."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of `metric` is an improvement."""
-    return metric not in LOWER_IS_BETTER
+    """Whether a larger value of `metric` is an improvement (MAE and RMSE are not)."""
+    return normalize_metric(metric) not in LOWER_IS_BETTER
 
 
 def _check_pairs(predictions: Sequence[str], golds: Sequence[str]) -> None:

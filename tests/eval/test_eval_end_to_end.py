@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mta.cli.eval import eval_app
-from mta.evaluation import DEFAULT_METHODS
+from mta.evaluation.options import DEFAULT_METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "lamp"

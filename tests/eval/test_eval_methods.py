@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from mta.errors import UnknownNameError
-from mta.evaluation import (
+from mta.evaluation.methods import (
     DEFAULT_METHODS,
-    EvaluationError,
+    METHODS,
+    execution_order,
     get_method,
-    majority_label,
     parse_methods,
     reference_method,
 )
+from mta.evaluation.methods_baseline import majority_label
+from mta.statistics import EvaluationError
 
 
 def test_every_documented_method_is_registered():
@@ -67,3 +69,29 @@ def test_majority_label_breaks_ties_by_first_seen():
     assert majority_label(["c", "b", "b"]) == "b"
     with pytest.raises(EvaluationError):
         majority_label([])
+
+
+def test_registry_keys_are_the_method_names_and_defaults_follow_the_table():
+    assert all(name == method.name for name, method in METHODS.items())
+    assert list(DEFAULT_METHODS) == list(METHODS)
+    assert get_method("mta-factorwise").fusion == "factorwise"
+    assert get_method("mta").user_tag == get_method("mta-fuse").user_tag  # one fuse, shared
+
+
+def test_unknown_method_name_in_lookup_lists_the_valid_names():
+    with pytest.raises(UnknownNameError, match="valid: base, mta, mta-factorwise"):
+        get_method("nope")
+
+
+def test_classification_only_follows_the_task_labels():
+    from mta.tasks import TASKS
+
+    for name, task in TASKS.items():
+        methods, skipped = parse_methods("base,user-majority", name)
+        assert ("user-majority" in methods) == bool(task.labels)
+        assert ("user-majority" in skipped) == (not task.labels)
+
+
+def test_methods_without_the_model_run_first_then_table_order():
+    order = execution_order(["mta", "base", "user-majority", "oppu", "retrieved", "mta-fuse"])
+    assert order == ["retrieved", "user-majority", "base", "oppu", "mta-fuse", "mta"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mta.eval_plot import plot_results
-from mta.evaluation import ScoredItem, summarize
+from mta.eval_summary import ScoredItem, summarize
+from mta.evaluation.plot import plot_results
 
 
 def _score(preds, golds):

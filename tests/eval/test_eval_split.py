@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mta.evaluation import EvaluationError
+from mta.evaluation.data import resolve_data_path
+from mta.evaluation.protocol import build_items, split_users
 from mta.lamp_data import group_real_users
-from mta.registry.eval_runner import build_items, resolve_data_path, split_users
+from mta.statistics import EvaluationError
 
 SHARED_MOVIES = Path(__file__).resolve().parents[3] / "shared" / "lamp" / "movie_tagging"
 
@@ -97,8 +98,24 @@ def test_data_path_prefers_the_flag_then_the_env(tmp_path, monkeypatch):
     assert resolve_data_path("citation", None) == tmp_path / "lamp" / "citation" / "users.json"
 
 
+def test_data_falls_back_to_the_current_directory_not_the_package(tmp_path, monkeypatch):
+    monkeypatch.delenv("MTA_LAMP_DIR", raising=False)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    shared = tmp_path / "shared" / "lamp" / "citation" / "users.json"
+    shared.parent.mkdir(parents=True)
+    shared.write_text("[]")
+    assert resolve_data_path("citation", None).resolve() == shared.resolve()
+    fetched = checkout / "lamp" / "citation" / "users.json"  # where `mta data fetch` writes
+    fetched.parent.mkdir(parents=True)
+    fetched.write_text("[]")
+    assert resolve_data_path("citation", None).resolve() == fetched.resolve()
+
+
 def test_missing_data_names_every_way_to_provide_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MTA_LAMP_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(EvaluationError, match="mta data fetch --task scholarly_title"):
         resolve_data_path("scholarly_title", None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mta.evaluation import higher_is_better
+from mta.tasks.metrics import higher_is_better
 
 # Subset -> (label, colour); "all" is drawn only when it holds more items than "query".
 _SUBSET_STYLE = {"query": ("query only", "#4C72B0"), "all": ("all items", "#DD8452")}

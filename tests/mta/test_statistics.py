@@ -1,18 +1,17 @@
-"""Bootstrap intervals, paired differences and the metric aggregator."""
+"""Bootstrap intervals, paired differences, the metric aggregator and subset summaries."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mta.evaluation import (
+from mta.eval_summary import ScoredItem, summarize
+from mta.statistics import (
     EvaluationError,
     MetricAggregator,
-    ScoredItem,
     bootstrap_ci,
     bootstrap_draws,
     paired_bootstrap,
-    summarize,
 )
 
 

@@ -1,0 +1,91 @@
+"""Everything `mta eval` can be told, with each default written once (the CLI reads them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The methods compared when --methods is not given: every registered one, in table order
+# (`mta.evaluation.methods` checks at import that each is registered).
+DEFAULT_METHODS = (
+    "base",
+    "task-lora",
+    "oppu",
+    "mta-fuse",
+    "mta",
+    "mta-factorwise",
+    "retrieved",
+    "user-majority",
+)
+# Baselines trained from scratch use the meta-LoRA rank, as the paper's OPPU.
+BASELINE_RANK = 8
+# History items retrieved into every prompt (the paper's top-1), as the registry trains with.
+HISTORY_K = 1
+# Registry users the evaluation creates are called <prefix>-s<seed>-<entry user id>.
+EVAL_USER_PREFIX = "eval"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate and how; `DEFAULTS` holds the values a flag left out gets."""
+
+    task: str
+    data: Path | None = None
+    # Every entry of this file is a test user and --data is the pool (no split).
+    test_data: Path | None = None
+    methods: str = ",".join(DEFAULT_METHODS)
+    anchors: int = 4
+    top_k: int = 2
+    shots: int = 5
+    stack_rank: int = 1
+    fusion: str = "cat"
+    weight_rule: str = "proportional"
+    seed: int = 0
+    seeds: int = 1
+    limit: int | None = None
+    test_fraction: float = 0.5
+    epochs: int = 1
+    lr: float = 2e-4
+    user_epochs: int = 3
+    user_lr: float = 1e-3
+    max_steps: int | None = None
+    min_history: int = 8
+    anchor_data: str = "user"
+    base_model: str | None = None
+    embedder: str | None = None
+    max_new_tokens: int | None = None
+    batch_size: int = 8
+    n_resamples: int = 1000
+    cluster_bootstrap: bool = False
+    # Written after every finished method: predictions so far, for runs that may not finish.
+    checkpoint: Path | None = None
+
+    def validate(self) -> None:
+        """Raise EvaluationError with a one-line message for an out-of-range option."""
+        # Imported here: the CLI imports this module, and `mta --help` must not load numpy.
+        from mta.statistics import EvaluationError
+
+        positive = {
+            "anchors": self.anchors,
+            "top-k": self.top_k,
+            "shots": self.shots,
+            "stack-rank": self.stack_rank,
+            "seeds": self.seeds,
+            "epochs": self.epochs,
+            "user-epochs": self.user_epochs,
+            "batch-size": self.batch_size,
+            "resamples": self.n_resamples,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise EvaluationError(f"--{name} must be at least 1, got {value}")
+        if self.limit is not None and self.limit < 1:
+            raise EvaluationError(f"--limit must be at least 1, got {self.limit}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise EvaluationError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise EvaluationError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+
+
+# The defaults of every option; the task has none (the CLI requires it).
+DEFAULTS = EvalOptions(task="")

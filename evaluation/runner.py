@@ -1,0 +1,224 @@
+"""`mta eval` end to end: per seed, split, build the bank, predict with every method.
+
+Per seed the users are split by real user into an anchor pool and test users (or the
+pool is --data and the test users are --test-data); every method predicts every scored
+item on the same base model and the same prompts. Statistics are `mta.eval_summary`'s;
+this module produces predictions and the result document, recorded as an eval run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mta.eval_summary import SUBSETS, ScoredItem, summarize
+from mta.evaluation.method import LogFn, ProgressFn, SeedRun, Timer
+from mta.evaluation.methods import execution_order, get_method, parse_methods, reference_method
+from mta.evaluation.options import HISTORY_K, EvalOptions
+from mta.evaluation.predictor import Predictor
+from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
+from mta.registry.context import RegistryContext
+
+
+@dataclass
+class _Run:
+    """One evaluation: what every seed shares, and every seed's items and predictions pooled."""
+
+    options: EvalOptions
+    ctx: RegistryContext
+    task: Any
+    methods: list[str]
+    report: ProgressFn
+    say: LogFn
+    predictor: Predictor | None = None
+    items: list[ScoredItem] = field(default_factory=list)
+    predictions: dict[str, list[str]] = field(default_factory=dict)
+    splits: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_eval(
+    options: EvalOptions,
+    ctx: RegistryContext,
+    *,
+    registry_label: str = "",
+    progress: ProgressFn | None = None,
+    log: LogFn | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation and return the result document (also recorded as an eval run).
+
+    Args:
+        options: what to evaluate.
+        ctx: an initialized registry; banks, users and the eval run are written there
+            (test users are deleted again at the end).
+        registry_label: how the registry is described in the result.
+        progress: ``(stage, done, total)`` callback.
+        log: one-line messages for people (stderr).
+
+    Returns:
+        The JSON-ready result: config, split sizes, per-subset summaries, every item with
+        every method's prediction, wall times, and ``eval_run_id``.
+    """
+    from mta.evaluation.data import load_test_users, resolve_data_path
+    from mta.lamp_data import load_users
+    from mta.tasks import get_task
+
+    options.validate()
+    say = log or (lambda _msg: None)
+    task = get_task(options.task)
+    methods, skipped = parse_methods(options.methods, task.name)
+    for name in skipped:
+        say(f"skipping {name}: it applies only to classification tasks")
+    data_path = resolve_data_path(task.name, options.data)
+    users = load_users(data_path, task=task)
+    test_users = None
+    if options.test_data is not None:
+        test_users = load_test_users(options.test_data, users, data_path, task)
+    started = time.monotonic()
+    run = _Run(options, ctx, task, methods, progress or (lambda _s, _d, _t: None), say)
+    run.predictions = {m: [] for m in methods}
+    if any(get_method(m).uses_model for m in methods):
+        run.predictor = Predictor(task, options)
+    for seed in range(options.seed, options.seed + options.seeds):
+        if test_users is None:
+            split = split_users(
+                users, seed=seed, test_fraction=options.test_fraction, limit=options.limit
+            )
+        else:
+            split = split_given(users, test_users, seed=seed, limit=options.limit)
+        _collect_seed(run, split)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    config["data"] = str(data_path)
+    config["methods"] = methods
+    return _document(run, config, skipped, registry_label, started)
+
+
+def _collect_seed(run: _Run, split: Split) -> None:
+    """Predict one seed's items with every method and pool them into ``run``."""
+    entries = build_entries(run.task, split, shots=run.options.shots, history_k=HISTORY_K)
+    seed_run = SeedRun(
+        run.options, run.ctx, run.task, split, entries, run.predictor, run.timings,
+        run.report, run.say, run.notes, info=_split_info(split, entries),
+    )  # fmt: skip
+    preds = _run_seed(seed_run, run.methods)
+    run.splits.append(seed_run.info)
+    run.items.extend(it.item for it in seed_run.items)
+    for m in run.methods:
+        run.predictions[m].extend(preds[m])
+
+
+def _document(
+    run: _Run, config: dict[str, Any], skipped: list[str], registry_label: str, started: float
+) -> dict[str, Any]:
+    """Summarize every subset, record the eval run, and return the result document."""
+    from mta.registry.service import record_eval_run
+
+    task, methods = run.task, run.methods
+    reference = reference_method(methods)
+    with Timer(run.timings, "bootstrap"):
+        subsets = {
+            subset: summarize(
+                task.score,
+                list(task.metrics),
+                run.items,
+                run.predictions,
+                subset=subset,
+                reference=reference,
+                n_resamples=run.options.n_resamples,
+                seed=run.options.seed,
+                cluster_by_user=run.options.cluster_bootstrap,
+                labels=task.labels,
+            ).to_dict()
+            for subset in SUBSETS
+        }
+    run.timings["total"] = time.monotonic() - started
+    timings = {k: round(v, 2) for k, v in run.timings.items()}
+    summary = {"subsets": subsets, "splits": run.splits, "timings_s": timings}
+    run_id = record_eval_run(run.ctx, task=task.name, config=config, results=summary)
+    return {
+        "config": config,
+        "task": task.name,
+        "lamp_id": task.lamp_id,
+        "metrics": list(task.metrics),
+        "methods": methods,
+        "skipped_methods": skipped,
+        "reference": reference,
+        "registry": registry_label,
+        "splits": run.splits,
+        "subsets": subsets,
+        "notes": run.notes,
+        "timings_s": timings,
+        "items": [
+            {**asdict(it), "predictions": {m: run.predictions[m][i] for m in methods}}
+            for i, it in enumerate(run.items)
+        ],
+        "eval_run_id": run_id,
+    }
+
+
+def _split_info(split: Split, entries: Sequence[Any]) -> dict[str, Any]:
+    """The seed's entry in the result's "splits" (the bank adds its version and anchors)."""
+    items = [it for e in entries for it in e.items]
+    return {
+        "seed": split.seed,
+        "pool_users": split.n_pool_groups,
+        "test_users": split.n_test_groups,
+        "test_entries": len(entries),
+        "query_items": sum(it.item.kind == "query" for it in items),
+        "profile_items": sum(it.item.kind == "profile" for it in items),
+    }
+
+
+def _run_seed(run: SeedRun, methods: Sequence[str]) -> dict[str, list[str]]:
+    """Every method's predictions on one seed's items, checkpointed after each method."""
+    split, items = run.split, run.items
+    run.say(
+        f"seed {run.seed}: {split.n_pool_groups} pool users, {split.n_test_groups} test users "
+        f"({len(run.entries)} entries, {len(items)} scored items)"
+    )
+    preds: dict[str, list[str]] = {}
+    try:
+        for name in execution_order(methods):
+            preds[name] = get_method(name).predict(run)
+            if len(preds[name]) != len(items):
+                raise RuntimeError(f"{name}: {len(preds[name])} predictions for {len(items)}")
+            if run.options.checkpoint is not None:
+                _write_checkpoint(
+                    run.options.checkpoint, run.task.name, run.seed, items, preds, run.timings
+                )
+    finally:
+        run.close()
+    return {m: preds[m] for m in methods}
+
+
+def _write_checkpoint(
+    path: Path,
+    task: str,
+    seed: int,
+    items: Sequence[EvalItem],
+    preds: dict[str, list[str]],
+    timings: dict[str, float],
+) -> None:
+    """Write the predictions finished so far (one seed) atomically, for interrupted runs."""
+    done = {m: p for m, p in preds.items() if len(p) == len(items)}
+    doc = {
+        "partial": True,
+        "task": task,
+        "seed": seed,
+        "methods_done": list(done),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "items": [
+            {**asdict(it.item), "predictions": {m: p[i] for m, p in done.items()}}
+            for i, it in enumerate(items)
+        ],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(path)
