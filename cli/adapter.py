@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mta.cli.options import JsonOpt
 from mta.cli.output import Output
 
 if TYPE_CHECKING:
-    import torch
-
-    from mta.lora import LoraAdapter
+    pass
 
 adapter_app = typer.Typer(
     help="Fuse and inspect PEFT LoRA folders directly; no registry or base model needed.",
     no_args_is_help=True,
 )
 
-DTYPES = ("fp32", "fp16", "bf16")
 RECIPE_NAME = "mta_fusion.json"
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
-    return table[name]
 
 
 def parse_weights(text: str | None, count: int) -> list[float]:
@@ -57,56 +40,8 @@ def parse_weights(text: str | None, count: int) -> list[float]:
     return values
 
 
-def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    if _is_nonempty_dir(out) and not force:
-        raise ValueError(f"--out {out} is not empty; pass --force to replace it")
-
-
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-
-
-def write_folder_atomically(
-    out: Path,
-    adapter: LoraAdapter,
-    *,
-    dtype: torch.dtype,
-    recipe: dict[str, object],
-    force: bool,
-) -> None:
-    """Write a PEFT folder (plus the fusion recipe) to a temp folder, then move it to ``out``.
-
-    A failure leaves ``out`` as it was; with ``force`` a non-empty ``out`` is replaced.
-    """
-    from mta.peft_io import save_peft_adapter
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir (not mkdtemp, which makes 0700) so the result gets the usual permissions.
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        save_peft_adapter(adapter, tmp, dtype=dtype)
-        (tmp / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-        _check_out(out, force)  # again: the folder may have been filled while we fused
-        old = None
-        if out.is_dir():
-            if any(out.iterdir()):
-                old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-                out.rename(old)
-            else:
-                out.rmdir()
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @adapter_app.command("fuse")
@@ -138,16 +73,18 @@ def adapter_fuse(
 
     Example: mta adapter fuse anchors/a anchors/b --weights 0.6,0.4 --out fused
     """
+    from mta.dtypes import torch_dtype
     from mta.fusion import fuse, get_fusion
+    from mta.peft_folder import check_out_folder, save_peft_folder_atomically
     from mta.peft_io import load_peft_adapter
 
     started = time.perf_counter()
     get_fusion(method)  # fail on a bad name before reading any file
-    torch_dtype = _torch_dtype(dtype)
+    tensor_dtype = torch_dtype(dtype)
     values = parse_weights(weights, len(adapters))
     if rank is not None and method != "svd":
         raise ValueError(f"--rank applies to --method svd only ({method!r} fixes the rank)")
-    _check_out(out, force)
+    check_out_folder(out, force)
     loaded = [load_peft_adapter(path) for path in adapters]
     fuse_started = time.perf_counter()
     fused = fuse(loaded, values, method=method, rank=rank)
@@ -158,7 +95,9 @@ def adapter_fuse(
         "method": method,
         "rank": rank,
     }
-    write_folder_atomically(out, fused, dtype=torch_dtype, recipe=recipe, force=force)
+    save_peft_folder_atomically(
+        fused, out, dtype=tensor_dtype, extra_json={RECIPE_NAME: recipe}, force=force
+    )
     summary = {
         "out": str(out),
         "anchors": [str(path) for path in adapters],
