@@ -1,12 +1,12 @@
-"""LoRA training in memory (plain or stacked on a frozen fused adapter) and greedy generation.
+"""LoRA training in memory, plain or stacked on a frozen fused adapter.
 
 The trainable LoRA is a set of forward hooks on the base model's Linear layers, so the
 model's structure is never changed and nothing is left behind once training returns. A
 frozen adapter is merged into the base weights for the duration of training (a step then
 costs what a plain LoRA step costs) and the pristine weights are copied back afterwards.
 
-Prompts are used raw, without a chat template, both in training and in ``generate``; the
-same text gives the same tokens in both places.
+Prompts are used raw, without a chat template, both in training and in
+``mta.inference.generate``; the same text gives the same tokens in both places.
 
 These functions modify the shared model temporarily, so they are not thread-safe: callers
 that share one model between threads serialize its use (the registry holds a lock).
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
-from mta.errors import MtaError, ShapeMismatchError
+from mta.errors import MtaError
+from mta.inference import apply_adapter, device_of, generate, padding_id  # noqa: F401 - generate re-exported
 
 if TYPE_CHECKING:
     import torch
@@ -132,7 +133,7 @@ def train_lora(
     params = [p for pair in factors.values() for p in pair]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = planned_steps(len(encoded), config)
-    pad_id = _pad_id(tokenizer)
+    pad_id = padding_id(tokenizer)
     losses: list[float] = []
 
     merged = apply_adapter(model, frozen) if frozen is not None else nullcontext()
@@ -209,7 +210,7 @@ def _batch_loss_sum(
     # Left padding puts every target at the right edge, so only the last few positions need
     # logits: the vocabulary projection is skipped for the (long) prompts.
     keep = min(length, max(len(target) for _, target in batch) + 1)
-    device = _device_of(model)
+    device = device_of(model)
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     kwargs = {
         "input_ids": input_ids.to(device),
@@ -275,19 +276,6 @@ def continuation_ids(
     return list(tokenizer(sep + target, add_special_tokens=False)["input_ids"])
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Token id used for padding (masked out, so any valid id works)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    """Device of the model's first parameter."""
-    return next(model.parameters()).device
-
-
 def _init_factors(
     model: torch.nn.Module,
     shapes: dict[str, tuple[int, int]],
@@ -297,7 +285,7 @@ def _init_factors(
     """Fresh fp32 LoRA factors per module: A kaiming-uniform (as PEFT), B zeros."""
     import torch
 
-    device = _device_of(model)
+    device = device_of(model)
     factors = {}
     for path, (out_features, in_features) in shapes.items():
         a = torch.empty(rank, in_features)
@@ -381,129 +369,3 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[float], None]]:
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("training", total=total, loss="-")
         yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")
-
-
-@contextmanager
-def apply_adapter(model: torch.nn.Module, adapter: LoraAdapter) -> Iterator[torch.nn.Module]:
-    """Temporarily add ``adapter``'s delta into the model's Linear weights.
-
-    On exit (normal or not) the original weights are copied back bit-exactly. Contexts nest.
-
-    Args:
-        model: the base model.
-        adapter: the LoRA to merge in memory.
-
-    Yields:
-        The same model, with the delta merged.
-
-    Raises:
-        ShapeMismatchError: a module path is missing or its shape differs.
-    """
-    import torch
-
-    targets = _target_weights(model, adapter)
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for weight, module in targets:
-                # A copy, not a subtraction afterwards: W + Δ - Δ is not bit-exact in floats.
-                saved.append((weight, weight.detach().clone()))
-                weight.add_(module.delta().to(device=weight.device, dtype=weight.dtype))
-        yield model
-    finally:
-        with torch.no_grad():
-            for weight, original in saved:
-                weight.copy_(original)
-
-
-def _target_weights(model: torch.nn.Module, adapter: LoraAdapter) -> list:
-    """Pair each adapter module with the weight it modifies, checking paths and shapes."""
-    import torch
-
-    pairs = []
-    for path, module in adapter.modules.items():
-        try:
-            layer = model.get_submodule(path)
-        except AttributeError:
-            raise ShapeMismatchError(f"adapter module {path!r} is not in the base model") from None
-        if not isinstance(layer, torch.nn.Linear):
-            raise ShapeMismatchError(f"adapter module {path!r} is not a Linear layer")
-        want = (module.out_features, module.in_features)
-        if tuple(layer.weight.shape) != want:
-            raise ShapeMismatchError(
-                f"adapter module {path!r} is {want[0]}x{want[1]}, base weight is "
-                f"{layer.weight.shape[0]}x{layer.weight.shape[1]}"
-            )
-        pairs.append((layer.weight, module))
-    return pairs
-
-
-def generate(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-) -> list[str]:
-    """Greedy-decode each raw prompt (no chat template) in left-padded batches.
-
-    Args:
-        model: the causal LM (merge adapters with ``apply_adapter`` first).
-        tokenizer: its tokenizer.
-        prompts: prompt texts.
-        max_new_tokens: generation budget per prompt.
-        batch_size: prompts per forward batch.
-
-    Returns:
-        The new text of each prompt, special tokens dropped and whitespace stripped, in order.
-    """
-    import torch
-
-    if batch_size < 1 or max_new_tokens < 1:
-        raise MtaError("generate: batch_size and max_new_tokens must be positive")
-    encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
-    # Similar lengths share a batch, which keeps padding (wasted compute) small.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    pad_id = _pad_id(tokenizer)
-    config = _greedy_config(model, tokenizer, max_new_tokens, pad_id)
-    device = _device_of(model)
-    results: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        ids = order[start : start + batch_size]
-        length = max(len(encoded[i]) for i in ids)
-        input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(ids), length), dtype=torch.long)
-        for row, i in enumerate(ids):
-            input_ids[row, length - len(encoded[i]) :] = torch.tensor(encoded[i])
-            attention[row, length - len(encoded[i]) :] = 1
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                generation_config=config,
-            )
-        texts = tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)
-        for i, text in zip(ids, texts, strict=True):
-            results[i] = text.strip()
-    return [results[i] for i in range(len(prompts))]
-
-
-def _greedy_config(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, pad_id: int
-):  # -> GenerationConfig
-    """A greedy generation config that keeps the model's EOS ids and adds the tokenizer's."""
-    from transformers import GenerationConfig
-
-    eos: list[int] = []
-    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (model_eos, tokenizer.eos_token_id):
-        for token in value if isinstance(value, list) else [value]:
-            if token is not None and token not in eos:
-                eos.append(int(token))
-    return GenerationConfig(
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=eos or None,
-    )
