@@ -6,14 +6,8 @@ ORM rows. They live in one module per noun and are re-exported here.
 
 from __future__ import annotations
 
-from mta.registry.service_bank import (
-    ProgressFn,
-    build_bank,
-    get_bank,
-    list_banks,
-    push_bank,
-    set_alias,
-)
+from mta.registry.service_bank import ProgressFn, get_bank, list_banks, set_alias
+from mta.registry.service_bank_build import build_bank, push_bank
 from mta.registry.service_delete import delete_user
 from mta.registry.service_export import adapter_identity, export_user, materialize_fused
 from mta.registry.service_gc import gc
