@@ -24,6 +24,7 @@ from mta.registry.entities import (
     User,
     UserDetail,
 )
+from mta.registry.errors import NotFoundError
 from mta.registry.identity import AdapterIdentity
 from mta.registry.names import validate_user_id
 from mta.storage.errors import StorageError
@@ -102,6 +103,9 @@ class AppState:
         self.ctx = ctx
         self.jobs = JobRunner(settings.workers, max_queued=settings.max_queued_jobs)
         self.archives = ArchiveCache(settings.memory_cache_bytes)
+        # Users deleted through this process: a fetch that raced the deletion checks here
+        # after caching its archive, and drops it (see `_build_archive`).
+        self.forgotten: set[str] = set()
         self.metrics = Metrics()
         self.metrics.add_gauges(self._gauges)
         threads = settings.lookup_threads
@@ -110,6 +114,15 @@ class AppState:
         self.lookups = ThreadPoolExecutor(threads, "mta-lookup") if threads else None
         db_file = sqlite_path(ctx.db_url)
         self.identities = IdentityCache(db_file) if db_file and db_file.exists() else None
+
+    def forget(self, user_id: str) -> None:
+        """After a deletion: drop the user's archives, and any a racing fetch adds later."""
+        self.forgotten.add(user_id)
+        self.archives.discard_owner(user_id)
+
+    def remember(self, user_id: str) -> None:
+        """A user id (re-)added: its archives may be cached again."""
+        self.forgotten.discard(user_id)
 
     def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
         yield (
@@ -212,13 +225,16 @@ def _v1_router() -> APIRouter:
     )
     def add_user(request: Request, body: AddUserRequest) -> User:
         """Register a user: embed their profile and pin their task's bank version."""
-        return service.add_user(
-            _state(request).ctx,
+        state = _state(request)
+        user = service.add_user(
+            state.ctx,
             user_id=body.user_id,
             task=body.task,
             profile=body.profile,
             bank_ref=body.bank_ref,
         )
+        state.remember(user.user_id)
+        return user
 
     @router.get(
         "/users/{user_id}",
@@ -237,8 +253,11 @@ def _v1_router() -> APIRouter:
         responses=error_responses(401, 403, 404, 422, 503),
     )
     def delete_user(request: Request, user_id: UserId) -> DeleteResult:
-        """Delete a user and every byte stored for them."""
-        return service.delete_user(_state(request).ctx, user_id)
+        """Delete a user and every byte stored for them, their archives in memory included."""
+        state = _state(request)
+        result = service.delete_user(state.ctx, user_id)
+        state.forget(user_id)
+        return result
 
     @router.post(
         "/users/{user_id}/fuse",
@@ -380,7 +399,10 @@ def _build_archive(
             return data
         data = _export_archive(state, identity, max_rank, dtype)
         if data is not None:
-            state.archives.put(etag, data)
+            state.archives.put(etag, data, owner=identity.user_id)
+            if identity.user_id in state.forgotten:  # deleted while we built it
+                state.archives.discard_owner(identity.user_id)
+                raise NotFoundError(f"no user {identity.user_id!r}")
             state.metrics.count_cache("miss")
         return data
 

@@ -135,6 +135,7 @@ class ArchiveCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(0, max_bytes)
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._owner_of: dict[str, str] = {}  # key -> user id, so a deletion can find them
         self._bytes = 0
         self._lock = threading.Lock()
         self._building: dict[str, tuple[threading.Lock, int]] = {}
@@ -147,8 +148,8 @@ class ArchiveCache:
                 self._items.move_to_end(key)
             return data
 
-    def put(self, key: str, data: bytes) -> None:
-        """Cache an archive, evicting the least recently used ones past ``max_bytes``."""
+    def put(self, key: str, data: bytes, owner: str | None = None) -> None:
+        """Cache an archive (of user ``owner``), evicting the least recently used past the bound."""
         if len(data) > self.max_bytes:
             return  # larger than the whole cache: keeping it would evict everything
         with self._lock:
@@ -156,10 +157,22 @@ class ArchiveCache:
                 self._items.move_to_end(key)
                 return
             self._items[key] = data
+            if owner is not None:
+                self._owner_of[key] = owner
             self._bytes += len(data)
             while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
+                evicted_key, evicted = self._items.popitem(last=False)
+                self._owner_of.pop(evicted_key, None)
                 self._bytes -= len(evicted)
+
+    def discard_owner(self, owner: str) -> int:
+        """Drop every archive of user ``owner`` (a deleted user's bytes leave memory too)."""
+        with self._lock:
+            keys = [key for key, who in self._owner_of.items() if who == owner]
+            for key in keys:
+                self._bytes -= len(self._items.pop(key))
+                del self._owner_of[key]
+            return len(keys)
 
     @contextmanager
     def building(self, key: str) -> Iterator[None]:
