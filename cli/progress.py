@@ -1,6 +1,6 @@
 """Progress on stderr for long service calls: a rich bar per stage, or plain lines in logs.
 
-The service layer reports progress through `ProgressFn = Callable[[str, int, int], None]`
+The service layer reports progress through `mta.progress.ProgressFn`
 (stage, done, total). `StageProgress` is such a callable: on a terminal it draws one
 rich bar per stage; when stderr is a file or a pipe (CI logs, `--json` piped into jq)
 it prints one line when a stage starts and one when it ends, so logs stay short.

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from mta.evaluation.options import EvalOptions
 from mta.evaluation.protocol import EvalEntry, EvalItem, Split
+from mta.progress import ProgressFn
 
 if TYPE_CHECKING:
     from mta.evaluation.bank import PoolBank
     from mta.evaluation.predictor import Predictor
     from mta.registry.context import RegistryContext
 
-ProgressFn = Callable[[str, int, int], None]
 LogFn = Callable[[str], None]
 
 

@@ -31,9 +31,7 @@ def eval_registry(
         return
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mta-eval-"))
     root.mkdir(parents=True, exist_ok=True)
-    ctx = RegistryContext.open(
-        f"sqlite:///{root / 'registry.db'}", f"file://{root / 'store'}", root / "cache"
-    )
+    ctx = RegistryContext.in_folder(root)
     try:
         init_registry(ctx)
         yield ctx, (f"private registry kept at {root}" if workdir else "private (discarded)")

@@ -15,12 +15,12 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mta.errors import MtaError, unknown_name
+from mta.progress import ProgressFn
 
 DEFAULT_BASE_URL = "https://ciir.cs.umass.edu/downloads/LaMP"
 BASE_URL_ENV = "MTA_LAMP_BASE_URL"
@@ -93,7 +93,7 @@ def fetch_task(
     *,
     split: str = "dev",
     base_url: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> FetchResult:
     """Download a task's official files into ``<dest>/<task>/`` and convert them.
 
@@ -138,7 +138,7 @@ def _download(
     url: str,
     target: Path,
     expected: str | None,
-    progress: Callable[[str, int, int], None] | None,
+    progress: ProgressFn | None,
 ) -> tuple[str, int]:
     """Stream ``url`` to ``target`` atomically; return (sha256, size)."""
     host = urllib.parse.urlsplit(url).netloc or url

@@ -8,7 +8,7 @@ stored fp16 factors: the recipe rebuilds the same delta every time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mta.progress import ProgressFn
 from mta.registry.blobrefs import (
     KIND_ANCHOR_ADAPTER,
     KIND_ANCHOR_EMBEDDING,
@@ -32,7 +33,6 @@ from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundE
 from mta.registry.models import SqlAnchor, SqlBank, SqlBankAlias, SqlBlob, utcnow
 from mta.registry.names import validate_alias
 
-ProgressFn = Callable[[str, int, int], None]
 ANCHOR_DATA_MODES = ("user", "cluster")
 BANK_ADAPTER_DTYPE = "fp16"
 PROD_ALIAS = "prod"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from mta.progress import ProgressFn
 from mta.registry.anchor_redaction import (
     AnchorDrop,
     anchors_trained_on,
@@ -34,9 +35,6 @@ from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.models import SqlBlob, SqlDeletion, SqlRecipe, SqlStack, SqlUser, utcnow
 from mta.registry.names import validate_user_id
 from mta.storage import BlobNotFoundError
-
-# Called after each step: ("delete", steps done, steps known so far).
-StepFn = Callable[[str, int, int], None]
 
 
 def user_cache_prefix(user_id: str) -> str:
@@ -56,7 +54,7 @@ def delete_user(
     user_id: str,
     *,
     drop_anchors: bool = False,
-    progress: StepFn | None = None,
+    progress: ProgressFn | None = None,
 ) -> DeleteResult:
     """Remove every byte of a user: rows, blobs only they referenced, cache entries.
 
@@ -106,7 +104,7 @@ def finish_pending_deletions(ctx: RegistryContext) -> list[str]:
     return pending
 
 
-def _stepper(progress: StepFn | None) -> Callable[[], None]:
+def _stepper(progress: ProgressFn | None) -> Callable[[], None]:
     """A no-argument step counter over `progress`."""
     done = [0]
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, R
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from mta.progress import ProgressFn
 from mta.registry import service
 from mta.registry.context import RegistryContext
 from mta.registry.db import sqlite_path
@@ -285,7 +286,7 @@ def _v1_router() -> APIRouter:
         service.get_user(state.ctx, user_id)  # a 404 now, not a failed job later
         params = body.model_dump()
 
-        def run(progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+        def run(progress: ProgressFn) -> dict[str, Any]:
             stack = service.adapt_user(state.ctx, user_id, progress=progress, **params)
             return stack.to_dict()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from mta.progress import ProgressFn
 from mta.registry.errors import InvalidInputError
 
 from .errors import ApiError, error_mappings, one_line
@@ -75,7 +76,7 @@ class JobRunner:
         kind: str,
         user_id: str,
         params: dict[str, Any],
-        fn: Callable[[Callable[[str, int, int], None]], dict[str, Any]],
+        fn: Callable[[ProgressFn], dict[str, Any]],
     ) -> Job:
         """Queue ``fn(progress)``; its returned dict becomes the job's result.
 
