@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt
+from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt, typed_locations
 from mta.cli.output import Output, log
 from mta.cli.progress import StageProgress
 from mta.evaluation.options import DEFAULTS, EvalOptions
@@ -19,6 +19,7 @@ eval_app = typer.Typer(help="LaMP evaluation: the methods side by side.")
 @eval_app.command("eval")
 # Long only by its option declarations: typer reads the options from the signature.
 def eval_command(
+    ctx: typer.Context,
     task: Annotated[str, typer.Option("--task", help="LaMP task, e.g. movie_tagging.")],
     data: Annotated[
         Path | None,
@@ -115,13 +116,6 @@ def eval_command(
             "--checkpoint", help="Rewrite this JSON after every finished method (partial results)."
         ),
     ] = DEFAULTS.checkpoint,
-    db: Annotated[
-        str | None,
-        typer.Option("--db", help="Use this registry (default: a private temporary one)."),
-    ] = None,
-    store: Annotated[
-        str | None, typer.Option("--store", help="Blob store of the registry given with --db.")
-    ] = None,
     workdir: Annotated[
         Path | None,
         typer.Option("--workdir", help="Keep the private registry (bank, eval run) here."),
@@ -130,7 +124,10 @@ def eval_command(
 ) -> None:
     """Split users by real user, build a bank from the pool, score every method.
 
-    With --test-data the pool is --data and every user of --test-data is tested.
+    With --test-data the pool is --data and every user of --test-data is tested. The bank
+    and the run go to a private temporary registry, or to the one given with the root
+    options (`mta --db URL --store URL eval ...`; the environment variables do not count,
+    so an evaluation never writes into a production registry by accident).
 
     Prints each metric's mean with a 95% bootstrap CI per method, for the queries only and
     for all scored items, and paired bootstrap intervals of the differences vs `mta`.
@@ -169,8 +166,12 @@ def eval_command(
     )
     options.validate()
     out = Output(json_mode=json_mode)
-    with eval_registry(db, store, workdir) as (ctx, label), StageProgress() as progress:
-        results = run_eval(options, ctx, registry_label=label, progress=progress, log=log)
+    where = typed_locations(ctx)
+    with (
+        eval_registry(where["db"], where["store"], workdir) as (registry, label),
+        StageProgress() as progress,
+    ):
+        results = run_eval(options, registry, registry_label=label, progress=progress, log=log)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")

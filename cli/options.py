@@ -81,6 +81,19 @@ def locations(ctx: typer.Context) -> dict[str, Any]:
     return {key: root.params.get(key) for key in ("db", "store", "cache_dir")}
 
 
+def typed_locations(ctx: typer.Context) -> dict[str, Any]:
+    """The root's location options typed on the command line (not from the environment)."""
+    root = ctx.find_root()
+    typed = {}
+    for key in ("db", "store", "cache_dir"):
+        source = root.get_parameter_source(key)
+        # Typer vendors its own click, so compare the enum by name rather than by class.
+        typed[key] = (
+            root.params.get(key) if source is not None and source.name == "COMMANDLINE" else None
+        )
+    return typed
+
+
 @contextmanager
 def registry_context(ctx: typer.Context) -> Iterator[RegistryContext]:
     """Open the registry the root options point at, and close it when the command ends."""

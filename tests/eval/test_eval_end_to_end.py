@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mta.cli.app import app
 from mta.cli.eval import eval_app
 from mta.evaluation.options import DEFAULT_METHODS
 
@@ -137,8 +138,8 @@ def test_eval_records_into_a_given_registry(tmp_path):
         service.init_registry(ctx)
     data = _users_file("product_rating", tmp_path)
     args = ["--task", "product_rating", "--data", str(data), "--methods", "retrieved,user-majority",
-            "--resamples", "20", "--db", db, "--store", store, "--json"]  # fmt: skip
-    result = CliRunner().invoke(eval_app, args)
+            "--resamples", "20", "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, ["--db", db, "--store", store, "eval", *args])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert "items" not in summary and summary["reference"] == "retrieved"
