@@ -16,7 +16,6 @@ keep the bytes deterministic, which content addressing relies on.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -28,8 +27,15 @@ import torch
 
 from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.lora import LoraAdapter, LoraModule, is_finite, one_thread
+from mta.peft_config import (  # noqa: F401 - CONFIG_NAME, match_pattern, peft_config_for re-exported
+    CONFIG_NAME,
+    check_supported,
+    match_pattern,
+    module_scale,
+    peft_config_for,
+    read_config,
+)
 
-CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."
@@ -46,97 +52,6 @@ _UNSUPPORTED_KEYS = (
     ("modules_to_save", "modules_to_save (fully trained modules)"),
     ("trainable_tokens", "trainable tokens"),
 )
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise AdapterFormatError(f"{folder}: no {CONFIG_NAME}; not a PEFT adapter folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterFormatError(f"{config_path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise AdapterFormatError(f"{config_path}: expected a JSON object")
-    return config
-
-
-def _check_supported(config: Mapping[str, Any], where: str) -> None:
-    """Refuse config features whose effect a plain (A, B, scale) triple cannot carry."""
-    peft_type = config.get("peft_type", "LORA")
-    if str(peft_type).upper() != "LORA":
-        raise AdapterFormatError(f"{where}: peft_type {peft_type!r} is not supported (only LORA)")
-    if config.get("use_dora"):
-        raise AdapterFormatError(f"{where}: DoRA adapters (use_dora) are not supported")
-    if config.get("bias", "none") not in (None, "none"):
-        raise AdapterFormatError(
-            f"{where}: bias={config['bias']!r} is not supported (only bias='none')"
-        )
-    if config.get("lora_bias"):
-        raise AdapterFormatError(f"{where}: lora_bias is not supported")
-    for key in (
-        "modules_to_save",
-        "target_parameters",
-        "trainable_token_indices",
-        "layer_replication",
-    ):
-        if config.get(key):
-            raise AdapterFormatError(f"{where}: {key} is not supported")
-
-
-def _positive_number(config: Mapping[str, Any], key: str, where: str) -> float:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise AdapterFormatError(f"{where}: {key} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise AdapterFormatError(f"{where}: {key} must be finite, got {value!r}")
-    return float(value)
-
-
-def _pattern(config: Mapping[str, Any], key: str, where: str) -> dict[str, float]:
-    pattern = config.get(key) or {}
-    if not isinstance(pattern, dict):
-        raise AdapterFormatError(f"{where}: {key} must be an object, got {type(pattern).__name__}")
-    for name, value in pattern.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise AdapterFormatError(f"{where}: {key}[{name!r}] must be positive, got {value!r}")
-    return pattern
-
-
-def match_pattern(pattern: Mapping[str, Any], module_path: str) -> str | None:
-    """The first key of a rank/alpha pattern that matches ``module_path``, as PEFT picks it.
-
-    PEFT's rule (``peft.utils.other.get_pattern_key``): keys are tried in order and
-    ``key`` matches when ``re.match(rf"(.*\\.)?({key})$", module_path)`` does.
-
-    Returns:
-        The matching key, or None when no key matches.
-    """
-    for key in pattern:
-        try:
-            if re.match(rf"(.*\.)?({key})$", module_path):
-                return key
-        except re.error as exc:
-            raise AdapterFormatError(f"invalid pattern key {key!r}: {exc}") from exc
-    return None
-
-
-def _module_scale(config: Mapping[str, Any], module_path: str, where: str) -> tuple[int, float]:
-    """The (rank, scale) PEFT gives ``module_path`` under ``config``."""
-    r = _positive_number(config, "r", where)
-    alpha = _positive_number(config, "lora_alpha", where)
-    rank_pattern = _pattern(config, "rank_pattern", where)
-    alpha_pattern = _pattern(config, "alpha_pattern", where)
-    r_key = match_pattern(rank_pattern, module_path)
-    alpha_key = match_pattern(alpha_pattern, module_path)
-    if r_key is not None:
-        r = float(rank_pattern[r_key])
-    if alpha_key is not None:
-        alpha = float(alpha_pattern[alpha_key])
-    if r != int(r):
-        raise AdapterFormatError(f"{where}: rank of {module_path} must be an integer, got {r}")
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    return int(r), scale
 
 
 def _load_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
@@ -223,13 +138,13 @@ def load_peft_adapter(path: str | Path) -> LoraAdapter:
                 f"re-save it as {WEIGHTS_NAME} (PEFT: save_pretrained(safe_serialization=True))"
             )
         raise AdapterFormatError(f"{folder}: no {WEIGHTS_NAME}")
-    config = _read_config(folder)
+    config = read_config(folder)
     where = str(folder)
-    _check_supported(config, where)
+    check_supported(config, where)
     factors = _group_factors(_load_tensors(weights_path), where)
     modules: dict[str, LoraModule] = {}
     for module_path in sorted(factors):
-        r, scale = _module_scale(config, module_path, where)
+        r, scale = module_scale(config, module_path, where)
         module = _make_module(module_path, factors[module_path], scale, where)
         if module.r != r:
             raise AdapterFormatError(
@@ -243,16 +158,6 @@ def load_peft_adapter(path: str | Path) -> LoraAdapter:
     except AdapterFormatError as exc:
         raise AdapterFormatError(f"{where}: {exc}") from None
     return adapter
-
-
-def _config_rank(adapter: LoraAdapter) -> int:
-    """The largest module rank: it becomes the config's plain ``r``.
-
-    Serving engines size their LoRA slots from the config's ``r`` (vLLM's
-    ``--max-lora-rank`` check) and some ignore ``rank_pattern``; with ``r`` the maximum
-    and ``lora_alpha == r`` they still see a correct bound and a scaling of exactly 1.
-    """
-    return max(adapter.ranks().values())
 
 
 def _cast_finite(
@@ -277,35 +182,6 @@ def _write_atomic(target: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def peft_config_for(adapter: LoraAdapter, base_model: str | None = None) -> dict[str, Any]:
-    """The adapter_config.json that makes PEFT's scaling exactly 1 on every module.
-
-    Each module is written with ``r = lora_alpha = its rank`` (scale folded into B);
-    the config's ``r`` is the largest rank, and smaller ranks go to
-    ``rank_pattern``/``alpha_pattern``, keyed by the full module path.
-    """
-    rank = _config_rank(adapter)
-    pattern = {path: r for path, r in sorted(adapter.ranks().items()) if r != rank}
-    return {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model if base_model is not None else adapter.base_model,
-        "r": rank,
-        "lora_alpha": rank,
-        "use_rslora": False,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),
-        "target_modules": adapter.target_modules(),
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "modules_to_save": None,
-        "init_lora_weights": True,
-        "use_dora": False,
-        "inference_mode": True,
-    }
 
 
 def save_peft_adapter(
