@@ -35,6 +35,8 @@ CACHE_MAX_BYTES_ENV = "MTA_CACHE_MAX_BYTES"
 # The base model is shared per process and training adds deltas into its weights in place
 # (restored afterwards), so two threads (e.g. the HTTP server) must not train at once.
 MODEL_LOCK = threading.Lock()
+# Parsed anchor adapters kept per context (a rank-8 SmolLM2 anchor is ~5 MB in memory).
+ANCHOR_CACHE_SIZE = 64
 
 
 def cache_max_bytes_from_env() -> int:
@@ -77,6 +79,7 @@ class RegistryContext:
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     _schema_checked: bool = field(default=False, repr=False)
     _embedders: dict[str, Any] = field(default_factory=dict, repr=False)
+    _anchors: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def folder_locations(root: str | Path) -> tuple[str, str, Path]:
@@ -162,6 +165,19 @@ class RegistryContext:
         # The converted-model cache is MTA_CACHE_DIR or ~/.cache/mta (shared across
         # registries), not this registry's cache_dir: a SmolLM2 copy is 0.5 GB.
         return load_base_model(spec)
+
+    def anchor_adapter(self, digest: str) -> Any:
+        """A bank adapter blob parsed once per context: bulk adapts reuse a bank's anchors.
+
+        Blobs are immutable and verified when first read, so the parsed copy stays right.
+        """
+        from mta.peft_io import adapter_from_bytes
+
+        if digest not in self._anchors:
+            if len(self._anchors) >= ANCHOR_CACHE_SIZE:
+                self._anchors.pop(next(iter(self._anchors)))  # oldest first
+            self._anchors[digest] = adapter_from_bytes(self.store.get_bytes(digest))
+        return self._anchors[digest]
 
     def embedder(self, spec: str | None) -> Embedder:
         """An embedder by name, one per context (the model itself is cached per process)."""

@@ -34,13 +34,25 @@ from mta.storage.cache import ENTRY_MANIFEST
 
 
 def materialize_fused(
-    ctx: RegistryContext, inputs: list[tuple[str, float]], method: str, rank: int | None
+    ctx: RegistryContext,
+    inputs: list[tuple[str, float]],
+    method: str,
+    rank: int | None,
+    *,
+    reuse_anchors: bool = False,
 ) -> Any:
-    """Rebuild a fused adapter from anchor blobs and weights (in memory only)."""
+    """Rebuild a fused adapter from anchor blobs and weights (in memory only).
+
+    `reuse_anchors` takes the anchors from the context's parsed copies (bulk training);
+    exports read them from the store each time, so every export re-verifies its inputs.
+    """
     from mta.fusion import fuse
     from mta.peft_io import adapter_from_bytes
 
-    adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest, _ in inputs]
+    if reuse_anchors:
+        adapters = [ctx.anchor_adapter(digest) for digest, _ in inputs]
+    else:
+        adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest, _ in inputs]
     return fuse(adapters, [w for _, w in inputs], method=method, rank=rank)
 
 

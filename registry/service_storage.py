@@ -95,7 +95,7 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
         latest: dict[str, int] = defaultdict(int)
         for bank in banks.values():
             latest[bank.task] = max(latest[bank.task], bank.version)
-        current_stacks = _current_stacks(session)
+        current_stacks = current_stack_banks(session)
         stale = sorted(
             user_id
             for user_id, bank_id in current_stacks.items()
@@ -141,7 +141,7 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
     }
 
 
-def _current_stacks(session: Any) -> dict[str, int]:
+def current_stack_banks(session: Any) -> dict[str, int]:
     """user id -> bank id of the user's current stack (newest on their latest recipe)."""
     latest_recipe = dict(
         session.execute(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -330,6 +331,7 @@ def adapt_user(
     batch_size: int = 4,
     max_steps: int | None = None,
     progress: ProgressFn | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Stack:
     """Train the user's stack on `shots` profile items on top of their frozen fused adapter.
 
@@ -343,6 +345,8 @@ def adapt_user(
         rank, epochs, lr, seed, batch_size, max_steps: the stack's TrainConfig.
         dtype: stored precision of the stack: "fp16" (default), "bf16" or "fp32".
         progress: called as ("train", step, total_steps).
+        timings: filled with the seconds spent in "fuse" (recipe if missing, fused adapter),
+            "train" and "commit" (blob and row), for bulk reports.
 
     Returns:
         The stored (now current) stack.
@@ -351,6 +355,7 @@ def adapt_user(
     from mta.training import TrainConfig, planned_steps, train_lora
 
     torch_dtype(dtype)  # an unknown name fails before any work
+    clock = _PhaseClock(timings)
     inputs = _adapt_inputs(ctx, user_id)
     if inputs is None:
         fuse_user(ctx, user_id, if_absent=True)
@@ -370,7 +375,10 @@ def adapt_user(
         max_steps=max_steps,
     )
     config.validate()
-    fused = materialize_fused(ctx, inputs["anchors"], inputs["method"], inputs["fuse_rank"])
+    fused = materialize_fused(
+        ctx, inputs["anchors"], inputs["method"], inputs["fuse_rank"], reuse_anchors=True
+    )
+    clock.lap("fuse")
     model, tokenizer = ctx.base_model(inputs["base_model"])
     total = planned_steps(len(examples), config)
 
@@ -382,6 +390,7 @@ def adapt_user(
         stack, losses = train_lora(
             model, tokenizer, examples, config, frozen=fused, progress=False, on_step=on_step
         )
+    clock.lap("train")
     from mta.peft_io import adapter_to_bytes
 
     data = adapter_to_bytes(stack, dtype=torch_dtype(dtype))
@@ -412,4 +421,20 @@ def adapt_user(
         session.flush()
         entity = stack_entity(session, row)
     reassert_blobs(ctx, [blob])
+    clock.lap("commit")
     return entity
+
+
+class _PhaseClock:
+    """Adds the seconds since the previous lap to a phase of an optional timings dict."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the last lap to `phase`."""
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[phase] = self.timings.get(phase, 0.0) + now - self.last
+        self.last = now

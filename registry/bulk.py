@@ -1,0 +1,268 @@
+"""Bulk personalization: select users, then fuse or adapt each one, committing user by user.
+
+One process loads the base model and each bank's anchors once (`RegistryContext` caches
+them) and goes through the users; each user is fused if needed, trained and committed on
+its own (blob first, then its row), so an interruption loses at most the user in flight
+and a re-run skips every user whose current stack already matches the request. A user
+that fails is reported with a one-line reason and the job goes on. The same per-user
+functions run inside Ray actors (`bulk_ray.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from mta.registry.context import RegistryContext
+from mta.registry.entities import Stack
+from mta.registry.errors import InvalidInputError
+from mta.registry.models import SqlBank, SqlUser
+from mta.registry.service_bank import latest_version
+from mta.registry.service_user import adapt_user, fuse_user, get_user
+
+ADAPTED, SKIPPED, FAILED, FUSED = "adapted", "skipped", "failed", "fused"
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """How every selected user's stack is trained (the `adapt_user` arguments)."""
+
+    shots: int = 5
+    rank: int = 1
+    epochs: int = 3
+    lr: float = 1e-3
+    seed: int = 0
+    dtype: str = "fp16"
+    batch_size: int = 4
+    max_steps: int | None = None
+
+    def matches(self, stack: Stack) -> bool:
+        """Whether `stack` was trained exactly as this request asks (then it is skipped)."""
+        config = stack.train_config
+        return (
+            stack.rank == self.rank
+            and stack.dtype == self.dtype
+            and config.get("shots") == self.shots
+            and config.get("seed") == self.seed
+            and config.get("epochs") == self.epochs
+            and config.get("lr") == self.lr
+            and config.get("batch_size") == self.batch_size
+            and config.get("max_steps") == self.max_steps
+        )
+
+
+@dataclass(frozen=True)
+class UserOutcome:
+    """What happened to one user of a bulk job."""
+
+    user_id: str
+    status: str  # "adapted" | "fused" | "skipped" | "failed"
+    seconds: float
+    reason: str = ""  # one line, for "failed" and "skipped"
+    stack_id: int | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # fuse / train / commit seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BulkSummary:
+    """A bulk job's result: who was done, skipped or failed, and how fast."""
+
+    done: tuple[str, ...]
+    skipped: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]  # (user id, one-line reason)
+    wall_seconds: float
+    seconds_p50: float
+    seconds_p99: float
+    users_per_minute: float
+    phase_means: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (`failed` as a list of {user_id, reason})."""
+        data = asdict(self)
+        data["failed"] = [{"user_id": u, "reason": r} for u, r in self.failed]
+        return data
+
+
+def summarize(outcomes: Sequence[UserOutcome], wall_seconds: float) -> BulkSummary:
+    """Aggregate per-user outcomes: seconds per worked user (p50, p99) and users per minute."""
+    worked = [o.seconds for o in outcomes if o.status not in (SKIPPED, FAILED)]
+    phases: dict[str, list[float]] = {}
+    for outcome in outcomes:
+        for phase, seconds in outcome.phases.items():
+            phases.setdefault(phase, []).append(seconds)
+    return BulkSummary(
+        done=tuple(o.user_id for o in outcomes if o.status in (ADAPTED, FUSED)),
+        skipped=tuple(o.user_id for o in outcomes if o.status == SKIPPED),
+        failed=tuple((o.user_id, o.reason) for o in outcomes if o.status == FAILED),
+        wall_seconds=wall_seconds,
+        seconds_p50=float(np.percentile(worked, 50)) if worked else 0.0,
+        seconds_p99=float(np.percentile(worked, 99)) if worked else 0.0,
+        users_per_minute=(60.0 * len(worked) / wall_seconds) if wall_seconds > 0 else 0.0,
+        phase_means={p: float(np.mean(v)) for p, v in sorted(phases.items())},
+    )
+
+
+def read_id_file(path: Path) -> list[str]:
+    """User ids from a file, one per line (blank lines and `#` comments skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{path}: not UTF-8 text ({error.reason})") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def select_users(
+    ctx: RegistryContext,
+    *,
+    ids: Iterable[str] = (),
+    all_users: bool = False,
+    stale: bool = False,
+    missing: bool = False,
+    task: str | None = None,
+) -> list[str]:
+    """The selected user ids: the given ones, then every user matching a flag, no repeats.
+
+    Args:
+        ids: explicit ids (e.g. arguments and `--from` lines), kept in their order.
+        all_users: every registered user.
+        stale: users whose current stack was trained on an older bank version than their
+            task's latest.
+        missing: users without a current stack (no recipe yet, or re-fused since).
+        task: keep only users of this task (`--bank TASK`).
+
+    Raises:
+        InvalidInputError: nothing to select by.
+    """
+    explicit = list(dict.fromkeys(ids))
+    if not (explicit or all_users or stale or missing):
+        raise InvalidInputError("select users: give IDs, --from FILE, --all, --stale or --missing")
+    chosen = dict.fromkeys(explicit)
+    if all_users or stale or missing:
+        for user_id, state in _stack_states(ctx, task).items():
+            if all_users or (stale and state == "stale") or (missing and state == "missing"):
+                chosen.setdefault(user_id)
+    if task is not None and explicit:
+        tasks = _tasks_of(ctx, explicit)
+        chosen = {u: None for u in chosen if tasks.get(u, task) == task}
+    return list(chosen)
+
+
+def _tasks_of(ctx: RegistryContext, user_ids: list[str]) -> dict[str, str]:
+    """Task of each registered id (unknown ids are left out, to fail on their own)."""
+    with ctx.session() as session:
+        rows = session.execute(select(SqlUser.id, SqlUser.task).where(SqlUser.id.in_(user_ids)))
+        return dict(rows.tuples().all())
+
+
+def _stack_states(ctx: RegistryContext, task: str | None) -> dict[str, str]:
+    """user id -> "current" | "stale" | "missing", for every user (of `task`), by id."""
+    from mta.registry.service_storage import current_stack_banks
+
+    with ctx.session() as session:
+        query = select(SqlUser.id).order_by(SqlUser.id)
+        if task is not None:
+            query = query.where(SqlUser.task == task)
+        users = list(session.scalars(query))
+        current = current_stack_banks(session)
+        banks = {b.id: (b.task, b.version) for b in session.scalars(select(SqlBank))}
+    latest: dict[str, int] = {}
+    for bank_task, version in banks.values():
+        latest[bank_task] = max(latest.get(bank_task, 0), version)
+    states = {}
+    for user_id in users:
+        if user_id not in current:
+            states[user_id] = "missing"
+        else:
+            bank_task, version = banks[current[user_id]]
+            states[user_id] = "stale" if version < latest[bank_task] else "current"
+    return states
+
+
+def adapt_one(
+    ctx: RegistryContext,
+    user_id: str,
+    request: AdaptRequest,
+    *,
+    force: bool = False,
+    refresh: bool = False,
+) -> UserOutcome:
+    """Fuse (if needed) and train one user's stack; a failure is an outcome, not an exception.
+
+    Args:
+        request: how to train.
+        force: train even when the current stack already matches the request.
+        refresh: first re-fuse a user whose recipe is on an older bank version than the
+            task's latest (what `--stale` asks for).
+    """
+    start = time.perf_counter()
+    phases: dict[str, float] = {}
+    try:
+        detail = get_user(ctx, user_id)
+        if refresh and detail.recipe is not None:
+            latest = _latest_version(ctx, detail.task)
+            if detail.recipe.bank_version < latest:
+                fuse_user(ctx, user_id, bank_ref=str(latest))
+                detail = get_user(ctx, user_id)
+        if not force and detail.stack is not None and request.matches(detail.stack):
+            return UserOutcome(
+                user_id, SKIPPED, time.perf_counter() - start, "current stack matches"
+            )
+        stack = adapt_user(ctx, user_id, **asdict(request), timings=phases)
+    except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
+        return UserOutcome(user_id, FAILED, time.perf_counter() - start, _one_line(error))
+    return UserOutcome(
+        user_id, ADAPTED, time.perf_counter() - start, stack_id=stack.stack_id, phases=phases
+    )
+
+
+def fuse_one(
+    ctx: RegistryContext, user_id: str, fuse_args: dict[str, Any], *, force: bool = False
+) -> UserOutcome:
+    """Store a recipe for one user unless they have one (or `force`); failures are outcomes."""
+    start = time.perf_counter()
+    try:
+        if not force and get_user(ctx, user_id).recipe is not None:
+            return UserOutcome(user_id, SKIPPED, time.perf_counter() - start, "has a recipe")
+        fuse_user(ctx, user_id, **fuse_args)
+    except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
+        return UserOutcome(user_id, FAILED, time.perf_counter() - start, _one_line(error))
+    return UserOutcome(user_id, FUSED, time.perf_counter() - start)
+
+
+def run_local(
+    user_ids: Sequence[str],
+    work: Callable[[str], UserOutcome],
+    *,
+    on_outcome: Callable[[UserOutcome, int, int], None] | None = None,
+) -> BulkSummary:
+    """Run `work` on each user in this process, reporting each outcome as it lands."""
+    start = time.perf_counter()
+    outcomes = []
+    for n, user_id in enumerate(user_ids, start=1):
+        outcome = work(user_id)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome, n, len(user_ids))
+    return summarize(outcomes, time.perf_counter() - start)
+
+
+def _latest_version(ctx: RegistryContext, task: str) -> int:
+    """The task's newest bank version."""
+    with ctx.session() as session:
+        return latest_version(session, task)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line: its type when the message is empty."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__

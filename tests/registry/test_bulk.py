@@ -1,0 +1,83 @@
+"""Bulk adapt in one process: selection, skip rules, failures, re-runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from mta.registry.bulk import (
+    ADAPTED,
+    FAILED,
+    SKIPPED,
+    AdaptRequest,
+    adapt_one,
+    fuse_one,
+    read_id_file,
+    run_local,
+    select_users,
+)
+from mta.registry.errors import InvalidInputError
+from mta.registry.service import add_user, get_user
+from tests.support import TASK, movie_user
+
+REQUEST = AdaptRequest(shots=2, max_steps=1)
+
+
+def _add(ctx, *user_ids: str) -> None:
+    for user_id in user_ids:
+        add_user(ctx, user_id=user_id, task=TASK, profile=movie_user(user_id, 6))
+
+
+def test_selection_all_missing_stale_and_explicit(bank_registry, push_bank_fn, tmp_path):
+    _add(bank_registry, "u1", "u2", "u3")
+    adapt_one(bank_registry, "u1", REQUEST)
+    assert select_users(bank_registry, all_users=True) == ["u1", "u2", "u3"]
+    assert select_users(bank_registry, missing=True) == ["u2", "u3"]
+    assert select_users(bank_registry, stale=True) == []
+    push_bank_fn(bank_registry, seed=1)  # v2: u1's stack is now stale
+    assert select_users(bank_registry, stale=True) == ["u1"]
+    assert select_users(bank_registry, ids=["u3", "u1", "u3"], missing=True) == ["u3", "u1", "u2"]
+    assert select_users(bank_registry, all_users=True, task="citation") == []
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# today's users\nu2\n\nu3\n")
+    assert read_id_file(ids) == ["u2", "u3"]
+    with pytest.raises(InvalidInputError, match="--all"):
+        select_users(bank_registry)
+
+
+def test_idempotent_skip_force_and_refresh_of_stale_users(bank_registry, push_bank_fn):
+    _add(bank_registry, "v1")
+    first = adapt_one(bank_registry, "v1", REQUEST)
+    assert first.status == ADAPTED and set(first.phases) == {"fuse", "train", "commit"}
+    again = adapt_one(bank_registry, "v1", REQUEST)
+    assert again.status == SKIPPED
+    assert adapt_one(bank_registry, "v1", AdaptRequest(shots=3, max_steps=1)).status == ADAPTED
+    assert adapt_one(bank_registry, "v1", REQUEST, force=True).status == ADAPTED
+    push_bank_fn(bank_registry, seed=1)
+    refreshed = adapt_one(bank_registry, "v1", REQUEST, refresh=True)
+    detail = get_user(bank_registry, "v1")
+    assert refreshed.status == ADAPTED and detail.recipe.bank_version == 2
+    assert not detail.stack.stale and detail.num_stacks == 4
+
+
+def test_a_failing_user_is_reported_and_the_job_goes_on(bank_registry):
+    _add(bank_registry, "w1", "w2")
+    seen = []
+    summary = run_local(
+        ["w1", "nobody", "w2"],
+        lambda u: adapt_one(bank_registry, u, REQUEST),
+        on_outcome=lambda outcome, done, total: seen.append((outcome.status, done, total)),
+    )
+    assert summary.done == ("w1", "w2") and summary.skipped == ()
+    assert summary.failed == (("nobody", "no user 'nobody'; add one with `mta user add`"),)
+    assert [s for s, _, _ in seen] == [ADAPTED, FAILED, ADAPTED] and seen[-1][1:] == (3, 3)
+    assert summary.seconds_p50 > 0 and summary.users_per_minute > 0
+    rerun = run_local(["w1", "w2"], lambda u: adapt_one(bank_registry, u, REQUEST))
+    assert rerun.skipped == ("w1", "w2") and rerun.done == ()
+
+
+def test_bulk_fuse_skips_users_with_a_recipe(bank_registry):
+    _add(bank_registry, "x1")
+    assert fuse_one(bank_registry, "x1", {"top_k": 2}).status == "fused"
+    assert fuse_one(bank_registry, "x1", {"top_k": 2}).status == SKIPPED
+    assert fuse_one(bank_registry, "x1", {"top_k": 3}, force=True).status == "fused"
+    assert get_user(bank_registry, "x1").num_recipes == 2
