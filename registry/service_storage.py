@@ -101,16 +101,7 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
             for user_id, bank_id in current_stacks.items()
             if banks[bank_id].version < latest[banks[bank_id].task]
         )
-        oppu = {"fp16": 0, "fp32": 0}
-        shape_cache: dict[int, dict[str, tuple[int, int]]] = {}
-        for user in users:
-            bank = banks[user.bank_id]
-            if bank.id not in shape_cache:
-                shape_cache[bank.id] = {
-                    p: (int(s[0]), int(s[1])) for p, s in bank.config["linear_shapes"].items()
-                }
-            for dtype in oppu:
-                oppu[dtype] += oppu_lora_bytes(shape_cache[bank.id], OPPU_RANK, dtype)
+        oppu = _oppu_bytes([banks[user.bank_id] for user in users])
         stacks_total = session.scalar(select(func.count()).select_from(SqlStack)) or 0
     by_kind["cache"] = ctx.adapter_cache.total_bytes() if ctx.cache_dir.exists() else 0
     total = sum(v for k, v in by_kind.items() if k != "cache")
@@ -139,6 +130,20 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
         "ratio_vs_oppu": (total / oppu["fp16"]) if oppu["fp16"] else None,
         "ratio_per_user_vs_oppu": (user_total / oppu["fp16"]) if oppu["fp16"] else None,
     }
+
+
+def _oppu_bytes(user_banks: list[SqlBank]) -> dict[str, int]:
+    """Bytes of one rank-8 LoRA per user on their bank's shapes, in fp16 and fp32."""
+    oppu = {"fp16": 0, "fp32": 0}
+    shape_cache: dict[int, dict[str, tuple[int, int]]] = {}
+    for bank in user_banks:
+        if bank.id not in shape_cache:
+            shape_cache[bank.id] = {
+                p: (int(s[0]), int(s[1])) for p, s in bank.config["linear_shapes"].items()
+            }
+        for dtype in oppu:
+            oppu[dtype] += oppu_lora_bytes(shape_cache[bank.id], OPPU_RANK, dtype)
+    return oppu
 
 
 def current_stack_banks(session: Any) -> dict[str, int]:

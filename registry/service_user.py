@@ -95,6 +95,7 @@ def add_user(
     task: str,
     profile: dict | list,
     bank_ref: str | None = None,
+    vector: np.ndarray | None = None,
 ) -> User:
     """Register a user: validate and store the profile, embed it, pin a bank version.
 
@@ -104,6 +105,8 @@ def add_user(
         profile: a per-user record ({"profile": [...], "query": [...] optional}; its own
             `user_id`, if any, is replaced by `user_id`) or a bare list of profile items.
         bank_ref: bank version/alias to pin; default the task's `prod` alias, else the latest.
+        vector: the user's embedding, already computed by the bank's embedder (bulk adds
+            embed many users in one batch); None embeds the profile here.
 
     Raises:
         InvalidInputError: bad id or profile (e.g. empty).
@@ -131,7 +134,8 @@ def add_user(
         bank_id, bank_version, embedder_name = bank.id, bank.version, bank.embedder
     embedder = ctx.embedder(embedder_name)
     items = validated["profile"]
-    vector = user_embedding(embedder, [task_obj.item_text(i) for i in items])
+    if vector is None:
+        vector = user_embedding(embedder, [task_obj.item_text(i) for i in items])
     profile_blob = put_blob(ctx, _canonical_json(validated), KIND_PROFILE)
     vector_blob = put_blob(ctx, np.asarray(vector, np.float32).tobytes(), KIND_USER_EMBEDDING)
     try:
@@ -391,10 +395,6 @@ def adapt_user(
             model, tokenizer, examples, config, frozen=fused, progress=False, on_step=on_step
         )
     clock.lap("train")
-    from mta.peft_io import adapter_to_bytes
-
-    data = adapter_to_bytes(stack, dtype=torch_dtype(dtype))
-    blob = put_blob(ctx, data, KIND_STACK)
     train_config = {
         **{k: v for k, v in vars(config).items()},
         "shots": shots,
@@ -403,6 +403,25 @@ def adapt_user(
         "steps": len(losses),
         "losses": [float(x) for x in losses],
     }
+    entity = _commit_stack(ctx, user_id, inputs, stack, dtype, train_config)
+    clock.lap("commit")
+    return entity
+
+
+def _commit_stack(
+    ctx: RegistryContext,
+    user_id: str,
+    inputs: dict[str, Any],
+    stack: Any,
+    dtype: str,
+    train_config: dict[str, Any],
+) -> Stack:
+    """Store the stack's blob, then its row (the user's new current stack)."""
+    from mta.peft_io import adapter_to_bytes
+
+    data = adapter_to_bytes(stack, dtype=torch_dtype(dtype))
+    blob = put_blob(ctx, data, KIND_STACK)
+    losses = train_config["losses"]
     with ctx.session() as session:
         record_blob(session, blob)
         row = SqlStack(
@@ -410,7 +429,7 @@ def adapt_user(
             recipe_id=inputs["recipe_id"],
             bank_id=inputs["bank_id"],
             blob=blob.digest,
-            rank=rank,
+            rank=train_config["rank"],
             dtype=dtype,
             bytes=len(data),
             train_config=train_config,
@@ -421,7 +440,6 @@ def adapt_user(
         session.flush()
         entity = stack_entity(session, row)
     reassert_blobs(ctx, [blob])
-    clock.lap("commit")
     return entity
 
 
