@@ -23,10 +23,11 @@ from mta.registry.context import RegistryContext
 from mta.registry.entities import Stack
 from mta.registry.errors import InvalidInputError
 from mta.registry.models import SqlBank, SqlUser
+from mta.registry.service_adapt import adapt_user
 from mta.registry.service_bank import latest_version
-from mta.registry.service_user import adapt_user, fuse_user, get_user
+from mta.registry.service_user import fuse_user, get_user
 
-ADAPTED, SKIPPED, FAILED, FUSED = "adapted", "skipped", "failed", "fused"
+ADAPTED, SKIPPED, FAILED, FUSED, ADDED = "adapted", "skipped", "failed", "fused", "added"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class UserOutcome:
     """What happened to one user of a bulk job."""
 
     user_id: str
-    status: str  # "adapted" | "fused" | "skipped" | "failed"
+    status: str  # "adapted" | "fused" | "added" | "skipped" | "failed"
     seconds: float
     reason: str = ""  # one line, for "failed" and "skipped"
     stack_id: int | None = None
@@ -101,7 +102,7 @@ def summarize(outcomes: Sequence[UserOutcome], wall_seconds: float) -> BulkSumma
         for phase, seconds in outcome.phases.items():
             phases.setdefault(phase, []).append(seconds)
     return BulkSummary(
-        done=tuple(o.user_id for o in outcomes if o.status in (ADAPTED, FUSED)),
+        done=tuple(o.user_id for o in outcomes if o.status in (ADAPTED, FUSED, ADDED)),
         skipped=tuple(o.user_id for o in outcomes if o.status == SKIPPED),
         failed=tuple((o.user_id, o.reason) for o in outcomes if o.status == FAILED),
         wall_seconds=wall_seconds,
@@ -219,24 +220,64 @@ def adapt_one(
             )
         stack = adapt_user(ctx, user_id, **asdict(request), timings=phases)
     except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
-        return UserOutcome(user_id, FAILED, time.perf_counter() - start, _one_line(error))
+        return UserOutcome(user_id, FAILED, time.perf_counter() - start, one_line(error))
     return UserOutcome(
         user_id, ADAPTED, time.perf_counter() - start, stack_id=stack.stack_id, phases=phases
     )
 
 
 def fuse_one(
-    ctx: RegistryContext, user_id: str, fuse_args: dict[str, Any], *, force: bool = False
+    ctx: RegistryContext,
+    user_id: str,
+    fuse_args: dict[str, Any],
+    *,
+    force: bool = False,
+    refresh: bool = False,
 ) -> UserOutcome:
-    """Store a recipe for one user unless they have one (or `force`); failures are outcomes."""
+    """Store a recipe for one user unless they have one (or `force`); failures are outcomes.
+
+    With `refresh` (what `--stale` asks for), a user whose recipe is on an older bank
+    version than the task's latest is fused again onto the latest; others are skipped.
+    """
     start = time.perf_counter()
     try:
-        if not force and get_user(ctx, user_id).recipe is not None:
+        detail = get_user(ctx, user_id)
+        args = dict(fuse_args)
+        if refresh and detail.recipe is not None:
+            latest = _latest_version(ctx, detail.task)
+            if detail.recipe.bank_version < latest:
+                args["bank_ref"] = str(latest)
+        if not force and detail.recipe is not None and "bank_ref" not in args:
             return UserOutcome(user_id, SKIPPED, time.perf_counter() - start, "has a recipe")
-        fuse_user(ctx, user_id, **fuse_args)
+        fuse_user(ctx, user_id, **args)
     except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
-        return UserOutcome(user_id, FAILED, time.perf_counter() - start, _one_line(error))
+        return UserOutcome(user_id, FAILED, time.perf_counter() - start, one_line(error))
     return UserOutcome(user_id, FUSED, time.perf_counter() - start)
+
+
+UNITS = ("adapt", "fuse")
+
+
+def make_work(
+    ctx: RegistryContext, unit: str, spec: dict[str, Any]
+) -> Callable[[str], UserOutcome]:
+    """The per-user function of a bulk job described by plain values (what Ray workers get too).
+
+    Args:
+        unit: "adapt" (spec keys: request = AdaptRequest fields, force, refresh) or
+            "fuse" (spec keys: fuse_args = fuse_user arguments, force, refresh).
+
+    Raises:
+        InvalidInputError: an unknown unit.
+    """
+    force, refresh = bool(spec.get("force")), bool(spec.get("refresh"))
+    if unit == "adapt":
+        request = AdaptRequest(**spec.get("request", {}))
+        return lambda user_id: adapt_one(ctx, user_id, request, force=force, refresh=refresh)
+    if unit == "fuse":
+        args = dict(spec.get("fuse_args", {}))
+        return lambda user_id: fuse_one(ctx, user_id, args, force=force, refresh=refresh)
+    raise InvalidInputError(f"unknown bulk unit {unit!r}; valid: {', '.join(UNITS)}")
 
 
 def run_local(
@@ -262,7 +303,7 @@ def _latest_version(ctx: RegistryContext, task: str) -> int:
         return latest_version(session, task)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """An exception as one line: its type when the message is empty."""
     text = " ".join(str(error).split())
     return text or type(error).__name__

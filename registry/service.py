@@ -6,6 +6,7 @@ ORM rows. They live in one module per noun and are re-exported here.
 
 from __future__ import annotations
 
+from mta.registry.service_adapt import adapt_user
 from mta.registry.service_bank import ProgressFn, get_bank, list_banks, set_alias
 from mta.registry.service_bank_build import build_bank, push_bank
 from mta.registry.service_delete import delete_user
@@ -20,7 +21,6 @@ from mta.registry.service_storage import (
     storage_report,
 )
 from mta.registry.service_user import (
-    adapt_user,
     add_user,
     fuse_user,
     get_user,

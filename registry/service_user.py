@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mta.dtypes import torch_dtype
 from mta.registry.blobrefs import (
     KIND_PROFILE,
-    KIND_STACK,
     KIND_USER_EMBEDDING,
     put_blob,
     reassert_blobs,
     record_blob,
 )
-from mta.registry.context import MODEL_LOCK, RegistryContext
-from mta.registry.entities import Recipe, Stack, User, UserDetail
-from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from mta.registry.context import RegistryContext
+from mta.registry.entities import Recipe, User, UserDetail
+from mta.registry.errors import AlreadyExistsError, InvalidInputError
 from mta.registry.models import (
     SqlAnchor,
     SqlBank,
@@ -39,17 +36,14 @@ from mta.registry.models import (
 )
 from mta.registry.names import validate_user_id
 from mta.registry.service_bank import (
-    ProgressFn,
     default_bank,
     resolve_bank,
 )
-from mta.registry.service_export import materialize_fused
 from mta.registry.user_rows import (
     current_stack,
     get_user_row,
     latest_row,
     recipe_entity,
-    recipe_inputs,
     stack_entity,
     version_of,
 )
@@ -62,7 +56,7 @@ def _canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _load_profile(ctx: RegistryContext, digest: str) -> dict:
+def load_profile(ctx: RegistryContext, digest: str) -> dict:
     """A user's stored profile record."""
     return json.loads(ctx.store.get_bytes(digest))
 
@@ -265,7 +259,7 @@ def fuse_user(
         from mta.embedding import user_embedding
         from mta.tasks import get_task
 
-        items = _load_profile(ctx, profile_blob)["profile"]
+        items = load_profile(ctx, profile_blob)["profile"]
         task_obj = get_task(task)
         vector = user_embedding(ctx.embedder(bank_embedder), [task_obj.item_text(i) for i in items])
     index = AnchorIndex.from_bytes(ctx.store.get_bytes(index_blob))
@@ -296,163 +290,3 @@ def fuse_user(
         session.add(row)
         session.flush()
         return recipe_entity(session, row)
-
-
-# --- adapt ---------------------------------------------------------------------------------
-
-
-def _adapt_inputs(ctx: RegistryContext, user_id: str) -> dict[str, Any] | None:
-    """What training a stack needs, read in one session; None when the user has no recipe."""
-    with ctx.session() as session:
-        user = get_user_row(session, user_id)
-        recipe = latest_row(session, SqlRecipe, user_id)
-        if recipe is None:
-            return None
-        bank = session.get_one(SqlBank, recipe.bank_id)
-        return {
-            "recipe_id": recipe.id,
-            "bank_id": bank.id,
-            "anchors": recipe_inputs(session, recipe),
-            "method": recipe.method,
-            "fuse_rank": recipe.params.get("rank"),
-            "base_model": bank.base_model,
-            "modules": list(bank.target_modules),
-            "task": user.task,
-            "profile_blob": user.profile_blob,
-        }
-
-
-def adapt_user(
-    ctx: RegistryContext,
-    user_id: str,
-    *,
-    shots: int,
-    rank: int = 1,
-    epochs: int = 3,
-    lr: float = 1e-3,
-    seed: int = 0,
-    dtype: str = "fp16",
-    batch_size: int = 4,
-    max_steps: int | None = None,
-    progress: ProgressFn | None = None,
-    timings: dict[str, float] | None = None,
-) -> Stack:
-    """Train the user's stack on `shots` profile items on top of their frozen fused adapter.
-
-    Fuses first (defaults) when the user has no recipe. The shots are `shot_indices(n, shots,
-    seed)`; training examples are `profile_examples` over the shots (leave-one-out: each shot
-    a target, the other shots its history).
-
-    Args:
-        user_id: a registered user.
-        shots: number of profile items to train on.
-        rank, epochs, lr, seed, batch_size, max_steps: the stack's TrainConfig.
-        dtype: stored precision of the stack: "fp16" (default), "bf16" or "fp32".
-        progress: called as ("train", step, total_steps).
-        timings: filled with the seconds spent in "fuse" (recipe if missing, fused adapter),
-            "train" and "commit" (blob and row), for bulk reports.
-
-    Returns:
-        The stored (now current) stack.
-    """
-    from mta.tasks import get_task, profile_examples
-    from mta.training import TrainConfig, planned_steps, train_lora
-
-    torch_dtype(dtype)  # an unknown name fails before any work
-    clock = _PhaseClock(timings)
-    inputs = _adapt_inputs(ctx, user_id)
-    if inputs is None:
-        fuse_user(ctx, user_id, if_absent=True)
-        inputs = _adapt_inputs(ctx, user_id)
-    if inputs is None:  # the recipe went with a deletion that ran meanwhile
-        raise NotFoundError(f"user {user_id!r} has no recipe; run `mta user fuse`")
-    items = _load_profile(ctx, inputs["profile_blob"])["profile"]
-    chosen = shot_indices(len(items), shots, seed)
-    examples = profile_examples(get_task(inputs["task"]), [items[i] for i in chosen])
-    config = TrainConfig(
-        rank=rank,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
-        batch_size=batch_size,
-        target_modules=inputs["modules"],
-        max_steps=max_steps,
-    )
-    config.validate()
-    fused = materialize_fused(
-        ctx, inputs["anchors"], inputs["method"], inputs["fuse_rank"], reuse_anchors=True
-    )
-    clock.lap("fuse")
-    model, tokenizer = ctx.base_model(inputs["base_model"])
-    total = planned_steps(len(examples), config)
-
-    def on_step(step: int, _loss: float) -> None:
-        if progress is not None:
-            progress("train", step, total)
-
-    with MODEL_LOCK:
-        stack, losses = train_lora(
-            model, tokenizer, examples, config, frozen=fused, progress=False, on_step=on_step
-        )
-    clock.lap("train")
-    train_config = {
-        **{k: v for k, v in vars(config).items()},
-        "shots": shots,
-        "shot_indices": chosen,
-        "examples": len(examples),
-        "steps": len(losses),
-        "losses": [float(x) for x in losses],
-    }
-    entity = _commit_stack(ctx, user_id, inputs, stack, dtype, train_config)
-    clock.lap("commit")
-    return entity
-
-
-def _commit_stack(
-    ctx: RegistryContext,
-    user_id: str,
-    inputs: dict[str, Any],
-    stack: Any,
-    dtype: str,
-    train_config: dict[str, Any],
-) -> Stack:
-    """Store the stack's blob, then its row (the user's new current stack)."""
-    from mta.peft_io import adapter_to_bytes
-
-    data = adapter_to_bytes(stack, dtype=torch_dtype(dtype))
-    blob = put_blob(ctx, data, KIND_STACK)
-    losses = train_config["losses"]
-    with ctx.session() as session:
-        record_blob(session, blob)
-        row = SqlStack(
-            user_id=user_id,
-            recipe_id=inputs["recipe_id"],
-            bank_id=inputs["bank_id"],
-            blob=blob.digest,
-            rank=train_config["rank"],
-            dtype=dtype,
-            bytes=len(data),
-            train_config=train_config,
-            final_loss=float(losses[-1]) if losses else None,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        session.flush()
-        entity = stack_entity(session, row)
-    reassert_blobs(ctx, [blob])
-    return entity
-
-
-class _PhaseClock:
-    """Adds the seconds since the previous lap to a phase of an optional timings dict."""
-
-    def __init__(self, timings: dict[str, float] | None) -> None:
-        self.timings = timings
-        self.last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        """Charge the time since the last lap to `phase`."""
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[phase] = self.timings.get(phase, 0.0) + now - self.last
-        self.last = now
