@@ -15,11 +15,39 @@ import numpy as np
 _MAGIC = b"MTAHNSW1"
 _HEADER_LEN = struct.Struct("<I")
 
-# Banks hold tens to thousands of anchors, so a generous graph costs little; on isotropic
-# random 384-d vectors (the hardest case) M=32/ef=128 reach recall@2 0.995 where 16/64 gets 0.80.
+# Recall is bound by how many candidates a query visits (ef), and the ef a set needs grows with
+# its size. Isotropic random 384-d vectors are the hardest case: for recall@2 0.99 they need
+# ef 256 at 3k (random queries), 512 at 20k and ~1536 at 100k (queries near an anchor). A
+# denser graph does not buy it back: M=64 needs ef 768 at 100k (about as many distances,
+# 2M per visited node) and builds 2.2x slower, so M and ef_construction stay; the recall
+# and latency curve is in the "Anchor lookup" section of docs/benchmarks.md.
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 200
-DEFAULT_EF_SEARCH = 128
+# ef_search by anchor count (the first row whose bound holds), used when no ef_search is set,
+# so an index keeps its recall as it grows and a small bank stays fast.
+_EF_BY_SIZE: tuple[tuple[int, int], ...] = (
+    (2_000, 128),
+    (5_000, 256),
+    (20_000, 512),
+    (50_000, 1024),
+)
+_EF_LARGEST = 2048
+
+
+def ef_for_size(count: int) -> int:
+    """The ef_search an index of `count` anchors uses when none was set."""
+    for bound, ef in _EF_BY_SIZE:
+        if count <= bound:
+            return ef
+    return _EF_LARGEST
+
+
+def default_threads() -> int:
+    """Build threads when none are given: every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -47,12 +75,14 @@ class AnchorIndex:
         *,
         m: int = DEFAULT_M,
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-        ef_search: int = DEFAULT_EF_SEARCH,
+        ef_search: int | None = None,
         seed: int = 0,
     ) -> None:
-        """Create an empty index for `dim`-dimensional vectors."""
+        """Create an empty index for `dim`-dimensional vectors (ef_search None: by size)."""
         if dim < 1:
             raise ValueError(f"index dimension must be positive, got {dim}")
+        if ef_search is not None and ef_search < 1:
+            raise ValueError(f"ef_search must be positive, got {ef_search}")
         self.dim = dim
         self.m = m
         self.ef_construction = ef_construction
@@ -65,11 +95,18 @@ class AnchorIndex:
         self._lock = threading.Lock()
 
     @classmethod
-    def build(cls, ids: Sequence[str], vectors: np.ndarray, **options: Any) -> AnchorIndex:
+    def build(
+        cls,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        num_threads: int | None = None,
+        **options: Any,
+    ) -> AnchorIndex:
         """Build an index holding `vectors` under `ids` (options as for the constructor)."""
         matrix = _as_matrix(vectors)
         index = cls(matrix.shape[1], **options)
-        index.add(ids, matrix)
+        index.add(ids, matrix, num_threads=num_threads)
         return index
 
     def __len__(self) -> int:
@@ -79,6 +116,11 @@ class AnchorIndex:
     def ids(self) -> list[str]:
         """Anchor ids in insertion order."""
         return list(self._ids)
+
+    @property
+    def ef(self) -> int:
+        """The ef_search queries use now: the one set, else the one for the current size."""
+        return self.ef_search if self.ef_search is not None else ef_for_size(len(self._ids))
 
     def _new_hnsw(self, capacity: int) -> Any:
         """Create the hnswlib structure with room for `capacity` vectors."""
@@ -93,8 +135,16 @@ class AnchorIndex:
         )
         return hnsw
 
-    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+    def add(
+        self, ids: Sequence[str], vectors: np.ndarray, *, num_threads: int | None = None
+    ) -> None:
         """Add vectors under new ids.
+
+        Args:
+            ids: one new id per row.
+            vectors: (n, dim) vectors (need not be normalized).
+            num_threads: insertion threads; None uses every core. More than one thread
+                builds a slightly different (equally good) graph on each run.
 
         Raises:
             ValueError: on a count/dimension mismatch, non-finite or zero vectors, or an id
@@ -118,7 +168,9 @@ class AnchorIndex:
             elif total > self._hnsw.get_max_elements():
                 self._hnsw.resize_index(max(total, 2 * self._hnsw.get_max_elements()))
             start = len(self._ids)
-            self._hnsw.add_items(matrix, np.arange(start, total), num_threads=1)
+            threads = num_threads if num_threads is not None else default_threads()
+            # Queries wait on the lock, so they never see a half-inserted batch.
+            self._hnsw.add_items(matrix, np.arange(start, total), num_threads=max(1, threads))
             self._ids.extend(ids)
             self._row_of.update({anchor: start + n for n, anchor in enumerate(ids)})
 
@@ -142,7 +194,7 @@ class AnchorIndex:
         k = min(k, len(self._ids))
         with self._lock:
             # hnswlib searches with ef candidates; fewer than k would drop results.
-            ef = max(self.ef_search, k)
+            ef = max(self.ef, k)
             if ef != self._ef_now:
                 self._hnsw.set_ef(ef)
                 self._ef_now = ef
@@ -155,7 +207,11 @@ class AnchorIndex:
         return sorted(pairs, key=lambda pair: (-pair[1], self._row_of[pair[0]]))
 
     def to_bytes(self) -> bytes:
-        """Serialize: magic, header length, JSON header (ids, dim, params), hnswlib payload."""
+        """Serialize: magic, header length, JSON header (ids, dim, params), hnswlib payload.
+
+        An ef_search left to the size table is written as null, so the loaded index keeps
+        choosing it by size; a number (as every earlier blob holds) is kept as set.
+        """
         header = {
             "dim": self.dim,
             "ids": self._ids,
@@ -190,7 +246,7 @@ class AnchorIndex:
                 int(header["dim"]),
                 m=int(header["m"]),
                 ef_construction=int(header["ef_construction"]),
-                ef_search=int(header["ef_search"]),
+                ef_search=None if header["ef_search"] is None else int(header["ef_search"]),
                 seed=int(header["seed"]),
             )
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
