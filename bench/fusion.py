@@ -115,43 +115,22 @@ def bench_fusion(quick: bool) -> Section:
         t_svd = median_time(partial(fuse, anchors, weights, method="svd", rank=SVD_RANK), repeats)
         ours_svd = fuse(anchors, weights, method="svd", rank=SVD_RANK)
         svd_deltas = {p: m.delta() for p, m in ours_svd.modules.items()}
-        label = SMOLLM2.name
-        section.add(
-            label,
-            n,
-            "ours cat",
-            t_cat,
-            t_peft_cat / t_cat,
-            _max_err(cat_deltas, target),
-            _rel_fro(cat_deltas, target0),
-        )
-        section.add(
-            label,
-            n,
-            "PEFT cat",
-            t_peft_cat,
-            1.0,
-            _max_err(peft_cat, target),
-            _rel_fro(peft_cat, target0),
-        )
-        section.add(
-            label,
-            n,
-            f"ours svd r{SVD_RANK}",
-            t_svd,
-            t_peft_cat / t_svd,
-            _max_err(svd_deltas, target),
-            _rel_fro(svd_deltas, target0),
-        )
-        section.add(
-            label,
-            n,
-            f"PEFT svd r{SVD_RANK}",
-            t_peft_svd,
-            t_peft_cat / t_peft_svd,
-            _max_err(peft_svd, target),
-            _rel_fro(peft_svd, target0),
-        )
+        rows = [
+            ("ours cat", t_cat, cat_deltas),
+            ("PEFT cat", t_peft_cat, peft_cat),
+            (f"ours svd r{SVD_RANK}", t_svd, svd_deltas),
+            (f"PEFT svd r{SVD_RANK}", t_peft_svd, peft_svd),
+        ]
+        for method, seconds, deltas in rows:
+            section.add(
+                SMOLLM2.name,
+                n,
+                method,
+                seconds,
+                t_peft_cat / seconds,
+                _max_err(deltas, target),
+                _rel_fro(deltas, target0),
+            )
         if n * RANK > SVD_RANK:
             section.notes.append(
                 f"{n} anchors: optimal rank-{SVD_RANK} rel. Fro error on layer 0 = "
