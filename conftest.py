@@ -1,3 +1,6 @@
-"""Root pytest configuration: shared fixtures live in tests/fixtures_*.py, one file per owner."""
+"""Root pytest configuration: shared fixtures live in tests/fixtures_*.py, one file per owner.
 
-pytest_plugins = ["tests.fixtures_model", "tests.fixtures_services"]
+tests/support.py holds the helpers the test folders share (and the `mta` CLI runner fixture).
+"""
+
+pytest_plugins = ["tests.fixtures_model", "tests.fixtures_services", "tests.support"]

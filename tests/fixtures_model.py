@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 # torch and transformers are imported inside the fixtures: this module is loaded by the root
 # conftest for every test run, including the storage and CLI tests that never touch a model.
 
+TINY_EMBEDDER_DIM = 32  # the embedding size of `tiny_embedder_dir`
+
 
 def random_adapter(
     shapes: dict[str, tuple[int, int]],
@@ -67,6 +69,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mta.tiny import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a random ``TINY_EMBEDDER_DIM``-d sentence-transformer (stand-in for MiniLM)."""
+    from mta.tiny import make_tiny_embedder
+
+    return make_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"), dim=TINY_EMBEDDER_DIM)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from mta.peft_io import load_peft_adapter, save_peft_adapter
-from tests.cli.cli_env import run_subprocess
 from tests.fixtures_model import fresh_tiny_model, random_adapter
+from tests.support import run_subprocess
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

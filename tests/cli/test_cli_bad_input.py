@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 import torch
 
-from tests.cli.bad_input import Mta, assert_rejected, registry_dump
-from tests.cli.cli_env import movie_user, write_users
-from tests.cli.conftest import ANCHOR_IDS, TASK, CliEnv, push_bank_argv
 from tests.fixtures_model import random_adapter
+from tests.support import (
+    ANCHOR_IDS,
+    TASK,
+    CliEnv,
+    Mta,
+    assert_rejected,
+    movie_user,
+    push_bank_argv,
+    write_users,
+)
 
 # --- bank push: malformed adapter folders ------------------------------------------------
 
@@ -88,7 +95,8 @@ def test_bank_push_rejects_missing_profile_entry(
     cli_env: CliEnv, mta: Mta, tiny_shapes: dict
 ) -> None:
     argv = push_bank_argv(cli_env, tiny_shapes)
-    write_users(cli_env.root / "anchor_profiles.json", ANCHOR_IDS[:-1])
+    profiles = cli_env.root / "anchors" / "profiles.json"
+    write_users(profiles, [movie_user(i, 9) for i in ANCHOR_IDS[:-1]])
     result = assert_rejected(cli_env, mta, *argv)
     assert ANCHOR_IDS[-1] in result.stderr
 
@@ -117,7 +125,7 @@ def test_bank_build_rejects_missing_data(cli_env: CliEnv, mta: Mta) -> None:
 
 
 def test_bank_build_rejects_too_few_eligible_users(cli_env: CliEnv, mta: Mta) -> None:
-    data = write_users(cli_env.root / "users.json", ["u1", "u2"], items=3)
+    data = write_users(cli_env.root / "users.json", [movie_user(u, 3) for u in ("u1", "u2")])
     assert_rejected(
         cli_env, mta, "bank", "build", TASK, "--data", data, "--anchors", "2",
         "--min-history", "8", "--base-model", cli_env.base_model, "--embedder", cli_env.embedder,
@@ -159,8 +167,7 @@ def test_unknown_names_are_rejected(
 def test_bad_user_ids_are_rejected(
     cli_env: CliEnv, mta: Mta, pushed_bank: dict, user_id: str
 ) -> None:
-    profile = cli_env.root / "p.json"
-    profile.write_text(json.dumps(movie_user(user_id, 4, seed=0)))
+    profile = write_users(cli_env.root / "p.json", movie_user(user_id, 4, seed=0))
     assert_rejected(cli_env, mta, "user", "add", user_id, "--bank", TASK, "--profile", profile)
 
 
@@ -217,6 +224,6 @@ def test_bad_profiles_are_rejected(
     ],
 )
 def test_usage_errors_exit_2(cli_env: CliEnv, mta: Mta, argv: list[str]) -> None:
-    before = registry_dump(cli_env.db_url, cli_env.store_url)
+    before = cli_env.dump()
     assert mta(*argv).code == 2
-    assert registry_dump(cli_env.db_url, cli_env.store_url) == before
+    assert cli_env.dump() == before

@@ -1,7 +1,7 @@
 """Bad settings and bad `bank build` arguments: one line naming what is wrong, before any work.
 
 Every case asserts the exit code, exactly one `Error:` line, no traceback and an unchanged
-registry (database dump and store listing, see tests/cli/bad_input.py).
+registry (rows and store listing, see `assert_rejected` in tests/support.py).
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.bad_input import Mta, assert_rejected
-from tests.cli.cli_env import write_users
-from tests.cli.conftest import TASK, CliEnv
+from tests.support import (
+    TASK,
+    CliEnv,
+    Mta,
+    assert_rejected,
+    movie_user,
+    push_bank_argv,
+    write_users,
+)
 
 # A read command and a write command: neither may start with a bad setting.
 COMMANDS = [["user", "list"], ["user", "add", "bob", "--bank", TASK, "--profile", "{profile}"]]
@@ -89,7 +95,7 @@ def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _build_argv(env: CliEnv, **changes: str) -> list[str]:
-    data = write_users(env.root / "users.json", [f"u{i}" for i in range(5)], items=9)
+    data = write_users(env.root / "users.json", [movie_user(f"u{i}", 9) for i in range(5)])
     options = {
         "--data": str(data),
         "--anchors": "2",
@@ -140,8 +146,6 @@ def test_bank_build_on_an_uninitialized_registry_does_no_work(
 def test_bank_push_validates_the_embedder_before_loading(
     cli_env: CliEnv, mta: Mta, tiny_shapes: dict, no_embedding: None
 ) -> None:
-    from tests.cli.conftest import push_bank_argv
-
     argv = push_bank_argv(cli_env, tiny_shapes)
     argv[argv.index("--embedder") + 1] = str(cli_env.root / "no-embedder")
     assert_rejected(cli_env, mta, *argv)

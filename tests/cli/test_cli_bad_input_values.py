@@ -1,7 +1,7 @@
 """Bad values typed by users: markup in names, unreadable profiles, --out files, missing blobs.
 
 Every case asserts the exit code, exactly one `Error:` line, no traceback and an unchanged
-registry (database dump and store listing, see tests/cli/bad_input.py).
+registry (rows and store listing, see `assert_rejected` in tests/support.py).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.bad_input import Mta, assert_rejected
-from tests.cli.cli_env import movie_user
-from tests.cli.conftest import TASK, CliEnv
+from tests.support import TASK, CliEnv, Mta, assert_rejected, local_blob_path, movie_user
 
 
 @pytest.fixture
@@ -143,7 +141,7 @@ def test_export_out_over_a_file(cli_env: CliEnv, mta: Mta, alice: Path, target: 
 
 
 def _remove_blob(env: CliEnv, digest: str) -> None:
-    path = Path(env.store_url.removeprefix("file://")) / "blobs" / "sha256" / digest[:2] / digest
+    path = local_blob_path(env.store_url, digest)
     os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
     path.unlink()
 

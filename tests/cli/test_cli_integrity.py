@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.cli.cli_env import Result
-from tests.cli.conftest import TASK, CliEnv
-
-Mta = Callable[..., Result]
+from tests.support import TASK, CliEnv, Mta, local_blob_path
 
 
 def blob_path(env: CliEnv, digest: str) -> Path:
-    """Where the local store keeps a blob (layout blobs/sha256/ab/<digest>)."""
-    root = Path(env.store_url.removeprefix("file://"))
-    return root / "blobs" / "sha256" / digest[:2] / digest
+    """Where the registry's local store keeps a blob."""
+    return local_blob_path(env.store_url, digest)
 
 
 def flip_byte(path: Path) -> None:
@@ -66,12 +61,12 @@ def test_corrupted_anchor_blob_fails_adapt(
     blobs = {a["anchor_id"]: a["adapter_blob"] for a in bank["anchors"]}
     for anchor in recipe["anchors"]:
         flip_byte(blob_path(cli_env, blobs[anchor["anchor_id"]]))
-    before = cli_env.snapshot()
+    before = cli_env.dump()
 
     result = mta("user", "adapt", "alice", "--shots", "2", "--epochs", "1")
     assert result.code == 3, result.stderr
     assert len(result.error_lines()) == 1
-    assert cli_env.snapshot()[0] == before[0], "a stack row was written from a corrupt anchor"
+    assert cli_env.dump()[0] == before[0], "a stack row was written from a corrupt anchor"
     assert mta("fsck").code == 3
 
 

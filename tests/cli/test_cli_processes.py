@@ -13,18 +13,24 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.cli.cli_env import Result, movie_user, mta_command, write_users
-from tests.cli.conftest import TASK, CliEnv
+from tests.support import (
+    TASK,
+    CliEnv,
+    Mta,
+    adapt_in_parallel,
+    movie_user,
+    mta_command,
+    write_users,
+)
 
 # Each test starts several interpreters (seconds each on 2 busy cores): slow, not fast-tier.
 pytestmark = pytest.mark.slow
 
-Mta = Callable[..., Result]
 SEEDS = (0, 1, 2)
 
 
@@ -66,7 +72,7 @@ def assert_consistent_then_collect(mta: Mta, env: CliEnv) -> None:
 
 
 def test_kill_during_bank_build(cli_env: CliEnv, mta: Mta) -> None:
-    data = write_users(cli_env.root / "users.json", [f"u{i}" for i in range(6)], items=8)
+    data = write_users(cli_env.root / "users.json", [movie_user(f"u{i}", 8) for i in range(6)])
     argv = [
         "bank", "build", TASK, "--data", data, "--anchors", "3", "--epochs", "2",
         "--rank", "2", "--min-history", "4", "--base-model", cli_env.base_model,
@@ -91,8 +97,7 @@ def test_kill_during_bank_build(cli_env: CliEnv, mta: Mta) -> None:
 def test_kill_during_user_adapt(cli_env: CliEnv, mta: Mta, pushed_bank: dict) -> None:
     users = [f"k{seed}" for seed in SEEDS]
     for user_id in ["ref", *users]:
-        profile = cli_env.root / f"{user_id}.json"
-        profile.write_text(json.dumps(movie_user(user_id, 6, seed=3)))
+        profile = write_users(cli_env.root / f"{user_id}.json", movie_user(user_id, 6, seed=3))
         assert mta("user", "add", user_id, "--bank", TASK, "--profile", profile).code == 0
 
     def argv(user_id: str) -> list[str]:
@@ -118,24 +123,8 @@ def test_parallel_adapt_of_different_users(
 ) -> None:
     """Processes adapting different users at once on SQLite all succeed."""
     users = [f"p{i}" for i in range(workers)]
-    for user_id in users:
-        profile = cli_env.root / f"{user_id}.json"
-        profile.write_text(json.dumps(movie_user(user_id, 5, seed=4)))
-        assert mta("user", "add", user_id, "--bank", TASK, "--profile", profile).code == 0
-    procs = [
-        subprocess.Popen(
-            mta_command("user", "adapt", u, "--shots", "3", "--epochs", "1", "--json"),
-            env={**os.environ, **cli_env.env()},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for u in users
-    ]
-    results = [(p, *p.communicate(timeout=600)) for p in procs]
-    for proc, stdout, stderr in results:
-        assert proc.returncode == 0, stderr
-        assert json.loads(stdout)["rank"] == 1
+    stacks = adapt_in_parallel(cli_env, mta, users)
+    assert [stack["rank"] for stack in stacks] == [1] * workers
     listed = json.loads(mta("user", "list", "--json").stdout)
     assert sorted(u["user_id"] for u in listed) == users
     for user_id in users:

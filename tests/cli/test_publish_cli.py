@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from tests.cli.cli_env import Result, movie_user
-from tests.cli.conftest import TASK, CliEnv
+from tests.support import TASK, CliEnv, Mta, movie_user, ok, write_users
 
-Mta = Callable[..., Result]
 SERVED = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def ok(result: Result) -> Any:
-    """Assert a zero exit with parseable JSON on stdout; return the JSON."""
-    assert result.code == 0, result.stderr
-    return result.json()
 
 
 def add_fused(cli_env: CliEnv, mta: Mta, user_id: str, *, fuse: bool = True) -> None:
     """Add a user through the CLI (and fuse them)."""
-    path = cli_env.root / f"{user_id}.json"
-    path.write_text(json.dumps(movie_user(user_id, 6, seed=len(user_id))), encoding="utf-8")
+    path = write_users(cli_env.root / f"{user_id}.json", movie_user(user_id, 6, seed=len(user_id)))
     ok(mta("user", "add", user_id, "--bank", TASK, "--profile", path, "--json"))
     if fuse:
         ok(mta("user", "fuse", user_id, "--json"))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.cli.cli_env import Result, movie_user
-from tests.cli.conftest import CliEnv, make_cli_env, mta, tiny_embedder_dir  # noqa: F401
+from tests.support import CliEnv, Mta, make_cli_env, movie_user, ok, write_users
 
 
 @pytest.fixture
@@ -19,21 +16,18 @@ def remote_env(
     pg_db_url: str,
     s3_store_url: str,
     tiny_model_dir: Path,
-    tiny_embedder_dir: Path,  # noqa: F811 - the fixture imported above
-    mta: Callable[..., Result],  # noqa: F811
+    tiny_embedder_dir: Path,
+    mta: Mta,
 ) -> CliEnv:
     """An initialized registry on a fresh PostgreSQL database and S3 prefix."""
     env = make_cli_env(tmp_path, pg_db_url, s3_store_url, tiny_model_dir, tiny_embedder_dir)
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
-    result = mta("init", "--json")
-    assert result.code == 0, result.stderr
+    ok(mta("init", "--json"))
     return env
 
 
 @pytest.fixture
 def remote_profile(remote_env: CliEnv) -> Path:
     """A per-user JSON object for user 'alice'."""
-    path = remote_env.root / "alice.json"
-    path.write_text(json.dumps(movie_user("alice", 6, seed=1)), encoding="utf-8")
-    return path
+    return write_users(remote_env.root / "alice.json", movie_user("alice", 6, seed=1))

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.cli.cli_env import Result, movie_user, mta_command
-from tests.cli.conftest import ANCHOR_IDS, TASK, CliEnv, push_bank_argv
+from tests.support import (
+    ANCHOR_IDS,
+    TASK,
+    CliEnv,
+    Mta,
+    adapt_in_parallel,
+    movie_user,
+    mta_command,
+    ok,
+    push_bank_argv,
+    write_users,
+)
 
 pytestmark = pytest.mark.integration
-
-Mta = Callable[..., Result]
-
-
-def ok(result: Result) -> dict | list:
-    """Assert a zero exit; return the parsed JSON on stdout."""
-    assert result.code == 0, result.stderr
-    return result.json()
 
 
 def test_cli_flow_on_postgres_and_s3(
@@ -47,10 +47,10 @@ def test_cli_flow_on_postgres_and_s3(
     assert report["users"] == 1 and report["total_bytes"] > 0
     assert ok(mta("fsck", "--json"))["ok"] is True
 
-    before = remote_env.snapshot()
+    before = remote_env.dump()
     dup = mta("user", "add", "alice", "--bank", TASK, "--profile", remote_profile)
     assert dup.code == 1 and len(dup.error_lines()) == 1
-    assert remote_env.snapshot() == before
+    assert remote_env.dump() == before
 
     ok(mta("user", "delete", "alice", "--json"))
     assert ok(mta("user", "list", "--json")) == []
@@ -60,24 +60,8 @@ def test_cli_flow_on_postgres_and_s3(
 def test_parallel_adapt_on_postgres_and_s3(remote_env: CliEnv, mta: Mta, tiny_shapes: dict) -> None:
     ok(mta(*push_bank_argv(remote_env, tiny_shapes)))
     users = ["p0", "p1", "p2"]
-    for user_id in users:
-        profile = remote_env.root / f"{user_id}.json"
-        profile.write_text(json.dumps(movie_user(user_id, 5, seed=4)))
-        ok(mta("user", "add", user_id, "--bank", TASK, "--profile", profile, "--json"))
-    procs = [
-        subprocess.Popen(
-            mta_command("user", "adapt", u, "--shots", "3", "--epochs", "1", "--json"),
-            env={**os.environ, **remote_env.env()},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for u in users
-    ]
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr
-        assert json.loads(stdout)["rank"] == 1
+    stacks = adapt_in_parallel(remote_env, mta, users)
+    assert [stack["rank"] for stack in stacks] == [1, 1, 1]
     for user_id in users:
         assert ok(mta("user", "show", user_id, "--json"))["stack"] is not None
     assert ok(mta("fsck", "--json"))["ok"] is True
@@ -87,8 +71,7 @@ def test_kill_during_adapt_on_postgres_and_s3(
     remote_env: CliEnv, mta: Mta, tiny_shapes: dict
 ) -> None:
     ok(mta(*push_bank_argv(remote_env, tiny_shapes)))
-    profile = remote_env.root / "k.json"
-    profile.write_text(json.dumps(movie_user("k", 6, seed=3)))
+    profile = write_users(remote_env.root / "k.json", movie_user("k", 6, seed=3))
     ok(mta("user", "add", "k", "--bank", TASK, "--profile", profile, "--json"))
     proc = subprocess.Popen(
         mta_command("user", "adapt", "k", "--shots", "4", "--epochs", "5"),

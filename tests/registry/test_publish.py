@@ -26,7 +26,7 @@ from mta.registry.service import (
 from mta.registry.service_publish import default_served_name
 from mta.storage import UnknownSchemeError
 from tests.fixtures_model import fresh_tiny_model
-from tests.registry.registry_env import TASK, movie_user
+from tests.support import TASK, movie_user
 
 SERVED = "HuggingFaceTB/SmolLM2-135M-Instruct"
 USERS = ("alice", "bob@example.org", "carol.d")

@@ -11,14 +11,7 @@ import torch
 from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.registry.errors import ImmutableError, InvalidInputError, NotFoundError
 from mta.registry.service import get_bank, init_registry, list_banks, set_alias
-from tests.registry.conftest import ANCHOR_IDS
-from tests.registry.registry_env import (
-    TASK,
-    movie_user,
-    push_folders,
-    write_anchor_adapters,
-    write_users,
-)
+from tests.support import ANCHOR_IDS, TASK, movie_user, push_folders, write_anchor_bank, write_users
 
 
 def test_push_publishes_version_one_with_every_anchor(bank_registry, tiny_shapes):
@@ -89,10 +82,8 @@ def test_versions_are_immutable(bank_registry):
     assert list_banks(bank_registry)[0].rank == 8
 
 
-def _folders(tmp_path: Path, shapes, ids=("x1", "x2")) -> tuple[list[Path], Path]:
-    folders = write_anchor_adapters(tmp_path / "in", shapes, ids)
-    profiles = write_users(tmp_path / "in" / "profiles.json", [movie_user(i, 8) for i in ids])
-    return folders, profiles
+def _folders(tmp_path: Path, shapes) -> tuple[list[Path], Path]:
+    return write_anchor_bank(tmp_path / "in", shapes, ("x1", "x2"), items=8)
 
 
 def test_push_refuses_pickle_weights(

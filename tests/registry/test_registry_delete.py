@@ -26,7 +26,7 @@ from mta.registry.service import (
 from mta.registry.service_delete import user_cache_prefix
 from mta.registry.service_export import cache_key
 from mta.storage import StorageError
-from tests.registry.registry_env import TASK, movie_user
+from tests.support import TASK, movie_user
 
 # Deletes USER and SIGKILLs itself right after step STEP (as `kill -9` would, mid-way).
 KILLER = """
@@ -220,3 +220,23 @@ def test_concurrent_first_fuses_share_one_recipe(bank_registry):
         )
     assert len({r.recipe_id for r in recipes}) == 1
     assert get_user(bank_registry, "quin").num_recipes == 1
+
+
+def test_parallel_first_adapts_share_one_recipe_and_gc_reclaims_the_extra_stacks(bank_registry):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mta.registry.service import gc
+
+    add_user(bank_registry, user_id="rex", task=TASK, profile=movie_user("rex", 6))
+    with ThreadPoolExecutor(4) as pool:
+        stacks = list(
+            pool.map(
+                lambda s: adapt_user(bank_registry, "rex", shots=2, max_steps=1, seed=s), range(4)
+            )
+        )
+    assert len({s.recipe_id for s in stacks}) == 1  # the first fuse won, the others reused it
+    detail = get_user(bank_registry, "rex")
+    assert (detail.num_recipes, detail.num_stacks) == (1, 4)
+    result = gc(bank_registry, grace_seconds=0, retain_superseded_seconds=0)
+    assert (result.superseded_stacks, result.superseded_recipes) == (3, 0)
+    assert get_user(bank_registry, "rex").num_stacks == 1 and fsck(bank_registry).ok

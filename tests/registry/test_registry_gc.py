@@ -18,7 +18,7 @@ from mta.registry.service import (
     get_user,
 )
 from mta.storage import BlobCorruptedError
-from tests.registry.registry_env import TASK, movie_user
+from tests.support import TASK, movie_user
 
 
 def _flip(path: Path, offset: int = 100) -> None:

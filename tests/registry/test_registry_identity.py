@@ -13,7 +13,7 @@ from mta.registry.service import (
     fuse_user,
     set_alias,
 )
-from tests.registry.registry_env import TASK, movie_user
+from tests.support import TASK, movie_user
 
 
 def _exported(ctx: RegistryContext, user_id: str, out: Path) -> tuple[str, bytes]:

@@ -24,8 +24,7 @@ from mta.registry.service import (
     set_alias,
     storage_report,
 )
-from tests.registry.conftest import open_registry
-from tests.registry.registry_env import TASK, check_parallel_adapt, movie_user
+from tests.support import TASK, check_parallel_adapt, movie_user, open_registry
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,8 @@ from mta.registry.service import (
     storage_report,
 )
 from mta.registry.service_storage import OPPU_RANK
-from tests.registry.registry_env import TASK, movie_user
+from tests.fixtures_model import TINY_EMBEDDER_DIM
+from tests.support import TASK, movie_user
 
 
 def _blob_path(ctx, digest: str) -> Path:
@@ -130,13 +131,14 @@ def test_storage_report_math(bank_registry, tiny_shapes):
     assert report["by_kind"]["profiles"] == sum(
         _blob_size(bank_registry, u.profile_blob) for u in users
     )
-    assert report["by_kind"]["embeddings"] == 3 * 64 * 4
+    assert report["by_kind"]["embeddings"] == 3 * TINY_EMBEDDER_DIM * 4
     assert report["by_kind"]["stacks"] == stack.bytes
     assert report["total_bytes"] == sum(
         report["by_kind"][k] for k in ("bank", "stacks", "embeddings", "profiles")
     )
     per_user = [get_user(bank_registry, u.user_id).bytes for u in users]
-    assert per_user[1] == _blob_size(bank_registry, users[1].profile_blob) + 256 + stack.bytes
+    profile_bytes = _blob_size(bank_registry, users[1].profile_blob)
+    assert per_user[1] == profile_bytes + TINY_EMBEDDER_DIM * 4 + stack.bytes  # float32 vector
     assert report["per_user_bytes"]["mean"] == pytest.approx(np.mean(per_user))
     assert report["per_user_bytes"]["p50"] == pytest.approx(np.percentile(per_user, 50))
     assert report["per_user_bytes"]["p99"] == pytest.approx(np.percentile(per_user, 99))

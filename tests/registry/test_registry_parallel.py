@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mta.registry.context import RegistryContext
-from tests.registry.registry_env import check_parallel_adapt
+from tests.support import check_parallel_adapt
 
 
 def test_parallel_adapt_on_sqlite(bank_registry: RegistryContext, tmp_path: Path):

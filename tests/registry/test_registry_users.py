@@ -22,7 +22,8 @@ from mta.registry.service import (
     shot_indices,
     storage_report,
 )
-from tests.registry.registry_env import TASK, movie_user
+from tests.fixtures_model import TINY_EMBEDDER_DIM
+from tests.support import TASK, all_file_bytes, movie_user
 
 
 def _add(ctx, user_id: str, items: int = 6, seed: int = 0, **kwargs):
@@ -44,7 +45,8 @@ def test_add_user_stores_profile_and_unit_embedding(bank_registry):
         6,
     )
     vector = _vector(bank_registry, user.embedding_blob)
-    assert vector.shape == (64,) and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+    assert vector.shape == (TINY_EMBEDDER_DIM,)
+    assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
     assert [u.user_id for u in list_users(bank_registry, task=TASK)] == ["alice@example.com"]
     assert list_users(bank_registry, task="citation") == []
 
@@ -186,8 +188,6 @@ def test_a_new_bank_version_makes_stacks_stale(bank_registry, push_bank_fn):
 
 
 def test_delete_user_removes_every_byte_and_keeps_the_bank(bank_registry, tmp_path):
-    from tests.registry.registry_env import all_file_bytes
-
     store_root = tmp_path / "reg" / "store"
     bank_before = {p.name for p in (store_root).rglob("*") if p.is_file()}
     _add(bank_registry, "ivy@home")

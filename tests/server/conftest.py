@@ -15,12 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mta.tiny import make_tiny_embedder
-from tests.cli.cli_env import movie_user, write_anchor_adapters, write_users
-from tests.registry.registry_env import push_folders
+from tests.support import TASK, movie_user, push_folders, write_anchor_bank
 
-TASK = "movie_tagging"
-ANCHOR_IDS = ("a1", "a2", "a3", "a4")
 READ_TOKEN = "read-token-0123456789"
 ADMIN_TOKEN = "admin-token-0123456789"
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -61,19 +57,12 @@ def populate(
     from mta.registry import service
     from mta.registry.context import RegistryContext
 
-    dirs = write_anchor_adapters(work / "anchors", shapes, ANCHOR_IDS)
-    profiles = write_users(work / "anchor_profiles.json", ANCHOR_IDS, items=9)
+    dirs, profiles = write_anchor_bank(work / "anchors", shapes)
     with RegistryContext.open(registry_db_url, store_url, cache_dir) as ctx:
         service.init_registry(ctx)
         push_folders(ctx, dirs, profiles, base_model, embedder)
         service.add_user(ctx, user_id="alice", task=TASK, profile=movie_user("alice", 6, seed=1))
         service.fuse_user(ctx, "alice")
-
-
-@pytest.fixture(scope="session")
-def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 32-d sentence-transformer (fast stand-in for MiniLM)."""
-    return make_tiny_embedder(tmp_path_factory.mktemp("server-embedder"))
 
 
 @pytest.fixture(scope="session")

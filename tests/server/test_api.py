@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.cli.cli_env import movie_user
-from tests.server.conftest import ADMIN, ANCHOR_IDS, READ, TASK, Registry, make_client
+from tests.server.conftest import ADMIN, READ, Registry, make_client
 from tests.server.prom import parse_metrics, value
+from tests.support import ANCHOR_IDS, TASK, movie_user
 
 # (method, path, json body) of every authenticated route; bodies are valid for the template.
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [

@@ -1,7 +1,7 @@
 """Bad HTTP input: the right status, one JSON error body, and an unchanged registry.
 
 Every case compares the registry's database dump and store listing before and after
-(tests/cli/bad_input.py), and never follows redirects, so a 307 shows as a 307.
+(tests/support.py), and never follows redirects, so a 307 shows as a 307.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.cli.bad_input import registry_dump
-from tests.cli.cli_env import movie_user
-from tests.server.conftest import ADMIN, READ, TASK, Registry, make_client
+from tests.server.conftest import ADMIN, READ, Registry, make_client
+from tests.support import TASK, movie_user, registry_dump
 
 SMALL_LIMIT = 4096
 WRONG = {"Authorization": "Bearer wrong-token-0123456789"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.cli_env import movie_user
-from tests.server.conftest import ADMIN, READ, TASK, Registry, make_client, populate
+from tests.server.conftest import ADMIN, READ, Registry, make_client, populate
+from tests.support import TASK, movie_user
 
 
 @pytest.mark.integration
