@@ -23,22 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-HOST = "127.0.0.1"  # never anything else: this is a loopback benchmark
+from bench.http_client import Connection
+from bench.http_servers import READ_TOKEN, start_server, start_static_server
+
 TASK = "movie_tagging"
-READ_TOKEN = "bench-read-token-0123456789"
-ADMIN_TOKEN = "bench-admin-token-0123456789"
 PHASES = ("cold", "full", "static", "revalidate", "static-revalidate")
 # Each mta phase and the static phase it is measured against.
 ANCHOR_OF = {"full": "static", "revalidate": "static-revalidate"}
@@ -142,68 +138,6 @@ def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str,
     return where
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(process: Any, url: str, what: str) -> None:
-    """Poll ``url`` until it answers (bounded: 60 s), or raise if the process died."""
-    import httpx
-
-    for _ in range(600):
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.terminate()
-    raise RuntimeError(f"{what} did not answer within 60 s")
-
-
-def start_server(where: dict[str, str], root: Path, memory_cache_mb: int) -> tuple[Any, str]:
-    """Start `mta serve` in a subprocess and wait (bounded) until it answers."""
-    tokens = root / "tokens.json"
-    tokens.write_text(json.dumps({"read": [READ_TOKEN], "admin": [ADMIN_TOKEN]}))
-    port = _free_port()
-    argv = [
-        sys.executable, "-m", "mta.cli.app",
-        "--db", where["db"], "--store", where["store"], "--cache-dir", where["cache"],
-        "serve", "--host", HOST, "--port", str(port),
-        "--tokens-file", str(tokens), "--memory-cache-mb", str(memory_cache_mb),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("MTA_READ_TOKEN", "MTA_ADMIN_TOKEN")}
-    process = subprocess.Popen(argv, env=env)
-    base = f"http://{HOST}:{port}"
-    _wait_healthy(process, f"{base}/healthz", "mta serve")
-    return process, base
-
-
-def start_static_server(folder: Path) -> tuple[Any, str]:
-    """Serve ``folder`` with `serve_static` in a subprocess; wait until it answers."""
-    port = _free_port()
-    argv = [sys.executable, "-m", "bench.http_load", "--serve-static", str(folder)]
-    process = subprocess.Popen([*argv, "--port", str(port)])
-    base = f"http://{HOST}:{port}"
-    _wait_healthy(process, f"{base}/", "the static server")
-    return process, base
-
-
-def serve_static(folder: Path, port: int) -> None:
-    """The anchor: ``folder`` as static files, by uvicorn + FastAPI as `mta serve` runs them."""
-    import uvicorn
-    from fastapi import FastAPI
-    from fastapi.staticfiles import StaticFiles
-
-    app = FastAPI()
-    app.mount("/", StaticFiles(directory=folder))
-    uvicorn.run(app, host=HOST, port=port, log_level="warning", timeout_graceful_shutdown=5)
-
-
 def _cache_counters(base: str) -> dict[str, float]:
     import httpx
 
@@ -226,47 +160,6 @@ class Target:
     path: str  # with "{user_id}"
     etags: dict[str, str] = field(default_factory=dict)
     archives: dict[str, bytes] = field(default_factory=dict)  # kept by the cold phase
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection, with just the parsing these responses need.
-
-    The load used to come from httpx, which spends 3-5 ms of CPU per request, three
-    times what either server does, so the benchmark measured its own client.
-    """
-
-    def __init__(self, base: str, headers: dict[str, str]) -> None:
-        url = urlsplit(base)
-        self.host, self.port = url.hostname or HOST, url.port or 80
-        fixed = {"Host": f"{self.host}:{self.port}", **headers}
-        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """Send one GET; return the status, the lower-cased headers and the body."""
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self._streams
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        writer.write(f"GET {path} HTTP/1.1\r\n{self._fixed}{extra}\r\n".encode("latin-1"))
-        status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        status = int(status_line.split(" ", 2)[1])
-        fields = {
-            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)
-        }
-        if "transfer-encoding" in fields:
-            raise ValueError("chunked responses are not expected here")
-        length = 0 if status in (204, 304) else int(fields.get("content-length", "0"))
-        body = await reader.readexactly(length) if length else b""
-        if fields.get("connection", "").lower() == "close":
-            self.close()
-        return status, fields, body
-
-    def close(self) -> None:
-        """Drop the connection (the next request opens a new one)."""
-        if self._streams is not None:
-            self._streams[1].close()
-            self._streams = None
 
 
 async def _run_phase(
@@ -473,12 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="default: a temp folder; reused if built"
     )
-    parser.add_argument("--serve-static", type=Path, help=argparse.SUPPRESS)  # the anchor
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_static is not None:
-        serve_static(args.serve_static, args.port)
-        return 0
     if args.users < 1 or args.clients < 1 or not 0 < args.seconds <= 600:
         parser.error("--users and --clients must be >= 1 and --seconds in (0, 600]")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
