@@ -97,24 +97,30 @@ class IdentityCache:
 
     def __init__(self, db_path: Path) -> None:
         # Our own connection, which never writes: every commit is "another connection's".
-        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        # A short busy timeout: the pragma runs on the event loop, and a miss only costs a read.
+        self._db = sqlite3.connect(
+            db_path, timeout=0.1, isolation_level=None, check_same_thread=False
+        )
         self._lock = threading.Lock()
         self._version: int | None = None
         self._items: dict[str, AdapterIdentity] = {}
 
-    def get(self, user_id: str) -> tuple[int, AdapterIdentity | None]:
+    def get(self, user_id: str) -> tuple[int | None, AdapterIdentity | None]:
         """The database's current version and the user's identity cached under it, if any."""
         with self._lock:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
+            try:
+                version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                version = None  # unknown (e.g. busy): serve nothing cached, keep nothing new
+            if version is None or version != self._version:
                 self._items.clear()
                 self._version = version
             return version, self._items.get(user_id)
 
-    def put(self, user_id: str, version: int, identity: AdapterIdentity) -> None:
+    def put(self, user_id: str, version: int | None, identity: AdapterIdentity) -> None:
         """Keep an identity read after `get` returned ``version`` (dropped if it moved on)."""
         with self._lock:
-            if version == self._version:
+            if version is not None and version == self._version:
                 if len(self._items) >= self.MAX_ENTRIES:
                     self._items.clear()
                 self._items[user_id] = identity

@@ -49,3 +49,15 @@ def test_a_write_outside_the_server_changes_the_etag(
     assert fetched.status_code == 200 and fetched.headers["etag"] != etag
     client.delete("/v1/users/alice", headers=ADMIN)
     assert client.get("/v1/users/alice/adapter", headers=READ).status_code == 404
+
+
+def test_an_unreadable_version_serves_and_keeps_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    _write(db)
+    cache = IdentityCache(db)
+    version, _ = cache.get("alice")
+    cache.put("alice", version, "identity-a")  # type: ignore[arg-type]
+    cache.close()  # every later pragma fails, as a busy database would
+    assert cache.get("alice") == (None, None)
+    cache.put("alice", None, "identity-b")  # type: ignore[arg-type]
+    assert cache.get("alice") == (None, None)
