@@ -35,14 +35,6 @@ def files(tmp_path: Path) -> tuple[Path, Path, list[dict], list[dict]]:
             pool, test)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 32-d sentence-transformer (fast stand-in for MiniLM)."""
-    from mta.tiny import make_tiny_embedder
-
-    return make_tiny_embedder(tmp_path_factory.mktemp("eval-embedder"))
-
-
 def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run `mta argv` through `main`, so errors map to exit codes."""
     from mta.cli.app import main
