@@ -1,4 +1,7 @@
-"""`mta user`: add a user, fuse their anchors, adapt a stack, export, show, list, delete."""
+"""`mta user`: add a user, fuse their anchors, adapt a stack, export, show, list, delete.
+
+`add`, `fuse` and `adapt` take one user or many (a bulk job); they live in `user_bulk.py`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import typer
 
 from mta.cli.options import JsonOpt, registry_context
 from mta.cli.output import Output
-from mta.cli.progress import StageProgress
+from mta.cli.user_bulk import user_adapt, user_add, user_fuse
 
 user_app = typer.Typer(
     help="Users: fuse the nearest anchors, train a tiny stack on top, export one PEFT LoRA.",
@@ -19,6 +22,10 @@ user_app = typer.Typer(
 )
 
 UserArg = Annotated[str, typer.Argument(help="User id.", show_default=False)]
+
+user_app.command("add")(user_add)
+user_app.command("fuse")(user_fuse)
+user_app.command("adapt")(user_adapt)
 
 
 def read_profile(source: str, user_id: str) -> dict[str, Any]:
@@ -57,83 +64,7 @@ def read_profile(source: str, user_id: str) -> dict[str, Any]:
     return data
 
 
-@user_app.command("add")
-def user_add(
-    ctx: typer.Context,
-    user_id: UserArg,
-    bank: Annotated[
-        str,
-        typer.Option(
-            "--bank",
-            help="Task whose bank the user joins; TASK@VERSION or TASK@ALIAS pins a version.",
-        ),
-    ],
-    profile: Annotated[str, typer.Option("--profile", help="Per-user JSON file, or - for stdin.")],
-    json_mode: JsonOpt = False,
-) -> None:
-    """Register a user with their history; the history is embedded for anchor lookup.
-
-    Example:
-
-        mta user add alice --bank movie_tagging --profile alice.json
-    """
-    from mta.registry.service import add_user
-
-    task, _, bank_ref = bank.partition("@")
-    data = read_profile(profile, user_id)
-    out = Output(json_mode)
-    with registry_context(ctx) as registry:
-        user = add_user(
-            registry, user_id=user_id, task=task, profile=data, bank_ref=bank_ref or None
-        ).to_dict()
-    out.result(
-        f"added user {user_id!r} to {user['task']} v{user['bank_version']} "
-        f"({user['profile_items']} history items); next: mta user fuse {user_id}",
-        **user,
-    )
-
-
-@user_app.command("fuse")
-def user_fuse(
-    ctx: typer.Context,
-    user_id: UserArg,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Anchors to fuse.")] = 2,
-    method: Annotated[
-        str, typer.Option("--method", help="Fusion method: cat (exact), svd, factorwise.")
-    ] = "cat",
-    weight_rule: Annotated[
-        str, typer.Option("--weight-rule", help="Weights from scores: proportional, softmax.")
-    ] = "proportional",
-    temperature: Annotated[
-        float, typer.Option("--temperature", min=0.0, help="Softmax temperature.")
-    ] = 1.0,
-    json_mode: JsonOpt = False,
-) -> None:
-    """Find the user's nearest anchors and store the fusion recipe (never the fused weights).
-
-    Example:
-
-        mta user fuse alice --top-k 2 --method cat
-    """
-    from mta.registry.service import fuse_user
-
-    out = Output(json_mode)
-    with registry_context(ctx) as registry:
-        recipe = fuse_user(
-            registry,
-            user_id,
-            top_k=top_k,
-            method=method,
-            weight_rule=weight_rule,
-            temperature=temperature,
-        ).to_dict()
-    if json_mode:
-        out.emit_json(recipe)
-        return
-    _render_recipe(out, recipe)
-
-
-def _render_recipe(out: Output, recipe: dict[str, Any]) -> None:
+def render_recipe(out: Output, recipe: dict[str, Any]) -> None:
     """A table of the recipe's anchors with their scores and weights."""
     out.table(
         ["Anchor", "Score", "Weight"],
@@ -146,68 +77,6 @@ def _render_recipe(out: Output, recipe: dict[str, Any]) -> None:
             f"{recipe.get('method')} fusion, {recipe.get('weight_rule')} weights, "
             f"bank {recipe.get('task')} v{recipe.get('bank_version')}"
         ),
-    )
-
-
-@user_app.command("adapt")
-def user_adapt(
-    ctx: typer.Context,
-    user_id: UserArg,
-    shots: Annotated[
-        int, typer.Option("--shots", min=1, help="History items to train the stack on.")
-    ],
-    rank: Annotated[int, typer.Option("--rank", min=1, help="Rank of the stack LoRA.")] = 1,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 3,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="Storage dtype of the stack: fp16, bf16 or fp32.")
-    ] = "fp16",
-    json_mode: JsonOpt = False,
-) -> None:
-    """Train an ultra-low-rank stack on top of the frozen fused adapter and store it.
-
-    Fuses first when the user has no recipe yet. Only the stack's bytes persist.
-
-    Example:
-
-        mta user adapt alice --shots 5 --rank 1
-    """
-    from mta.registry.service import adapt_user
-
-    out = Output(json_mode)
-    with registry_context(ctx) as registry, StageProgress() as progress:
-        stack = adapt_user(
-            registry,
-            user_id,
-            shots=shots,
-            rank=rank,
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
-            dtype=dtype,
-            progress=progress,
-        ).to_dict()
-    if json_mode:
-        out.emit_json(stack)
-        return
-    config = stack.get("train_config") or {}
-    losses = config.get("losses") or []
-    out.record(
-        {
-            "stack": stack["stack_id"],
-            "recipe": stack["recipe_id"],
-            "bank": f"{stack['task']} v{stack['bank_version']}",
-            "rank / dtype": f"{stack['rank']} / {stack['dtype']}",
-            "stored bytes": stack["bytes"],
-            "shots (items)": f"{config.get('shots')} {config.get('shot_indices')}",
-            "epochs / steps": f"{config.get('epochs')} / {config.get('steps')}",
-            "loss first -> last": (
-                f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else stack.get("final_loss")
-            ),
-            "blob": stack["blob"],
-        },
-        title=f"Stack for {user_id}",
     )
 
 
@@ -337,7 +206,7 @@ def user_show(
         summary["stack"] = "none (run: mta user adapt)"
     out.record(summary, title=f"User {user_id}")
     if recipe:
-        _render_recipe(out, recipe)
+        render_recipe(out, recipe)
 
 
 @user_app.command("list")

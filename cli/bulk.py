@@ -1,0 +1,243 @@
+"""Bulk user jobs in the CLI: the selection as typed, the executor, progress and the summary.
+
+Progress is a rich bar on a terminal (users done / total, users per minute, ETA); in logs
+(stderr a file or a pipe) each finished user is one line, so a long job's log says who
+was done when. `user_bulk.py` holds the commands that use this.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from mta.cli.options import registry_context
+from mta.cli.output import Output, log, stderr_console
+
+if TYPE_CHECKING:
+    from mta.registry.bulk import BulkSummary, UserOutcome
+    from mta.registry.context import RegistryContext
+
+
+class _UsersPerMinute(ProgressColumn):
+    """Finished users per minute since the bar started."""
+
+    def render(self, task: Task) -> Text:
+        """`12.3 users/min`, or `-` before the first user lands."""
+        elapsed = task.elapsed or 0.0
+        if not task.completed or elapsed <= 0:
+            return Text("- users/min")
+        return Text(f"{60.0 * task.completed / elapsed:.1f} users/min")
+
+
+class BulkProgress:
+    """`on_outcome(outcome, done, total)` for bulk runners; use it as a context manager."""
+
+    def __init__(self, label: str, total: int) -> None:
+        """Prepare a bar for `total` users labelled `label` (e.g. "adapt")."""
+        self.label = label
+        self.total = total
+        self._start = time.monotonic()
+        console = stderr_console()
+        self._progress: Progress | None = None
+        if console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _UsersPerMinute(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                # ETA from the last ten minutes of users, not rich's default 30 s window,
+                # which holds no finished user when each takes longer than that.
+                speed_estimate_period=600.0,
+            )
+            self._task = self._progress.add_task(f"{label} users", total=total, start=False)
+
+    def __enter__(self) -> BulkProgress:
+        if self._progress is not None:
+            self._progress.start()
+            self._progress.start_task(self._task)
+        elif self.total:
+            log(f"{self.label}: {self.total} user(s) selected")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, outcome: UserOutcome, done: int, total: int) -> None:
+        """Record that `outcome` landed, the `done`-th of `total`."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+            if outcome.status == "failed":
+                self._progress.console.print(
+                    Text(f"{outcome.user_id}: failed: {outcome.reason}"), highlight=False
+                )
+            return
+        log(f"[{done}/{total}] {outcome_line(outcome)}")
+
+
+def outcome_line(outcome: UserOutcome) -> str:
+    """One line for one user: status, seconds, phases or reason."""
+    line = f"{outcome.user_id} {outcome.status} in {outcome.seconds:.1f}s"
+    if outcome.phases:
+        line += " (" + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.phases.items()) + ")"
+    if outcome.reason:
+        line += f": {outcome.reason}"
+    return line
+
+
+def render_summary(
+    out: Output, summary: BulkSummary, outcomes: Sequence[UserOutcome], verb: str
+) -> None:
+    """The job's summary: JSON (summary + per-user outcomes), or failures and one line."""
+    if out.json_mode:
+        out.emit_json({**summary.to_dict(), "users": [o.to_dict() for o in outcomes]})
+        return
+    if not outcomes:
+        out.result("nothing to do: no user selected")
+        return
+    if summary.failed:
+        out.table(["User", "Reason"], summary.failed, title="Failed users")
+    line = (
+        f"{verb} {len(summary.done)}, skipped {len(summary.skipped)}, "
+        f"failed {len(summary.failed)} in {summary.wall_seconds:.1f} s"
+    )
+    if summary.done:
+        line += (
+            f" ({summary.users_per_minute:.1f} users/min; per user p50 "
+            f"{summary.seconds_p50:.1f} s, p99 {summary.seconds_p99:.1f} s)"
+        )
+    if summary.phase_means:
+        phases = ", ".join(f"{k} {v:.2f} s" for k, v in summary.phase_means.items())
+        line += f"; mean {phases}"
+    out.result(line)
+
+
+class Executor(str, Enum):
+    """Where a bulk job's users run."""
+
+    local = "local"
+    ray = "ray"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which users a command names, as typed."""
+
+    ids: list[str]
+    from_file: Path | None = None
+    all_users: bool = False
+    stale: bool = False
+    missing: bool = False
+    task: str | None = None
+
+    def is_bulk(self) -> bool:
+        """Anything but exactly one id and no flag."""
+        flags = self.from_file or self.all_users or self.stale or self.missing or self.task
+        return bool(flags) or len(self.ids) != 1
+
+    def resolve(self, ctx: RegistryContext) -> list[str]:
+        """The selected user ids (arguments first, then `--from`, then the flags)."""
+        from mta.registry.bulk import read_id_file, select_users
+
+        ids = list(self.ids) + (read_id_file(self.from_file) if self.from_file else [])
+        return select_users(
+            ctx,
+            ids=ids,
+            all_users=self.all_users,
+            stale=self.stale,
+            missing=self.missing,
+            task=self.task,
+        )
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a bulk job runs: the executor and its options."""
+
+    executor: Executor = Executor.local
+    address: str | None = None
+    workers: int = 2
+
+
+def run_bulk(
+    ctx: typer.Context,
+    selection: Selection,
+    unit: str,
+    spec: dict[str, Any],
+    execution: Execution,
+    json_mode: bool,
+) -> None:
+    """Select users, run `unit` on each (here or on Ray), render the summary; 1 on failures."""
+    from mta.registry.bulk import make_work, run_local
+
+    out = Output(json_mode)
+    outcomes: list[UserOutcome] = []
+    with registry_context(ctx) as registry:
+        user_ids = selection.resolve(registry)
+        with BulkProgress(unit, len(user_ids)) as progress:
+
+            def on_outcome(outcome: UserOutcome, done: int, total: int) -> None:
+                outcomes.append(outcome)
+                progress(outcome, done, total)
+
+            if execution.executor is Executor.ray and user_ids:
+                summary = _run_ray(registry, user_ids, unit, spec, execution, on_outcome)
+            else:
+                work = make_work(registry, unit, spec)
+                summary = run_local(user_ids, work, on_outcome=on_outcome)
+    finish(out, summary, outcomes, {"adapt": "adapted", "fuse": "fused"}[unit])
+
+
+def _run_ray(
+    registry: RegistryContext,
+    user_ids: list[str],
+    unit: str,
+    spec: dict[str, Any],
+    execution: Execution,
+    on_outcome: Callable[[UserOutcome, int, int], None],
+) -> BulkSummary:
+    """The Ray executor (imported only when asked for: Ray is an optional dependency)."""
+    from mta.registry.bulk_ray import run_ray
+
+    return run_ray(
+        registry,
+        user_ids,
+        spec,
+        address=execution.address,
+        workers=execution.workers,
+        unit=unit,
+        on_outcome=on_outcome,
+    )
+
+
+def finish(out: Output, summary: BulkSummary, outcomes: list[UserOutcome], verb: str) -> None:
+    """Render the summary; exit 1 when any user failed."""
+    render_summary(out, summary, outcomes, verb)
+    if summary.failed:
+        raise typer.Exit(1)
