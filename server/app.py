@@ -44,6 +44,7 @@ from .body_limit import BodyLimitMiddleware
 from .errors import ApiError, install_error_handlers, one_line
 from .jobs import Job, JobRunner
 from .metrics import CONTENT_TYPE, Labels, Metrics, MetricsMiddleware
+from .routes_bulk import bulk_router
 from .schemas import (
     TASK_REGEX,
     USER_ID_REGEX,
@@ -350,6 +351,7 @@ def _v1_router() -> APIRouter:
         """Bytes by kind, per user, and versus one LoRA per user."""
         return service.storage_report(_state(request).ctx)
 
+    router.include_router(bulk_router(AdminAuth))  # POST /v1/jobs/adapt
     return router
 
 

@@ -8,7 +8,7 @@ schema follows the service layer without a second copy of every field.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,27 @@ class AdaptRequest(_Strict):
     max_steps: int | None = Field(default=None, ge=1, le=100_000)
 
 
+class BulkAdaptRequest(AdaptRequest):
+    """Adapt many users in one job: a selection, and the training every one of them gets.
+
+    The selection is the union of ``user_ids`` and the users each flag picks, optionally
+    limited to the task ``bank``; users whose current stack already matches are skipped
+    unless ``force``.
+    """
+
+    user_ids: list[Annotated[str, Field(pattern=USER_ID_REGEX)]] = Field(
+        default_factory=list, max_length=100_000, examples=[["alice", "bob"]]
+    )
+    all: bool = Field(default=False, description="Every user.")
+    stale: bool = Field(
+        default=False,
+        description="Users whose current stack is on an older bank version (re-fused first).",
+    )
+    missing: bool = Field(default=False, description="Users without a current stack.")
+    bank: str | None = Field(default=None, pattern=TASK_REGEX, description="Only this task.")
+    force: bool = Field(default=False, description="Retrain users whose stack already matches.")
+
+
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
@@ -100,14 +121,18 @@ class JobResponse(BaseModel):
 
     id: str
     kind: str
-    user_id: str
+    user_id: str = Field(description='The user, or "*" for a bulk job.')
     status: JobStatus
     params: dict[str, Any]
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: JobProgress | None = None
-    result: dict[str, Any] | None = Field(default=None, description="The stack, on success.")
+    result: dict[str, Any] | None = Field(
+        default=None,
+        description="On success: the stack (adapt), or the summary with per-user outcomes "
+        "(bulk_adapt; users that failed are listed there, the job itself succeeds).",
+    )
     error: ErrorDetail | None = None
 
 
