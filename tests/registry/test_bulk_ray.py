@@ -1,0 +1,161 @@
+"""Bulk adapt/fuse on a local Ray (2 CPUs): same outcomes as the local executor, retries of
+units whose worker died, and the refusal of a machine-local registry on remote nodes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mta.registry.bulk import ADAPTED, FAILED, SKIPPED, AdaptRequest, run_local
+from mta.registry.bulk_ray import BulkWorker, WorkSpec, _Driver, _Unit, run_ray
+from mta.registry.errors import InvalidInputError
+from mta.registry.ray_cluster import check_local_registry, worker_locations
+from mta.registry.service import add_user, get_user
+from tests.support import TASK, movie_user
+
+REQUEST = AdaptRequest(shots=2, max_steps=1)
+NOBODY = ("nobody", "no user 'nobody'; add one with `mta user add`")
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            pytest.fail("ray is not installed but CI=true: `make setup` installs .[all]")
+        pytest.skip("ray is not installed (pip install 'mta-registry[ray]')")
+    return ray
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """A private local Ray with 2 CPUs for this module, shut down after it."""
+    ray = _require_ray()
+    # The test actor below lives in a test module the workers cannot import: ship it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _add(ctx, *user_ids: str) -> None:
+    for user_id in user_ids:
+        add_user(ctx, user_id=user_id, task=TASK, profile=movie_user(user_id, 6))
+
+
+def test_adapt_and_fuse_on_ray_report_like_the_local_executor(bank_registry, local_ray):
+    _add(bank_registry, "r1", "r2", "r3", "r4", "r5")
+    seen = []
+    ids = ["r1", "r2", "nobody", "r3", "r4", "r5"]
+    summary = run_ray(
+        bank_registry,
+        ids,
+        WorkSpec.adapt(REQUEST),
+        workers=2,
+        unit=2,
+        on_outcome=lambda outcome, done, total: seen.append((outcome.user_id, done, total)),
+    )
+    assert sorted(summary.done) == ["r1", "r2", "r3", "r4", "r5"]
+    assert summary.failed == (NOBODY,) and summary.skipped == ()
+    assert sorted(u for u, _, _ in seen) == sorted(ids)
+    assert [d for _, d, _ in seen] == list(range(1, 7)) and {t for _, _, t in seen} == {6}
+    assert summary.seconds_p50 > 0 and set(summary.phase_means) == {"fuse", "train", "commit"}
+    for user_id in summary.done:
+        detail = get_user(bank_registry, user_id)
+        assert detail.stack is not None and detail.num_stacks == 1
+    # Idempotence: the same job again skips everyone, on Ray as in one process.
+    again = run_ray(bank_registry, ids, WorkSpec.adapt(REQUEST), workers=1, unit=4)
+    local = run_local(ids, lambda u: WorkSpec.adapt(REQUEST).run(bank_registry, u))
+    assert sorted(again.skipped) == sorted(local.skipped) == ["r1", "r2", "r3", "r4", "r5"]
+    assert again.failed == local.failed == (NOBODY,)
+    fused = run_ray(bank_registry, ["r1"], WorkSpec.fuse({"top_k": 2}), workers=1)
+    assert fused.skipped == ("r1",)
+    forced = run_ray(bank_registry, ["r1"], WorkSpec.fuse({"top_k": 3}, force=True), workers=1)
+    assert forced.done == ("r1",) and get_user(bank_registry, "r1").num_recipes == 2
+
+
+class CrashingWorker(BulkWorker):
+    """Dies like `kill -9` on a unit holding `crash`, while `marker` says how often to die."""
+
+    def __init__(self, *args: Any, marker: str) -> None:
+        super().__init__(*args)
+        self.marker = Path(marker)
+
+    def run_unit(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        results = []
+        for user_id in user_ids:
+            left = int(self.marker.read_text()) if self.marker.exists() else 0
+            if user_id == "crash" and left > 0:
+                self.marker.write_text(str(left - 1))
+                os._exit(9)  # mid-unit: the users before it have committed
+            results.extend(super().run_unit([user_id]))
+        return results
+
+
+def _drive(ray: Any, ctx: Any, units: list[list[str]], marker: Path, workers: int) -> list:
+    spec = WorkSpec.adapt(REQUEST)
+    actor = ray.remote(CrashingWorker).options(num_cpus=1, max_restarts=0)
+    driver = _Driver(ray, lambda: actor.remote(*worker_locations(ctx), spec, marker=str(marker)))
+    total = sum(len(u) for u in units)
+    return driver.run([_Unit(list(u)) for u in units], workers, total, None)
+
+
+def test_a_unit_whose_worker_dies_is_retried_elsewhere(bank_registry, local_ray, tmp_path, caplog):
+    _add(bank_registry, "k1", "crash", "k2", "k3")
+    marker = tmp_path / "deaths"
+    marker.write_text("1")
+    outcomes = _drive(local_ray, bank_registry, [["k1", "crash"], ["k2", "k3"]], marker, 2)
+    statuses = {o.user_id: o.status for o in outcomes}
+    # k1 committed before the crash, so the retry skips it; nobody is trained twice.
+    assert statuses == {"k1": SKIPPED, "crash": ADAPTED, "k2": ADAPTED, "k3": ADAPTED}
+    assert "retrying a unit of 2 users (try 2 of 3)" in caplog.text
+    for user_id in statuses:
+        assert get_user(bank_registry, user_id).num_stacks == 1
+
+
+def test_a_unit_that_kills_every_worker_fails_after_three_tries(bank_registry, local_ray, tmp_path):
+    _add(bank_registry, "crash")
+    marker = tmp_path / "deaths"
+    marker.write_text("99")
+    outcomes = _drive(local_ray, bank_registry, [["crash"]], marker, 1)
+    assert [(o.user_id, o.status) for o in outcomes] == [("crash", FAILED)]
+    assert outcomes[0].reason.startswith("worker died 3 times on this unit")
+    assert get_user(bank_registry, "crash").stack is None
+
+
+def _fake_ctx(db_url: str, store_url: str) -> Any:
+    from sqlalchemy.engine import make_url
+
+    return SimpleNamespace(
+        engine=SimpleNamespace(url=make_url(db_url)), store=SimpleNamespace(url=store_url)
+    )
+
+
+def test_a_machine_local_registry_is_refused_on_remote_nodes(bank_registry):
+    _require_ray()
+    spec = WorkSpec.adapt(REQUEST)
+    with pytest.raises(InvalidInputError) as caught:
+        run_ray(bank_registry, ["u"], spec, address="ray://10.1.2.3:10001")
+    message = str(caught.value)
+    assert "\n" not in message and "10.1.2.3" in message
+    assert "a SQLite database and a file:// store" in message and "PostgreSQL" in message
+    with pytest.raises(InvalidInputError, match="a SQLite database"):
+        check_local_registry(bank_registry, "auto", {"10.9.9.9", "127.0.0.1"})
+    check_local_registry(bank_registry, "auto", {"127.0.0.1"})  # one machine: allowed
+    check_local_registry(bank_registry, "ray://localhost:10001", set())
+    shared = _fake_ctx("postgresql+psycopg://mta@db.internal/mta", "s3://bucket/store")
+    check_local_registry(shared, "ray://10.1.2.3:10001", {"10.9.9.9"})
+    with pytest.raises(InvalidInputError, match="not a file:// store"):
+        check_local_registry(
+            _fake_ctx("postgresql+psycopg://mta@db/mta", "file:///srv/store"),
+            "10.0.0.7:6379",
+            set(),
+        )
