@@ -7,6 +7,7 @@ that races the user's deletion leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +28,6 @@ from mta.registry.user_rows import (
     get_user_row,
     latest_row,
     recipe_entity,
-    stack_entity,
 )
 from mta.storage import BlobNotFoundError
 from mta.storage.cache import ENTRY_MANIFEST
@@ -81,11 +81,17 @@ def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
         .tuples()
         .all()
     )
-    return identity_of(
+    fused = identity_of(
         recipe_entity(session, recipe),
-        stack_entity(session, stack) if stack is not None else None,
+        None,
         digests,
         session.get_one(SqlBank, recipe.bank_id).base_model,
+    )
+    # The stack row's digest is all the identity needs (its staleness would cost a query).
+    return dataclasses.replace(
+        fused,
+        stack=stack.blob if stack is not None else None,
+        stack_id=stack.id if stack is not None else None,
     )
 
 
