@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sections() -> dict[str, Callable[[bool], Section]]:
+    from bench.bulk import bench_bulk
     from bench.bytes_per_user import bench_bytes
     from bench.fusion import bench_fusion
     from bench.http_load import bench_http
@@ -31,6 +32,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
         "lookup": bench_lookup,
         "materialize": bench_materialize,
         "http": bench_http,
+        "bulk": bench_bulk,
     }
 
 

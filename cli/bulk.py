@@ -223,15 +223,20 @@ def _run_ray(
     on_outcome: Callable[[UserOutcome, int, int], None],
 ) -> BulkSummary:
     """The Ray executor (imported only when asked for: Ray is an optional dependency)."""
-    from mta.registry.bulk_ray import run_ray
+    from mta.registry.bulk import AdaptRequest
+    from mta.registry.bulk_ray import WorkSpec, run_ray
 
+    force, refresh = bool(spec.get("force")), bool(spec.get("refresh"))
+    if unit == "adapt":
+        work = WorkSpec.adapt(AdaptRequest(**spec["request"]), force=force, refresh=refresh)
+    else:
+        work = WorkSpec("fuse", fuse_args=dict(spec["fuse_args"]), force=force, refresh=refresh)
     return run_ray(
         registry,
         user_ids,
-        spec,
+        work,
         address=execution.address,
         workers=execution.workers,
-        unit=unit,
         on_outcome=on_outcome,
     )
 
