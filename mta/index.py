@@ -12,19 +12,29 @@ from typing import Any
 
 import numpy as np
 
+from mta.index_calibration import (
+    CALIBRATION_K,
+    MIN_CALIBRATION_SIZE,
+    SAMPLE_SIZE,
+    TARGET_RECALL,
+    Calibration,
+    calibrate_ef,
+)
+
 _MAGIC = b"MTAHNSW1"
 _HEADER_LEN = struct.Struct("<I")
 
-# Recall is bound by how many candidates a query visits (ef), and the ef a set needs grows with
-# its size. Isotropic random 384-d vectors are the hardest case: for recall@2 0.99 they need
-# ef 256 at 3k (random queries), 512 at 20k and ~1536 at 100k (queries near an anchor). A
-# denser graph does not buy it back: M=64 needs ef 768 at 100k (about as many distances,
-# 2M per visited node) and builds 2.2x slower, so M and ef_construction stay; the recall
-# and latency curve is in the "Anchor lookup" section of docs/benchmarks.md.
+# Recall is bound by how many candidates a query visits (ef), and the ef a set needs depends
+# on its size and even more on its shape, so a build measures it (mta/index_calibration.py):
+# clustered 100k sets reach recall@2 1.0 at ef 64, isotropic random 384-d vectors (the
+# hardest case) need ~1536-2048. A denser graph does not buy that back: M=64 needs ef 768
+# at 100k isotropic (about as many distances, 2M per visited node) and builds 2.2x slower,
+# so M and ef_construction stay; the recall and latency curve is in the "Anchor lookup"
+# section of docs/benchmarks.md.
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 200
-# ef_search by anchor count (the first row whose bound holds), used when no ef_search is set,
-# so an index keeps its recall as it grows and a small bank stays fast.
+# ef_search by anchor count (the first row whose bound holds), for an index neither set nor
+# calibrated (tiny ones, blobs written before calibration); sized for the isotropic worst case.
 _EF_BY_SIZE: tuple[tuple[int, int], ...] = (
     (2_000, 128),
     (5_000, 256),
@@ -32,6 +42,8 @@ _EF_BY_SIZE: tuple[tuple[int, int], ...] = (
     (50_000, 1024),
 )
 _EF_LARGEST = 2048
+# A calibrated index re-measures its ef once `add` has grown it by this factor.
+_RECALIBRATE_GROWTH = 1.1
 
 
 def ef_for_size(count: int) -> int:
@@ -78,7 +90,7 @@ class AnchorIndex:
         ef_search: int | None = None,
         seed: int = 0,
     ) -> None:
-        """Create an empty index for `dim`-dimensional vectors (ef_search None: by size)."""
+        """Create an empty index for `dim`-dimensional vectors (ef_search None: measured)."""
         if dim < 1:
             raise ValueError(f"index dimension must be positive, got {dim}")
         if ef_search is not None and ef_search < 1:
@@ -90,6 +102,7 @@ class AnchorIndex:
         self.seed = seed
         self._ids: list[str] = []
         self._row_of: dict[str, int] = {}
+        self.calibration: Calibration | None = None
         self._hnsw: Any = None
         self._ef_now = 0
         self._lock = threading.Lock()
@@ -101,12 +114,19 @@ class AnchorIndex:
         vectors: np.ndarray,
         *,
         num_threads: int | None = None,
+        calibrate: bool = True,
         **options: Any,
     ) -> AnchorIndex:
-        """Build an index holding `vectors` under `ids` (options as for the constructor)."""
+        """Build an index holding `vectors` under `ids` (options as for the constructor).
+
+        Unless an ef_search is given, `calibrate` false or fewer than MIN_CALIBRATION_SIZE
+        vectors, the build ends with `calibrate()`, which picks the ef queries use.
+        """
         matrix = _as_matrix(vectors)
         index = cls(matrix.shape[1], **options)
         index.add(ids, matrix, num_threads=num_threads)
+        if calibrate and index.ef_search is None and len(index) >= MIN_CALIBRATION_SIZE:
+            index.calibrate(num_threads=num_threads)
         return index
 
     def __len__(self) -> int:
@@ -119,8 +139,53 @@ class AnchorIndex:
 
     @property
     def ef(self) -> int:
-        """The ef_search queries use now: the one set, else the one for the current size."""
-        return self.ef_search if self.ef_search is not None else ef_for_size(len(self._ids))
+        """The ef_search queries use now: the one set, else the calibrated one, else by size."""
+        if self.ef_search is not None:
+            return self.ef_search
+        calibration = self.calibration
+        if calibration is not None:
+            return calibration.ef
+        return ef_for_size(len(self._ids))
+
+    def calibrate(
+        self,
+        *,
+        target_recall: float = TARGET_RECALL,
+        k: int = CALIBRATION_K,
+        sample: int = SAMPLE_SIZE,
+        num_threads: int | None = None,
+    ) -> Calibration:
+        """Measure the smallest ef whose recall@k reaches the target; queries then use it.
+
+        A seeded sample of stored vectors, each stepped off by its nearest-neighbour distance,
+        is searched at rising ef and checked against exact search (see index_calibration).
+        An explicit ef_search still wins over the result.
+
+        Raises:
+            ValueError: when the index holds no more than k vectors.
+        """
+        with self._lock:
+            count = len(self._ids)
+            vectors = self._hnsw.get_items(range(count)) if count else np.empty((0, self.dim))
+        threads = max(1, num_threads if num_threads is not None else default_threads())
+
+        def search(queries: np.ndarray, want: int, ef: int) -> np.ndarray:
+            # One rung at a time under the lock, so live queries interleave between rungs.
+            with self._lock:
+                self._hnsw.set_ef(ef)
+                self._ef_now = ef
+                labels, _ = self._hnsw.knn_query(queries, k=want, num_threads=threads)
+            return labels
+
+        self.calibration = calibrate_ef(
+            search,
+            np.asarray(vectors, dtype=np.float32),
+            k=k,
+            target=target_recall,
+            sample=sample,
+            seed=self.seed,
+        )
+        return self.calibration
 
     def _new_hnsw(self, capacity: int) -> Any:
         """Create the hnswlib structure with room for `capacity` vectors."""
@@ -145,6 +210,8 @@ class AnchorIndex:
             vectors: (n, dim) vectors (need not be normalized).
             num_threads: insertion threads; None uses every core. More than one thread
                 builds a slightly different (equally good) graph on each run.
+
+        A calibrated index calibrates again once it has grown by 10 %.
 
         Raises:
             ValueError: on a count/dimension mismatch, non-finite or zero vectors, or an id
@@ -173,6 +240,14 @@ class AnchorIndex:
             self._hnsw.add_items(matrix, np.arange(start, total), num_threads=max(1, threads))
             self._ids.extend(ids)
             self._row_of.update({anchor: start + n for n, anchor in enumerate(ids)})
+        calibration = self.calibration
+        if calibration is not None and total > _RECALIBRATE_GROWTH * calibration.size:
+            self.calibrate(
+                target_recall=calibration.target,
+                k=calibration.k,
+                sample=calibration.sample,
+                num_threads=num_threads,
+            )
 
     def query(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
         """Nearest anchors to `vector`.
@@ -209,8 +284,9 @@ class AnchorIndex:
     def to_bytes(self) -> bytes:
         """Serialize: magic, header length, JSON header (ids, dim, params), hnswlib payload.
 
-        An ef_search left to the size table is written as null, so the loaded index keeps
-        choosing it by size; a number (as every earlier blob holds) is kept as set.
+        An ef_search not set is written as null and the calibration (if any) beside it, so
+        the loaded index answers with the same ef; a number (as every earlier blob holds) is
+        kept as set, and a header without a calibration falls back to the size table.
         """
         header = {
             "dim": self.dim,
@@ -220,6 +296,7 @@ class AnchorIndex:
             "ef_search": self.ef_search,
             "seed": self.seed,
             "space": "cosine",
+            "calibration": None if self.calibration is None else self.calibration.to_header(),
         }
         header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
         payload = b""
@@ -249,6 +326,8 @@ class AnchorIndex:
                 ef_search=None if header["ef_search"] is None else int(header["ef_search"]),
                 seed=int(header["seed"]),
             )
+            if header.get("calibration") is not None:
+                index.calibration = Calibration.from_header(header["calibration"])
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"anchor index header is garbled: {exc}") from None
         payload = data[prefix + header_len :]

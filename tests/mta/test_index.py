@@ -1,12 +1,14 @@
 """HNSW anchor index: recall against brute force, serialization, and input checks."""
 
 import json
-from collections.abc import Callable
+import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from mta.index import AnchorIndex, ef_for_size
+from mta.index_calibration import EF_LADDER, MIN_CALIBRATION_SIZE
 
 
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -22,9 +24,9 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:
 
 
 def clustered_rows(n: int, dim: int, seed: int = 0, centres: int = 30) -> np.ndarray:
-    """Unit vectors in Gaussian clusters (cosine ~0.8 to their centre)."""
+    """Unit vectors in Gaussian clusters (cosine ~0.8 to their centre); the centres are fixed."""
     rng = np.random.default_rng(seed)
-    middles = unit_rows(centres, dim, seed=seed + 7)
+    middles = unit_rows(centres, dim, seed=7)
     noise = rng.normal(size=(n, dim)).astype(np.float32) * (0.75 / np.sqrt(dim))
     vectors = middles[rng.integers(0, centres, n)] + noise
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -39,15 +41,89 @@ def recall_at_2(index: AnchorIndex, vectors: np.ndarray, queries: np.ndarray) ->
     return found / (2 * len(queries))
 
 
-@pytest.mark.parametrize("make_rows", [unit_rows, clustered_rows])
-def test_default_recall_at_2_is_at_least_099(make_rows: Callable[..., np.ndarray]) -> None:
+@pytest.fixture(scope="module", params=["isotropic", "clustered"])
+def calibrated(request: pytest.FixtureRequest) -> tuple[str, np.ndarray, AnchorIndex]:
+    """A 3000-vector 384-d index per data shape, calibrated by its build."""
+    make_rows = unit_rows if request.param == "isotropic" else clustered_rows
     vectors = make_rows(3000, 384, seed=1)
-    index = AnchorIndex.build([str(n) for n in range(len(vectors))], vectors)
-    # Fresh random directions: both neighbours are near-ties, harder than the bench's queries.
-    queries = unit_rows(200, 384, seed=2)
+    return request.param, vectors, AnchorIndex.build([str(n) for n in range(3000)], vectors)
+
+
+def test_calibrated_ef_reaches_recall_at_2_of_099_on_fresh_queries(
+    calibrated: tuple[str, np.ndarray, AnchorIndex],
+) -> None:
+    shape, vectors, index = calibrated
+    assert index.calibration is not None and index.ef == index.calibration.ef
+    # Fresh points of the same distribution: random directions for the isotropic set, new
+    # members of the same clusters for the clustered one (no user sits between all topics).
+    make_rows = unit_rows if shape == "isotropic" else clustered_rows
+    fresh = make_rows(200, 384, seed=2)
     near = vectors[:200] + 0.2 * unit_rows(200, 384, seed=3)
-    assert recall_at_2(index, vectors, queries) >= 0.99
+    assert recall_at_2(index, vectors, fresh) >= 0.99
     assert recall_at_2(index, vectors, near) >= 0.99
+
+
+def test_calibration_picks_a_small_ef_on_clustered_data_and_a_larger_one_on_isotropic(
+    calibrated: tuple[str, np.ndarray, AnchorIndex],
+) -> None:
+    shape, _, index = calibrated
+    calibration = index.calibration
+    assert calibration is not None
+    assert (calibration.size, calibration.sample) == (3000, 256)
+    assert calibration.recall >= calibration.target == 0.99
+    if shape == "clustered":
+        assert calibration.ef <= 64  # the size table would say 256
+    else:
+        assert 128 <= calibration.ef <= 1024
+
+
+def test_calibration_round_trips_through_bytes_and_explicit_ef_wins() -> None:
+    vectors = clustered_rows(600, 32, seed=4)
+    ids = [f"c{n}" for n in range(600)]
+    index = AnchorIndex.build(ids, vectors)
+    restored = AnchorIndex.from_bytes(index.to_bytes())
+    assert index.calibration is not None
+    assert restored.calibration == replace(index.calibration, seconds=0.0)
+    assert restored.ef_search is None and restored.ef == index.ef
+    for query in clustered_rows(20, 32, seed=5):
+        assert restored.query(query, 4) == index.query(query, 4)
+
+    pinned = AnchorIndex.build(ids, vectors, ef_search=300)
+    assert pinned.calibration is None  # nothing to measure: the caller chose
+    pinned.calibrate(k=2, sample=50)
+    assert pinned.ef == 300 and pinned.calibration.sample == 50
+
+
+def test_queries_during_calibration_keep_answering_right() -> None:
+    vectors = clustered_rows(800, 32, seed=8)
+    index = AnchorIndex.build([str(n) for n in range(800)], vectors, calibrate=False)
+    errors: list[str] = []
+
+    def ask() -> None:
+        for row in range(0, 800, 7):
+            if index.query(vectors[row], 1)[0][0] != str(row):
+                errors.append(str(row))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    index.calibrate(sample=100)
+    for thread in threads:
+        thread.join()
+    assert errors == [] and index.calibration is not None
+
+
+def test_tiny_builds_use_the_size_table_and_growth_recalibrates() -> None:
+    vectors = unit_rows(MIN_CALIBRATION_SIZE + 100, 16, seed=6)
+    ids = [f"a{n}" for n in range(len(vectors))]
+    tiny = AnchorIndex.build(ids[:30], vectors[:30])
+    assert tiny.calibration is None and tiny.ef == ef_for_size(30)
+    grown = AnchorIndex.build(ids[:MIN_CALIBRATION_SIZE], vectors[:MIN_CALIBRATION_SIZE])
+    assert grown.calibration is not None and grown.calibration.size == MIN_CALIBRATION_SIZE
+    assert grown.ef in EF_LADDER
+    grown.add(ids[MIN_CALIBRATION_SIZE:], vectors[MIN_CALIBRATION_SIZE:])
+    assert grown.calibration.size == len(vectors)  # grew by over 10 %: measured again
+    assert grown.query(vectors[-1], 1)[0][0] == ids[-1]
 
 
 def test_ef_grows_with_the_index_size_and_is_at_least_k() -> None:
@@ -130,19 +206,23 @@ def test_ef_chosen_by_size_survives_bytes_and_follows_growth() -> None:
     assert restored.query(vectors[35], 1)[0][0] == "a35"
 
 
-def test_blob_written_before_ef_by_size_still_loads_with_its_ef() -> None:
-    vectors = unit_rows(50, 8)
-    ids = [f"a{n}" for n in range(50)]
+@pytest.mark.parametrize(("written_ef", "loaded_ef"), [(128, 128), (None, ef_for_size(300))])
+def test_blobs_written_before_calibration_still_load_with_their_ef(
+    written_ef: int | None, loaded_ef: int
+) -> None:
+    vectors = unit_rows(300, 8)
+    ids = [f"a{n}" for n in range(300)]
     payload = AnchorIndex.build(ids, vectors).to_bytes()
     magic, header_end = payload[:8], 12 + int.from_bytes(payload[8:12], "little")
-    # The header exactly as the earlier code wrote it: ef_search always a number.
+    # The headers exactly as the earlier code wrote them: ef_search a number (before the size
+    # table), or null for the size table; neither has a calibration.
     old_header = json.dumps(
         {
             "dim": 8,
             "ids": ids,
             "m": 32,
             "ef_construction": 200,
-            "ef_search": 128,
+            "ef_search": written_ef,
             "seed": 0,
             "space": "cosine",
         },
@@ -150,7 +230,8 @@ def test_blob_written_before_ef_by_size_still_loads_with_its_ef() -> None:
     ).encode()
     old_blob = magic + len(old_header).to_bytes(4, "little") + old_header + payload[header_end:]
     loaded = AnchorIndex.from_bytes(old_blob)
-    assert (loaded.ef_search, loaded.ef, loaded.m) == (128, 128, 32)
+    assert (loaded.ef_search, loaded.ef, loaded.m) == (written_ef, loaded_ef, 32)
+    assert loaded.calibration is None
     assert loaded.query(vectors[7], 1)[0][0] == "a7"
 
 
