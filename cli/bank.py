@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mta.cli.bulk import Executor
 from mta.cli.options import (
     BaseModelOpt,
     EmbedderOpt,
@@ -58,6 +59,19 @@ def bank_build(
     base_model: BaseModelOpt = None,
     embedder: EmbedderOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for clustering and training.")] = 0,
+    executor: Annotated[
+        Executor,
+        typer.Option("--executor", help="Train the anchors here, or each as a Ray task."),
+    ] = Executor.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: local)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Anchors trained at once on Ray.")
+    ] = 2,
     json_mode: JsonOpt = False,
 ) -> None:
     """Select anchors among the users in --data, train one LoRA per anchor, publish a version.
@@ -65,6 +79,7 @@ def bank_build(
     Example:
 
         mta bank build movie_tagging --data users.json --anchors 3 --epochs 1
+        mta bank build movie_tagging --data users.json --anchors 50 --executor ray --address auto
     """
     from mta.registry.service import build_bank
 
@@ -84,6 +99,9 @@ def bank_build(
             embedder=embedder,
             seed=seed,
             progress=progress,
+            executor=executor.value,
+            address=address,
+            workers=workers,
         )
     _render_bank(out, bank.to_dict(), verb="built")
 

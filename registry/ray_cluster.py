@@ -138,13 +138,17 @@ def worker_env() -> dict[str, str]:
 
 
 @contextmanager
-def ray_session(ctx: RegistryContext, address: str | None, *, num_cpus: int) -> Iterator[Any]:
+def ray_session(
+    ctx: RegistryContext, address: str | None, *, num_cpus: int, check_registry: bool = True
+) -> Iterator[Any]:
     """Connect to Ray (or start a private local one) for one job, and disconnect after it.
 
     Args:
         address: None or "local": a private Ray on this machine with `num_cpus` CPUs;
             "auto", "HOST:PORT" or "ray://HOST:PORT": an existing cluster. A Ray the
             caller already initialized is used as it is and left running.
+        check_registry: apply `check_local_registry` (off when workers never open the
+            registry, as in a bank build whose tasks only return bytes).
 
     Yields:
         The `ray` module, connected.
@@ -153,7 +157,8 @@ def ray_session(ctx: RegistryContext, address: str | None, *, num_cpus: int) -> 
         InvalidInputError: Ray missing, or a machine-local registry with remote nodes.
     """
     ray = import_ray()
-    check_local_registry(ctx, address, set())
+    if check_registry:
+        check_local_registry(ctx, address, set())
     started = False
     if not ray.is_initialized():
         options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
@@ -164,8 +169,9 @@ def ray_session(ctx: RegistryContext, address: str | None, *, num_cpus: int) -> 
         ray.init(**options)
         started = True
     try:
-        hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
-        check_local_registry(ctx, address, hosts)
+        if check_registry:
+            hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+            check_local_registry(ctx, address, hosts)
         yield ray
     finally:
         if started:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,11 @@ from mta.registry.service_bank import (
     publish_bank,
     report_progress,
 )
+
+if TYPE_CHECKING:
+    from mta.training import TrainConfig
+
+EXECUTORS = ("local", "ray")
 
 
 def build_bank(
@@ -43,6 +49,9 @@ def build_bank(
     target_modules: Sequence[str] | None = None,
     max_steps: int | None = None,
     progress: ProgressFn | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int = 2,
 ) -> BankVersion:
     """Select anchors from a user file, train one meta-LoRA per anchor, publish a version.
 
@@ -57,6 +66,9 @@ def build_bank(
         base_model, embedder: specs (default env MTA_BASE_MODEL / MTA_EMBEDDER, then built-ins).
         target_modules: linear layers to adapt (default all seven Llama projections).
         progress: called as (stage, done, total) for stages "embed", "train".
+        executor: "local" trains the anchors one after another here; "ray" trains each as
+            a Ray task (`bank_ray.train_anchors_ray`) on `address` with `workers` at once.
+            Either way this process stores every blob, then publishes in one transaction.
 
     Returns:
         The new bank version.
@@ -65,10 +77,11 @@ def build_bank(
     from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
     from mta.embedding import normalize_rows, user_embedding
     from mta.lamp_data import load_users
-    from mta.peft_io import adapter_to_bytes, validate_against_shapes
     from mta.tasks import get_task, profile_examples
-    from mta.training import TrainConfig, train_lora
+    from mta.training import TrainConfig
 
+    if executor not in EXECUTORS:
+        raise InvalidInputError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if anchor_data not in ANCHOR_DATA_MODES:
         raise InvalidInputError(
             f"unknown anchor data {anchor_data!r}; valid: {', '.join(ANCHOR_DATA_MODES)}"
@@ -100,11 +113,11 @@ def build_bank(
 
     model, tokenizer = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
-    payloads: list[AnchorPayload] = []
     # Whose history trained which anchor: deleting a user must find every anchor they fed.
     trained_on: dict[str, list[str]] = {}
-    total = len(selection.anchor_rows)
-    for n, row in enumerate(selection.anchor_rows):
+    payloads: list[AnchorPayload] = []
+    examples_of: list[list[tuple[str, str]]] = []
+    for row in selection.anchor_rows:
         members = selection.members(selection.cluster_of[row])
         trained_on[str(users[row]["user_id"])] = (
             [str(users[m]["user_id"]) for m in members] if anchor_data == "cluster" else []
@@ -117,20 +130,36 @@ def build_bank(
         else:
             examples = profile_examples(task_obj, users[row]["profile"])
             embedding = matrix[row]
-        with MODEL_LOCK:
-            adapter, _ = train_lora(model, tokenizer, examples, config, progress=False)
-        adapter.check_finite()
-        validate_against_shapes(adapter, shapes)
+        examples_of.append(examples)
         payloads.append(
             AnchorPayload(
                 anchor_id=str(users[row]["user_id"]),
-                adapter_bytes=adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE)),
+                adapter_bytes=b"",  # filled in once trained
                 embedding=embedding,
                 history_length=lengths[row],
                 cluster_size=len(members),
             )
         )
-        report_progress(progress, "train", n + 1, total)
+    if executor == "ray":
+        from mta.registry.bank_ray import train_anchors_ray
+
+        trained = train_anchors_ray(
+            ctx,
+            model_name,
+            examples_of,
+            config,
+            shapes,
+            address=address,
+            workers=workers,
+            progress=progress,
+        )
+    else:
+        trained = []
+        for n, examples in enumerate(examples_of):
+            trained.append(train_anchor_bytes(model, tokenizer, examples, config, shapes))
+            report_progress(progress, "train", n + 1, len(examples_of))
+    for payload, adapter_bytes in zip(payloads, trained, strict=True):
+        payload.adapter_bytes = adapter_bytes
     return publish_bank(
         ctx,
         task=task,
@@ -151,6 +180,24 @@ def build_bank(
         },
         anchors=payloads,
     )
+
+
+def train_anchor_bytes(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[tuple[str, str]],
+    config: TrainConfig,
+    shapes: dict[str, tuple[int, int]],
+) -> bytes:
+    """Train one anchor's meta-LoRA and return its checked fp16 blob (here or in a Ray task)."""
+    from mta.peft_io import adapter_to_bytes, validate_against_shapes
+    from mta.training import train_lora
+
+    with MODEL_LOCK:
+        adapter, _ = train_lora(model, tokenizer, examples, config, progress=False)
+    adapter.check_finite()
+    validate_against_shapes(adapter, shapes)
+    return adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE))
 
 
 def push_bank(

@@ -159,3 +159,41 @@ def test_a_machine_local_registry_is_refused_on_remote_nodes(bank_registry):
             "10.0.0.7:6379",
             set(),
         )
+
+
+def test_bank_build_on_ray_trains_each_anchor_as_a_task(
+    registry, local_ray, tmp_path, tiny_model_dir, tiny_embedder_dir
+):
+    from mta.registry.service import build_bank, fsck, get_bank
+    from tests.support import write_users
+
+    users = [movie_user(f"c{i}", 9 if i % 2 else 5, seed=i) for i in range(6)]
+    data = write_users(tmp_path / "users.json", users)
+    stages: list[tuple[str, int, int]] = []
+
+    def build(executor: str) -> Any:
+        return build_bank(
+            registry,
+            task=TASK,
+            data_path=data,
+            anchors=2,
+            base_model=str(tiny_model_dir),
+            embedder=str(tiny_embedder_dir),
+            max_steps=1,
+            executor=executor,
+            workers=2,
+            progress=lambda stage, done, total: stages.append((stage, done, total)),
+        )
+
+    on_ray = build("ray")
+    assert on_ray.version == 1 and on_ray.num_anchors == 2
+    assert [s for s in stages if s[0] == "train"] == [("train", 1, 2), ("train", 2, 2)]
+    here = build("local")
+    ray_anchors = get_bank(registry, TASK, "1").anchors
+    local_anchors = get_bank(registry, TASK, "2").anchors
+    assert [a.anchor_id for a in ray_anchors] == [a.anchor_id for a in local_anchors]
+    # Same anchors, same blob sizes (the bytes match too here; thread counts may differ elsewhere).
+    assert [a.adapter_bytes for a in ray_anchors] == [a.adapter_bytes for a in local_anchors]
+    assert here.version == 2 and fsck(registry).ok
+    with pytest.raises(InvalidInputError, match="unknown executor"):
+        build_bank(registry, task=TASK, data_path=data, anchors=2, executor="dask")
