@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK = "movie_tagging"
 TRAIN = ("--shots", "5", "--rank", "1")
 ANCHORS = 4
+USERS = 24  # all added in one `user add --from`; (a), (b) and (c) adapt subsets of them
 
 
 def _lamp_users(count: int) -> tuple[list[dict], list[dict]]:
@@ -118,18 +119,31 @@ def _phase_cells(summary: dict[str, Any]) -> list[Any]:
     return [phases.get(p, float("nan")) for p in ("fuse", "train", "commit")]
 
 
+def _sizes(quick: bool) -> tuple[int, int, int]:
+    """Users in (a), (b), (c): `MTA_BENCH_BULK_SIZES=A,B,C`, else small enough for 2 busy cores.
+
+    SmolLM2 trains a 3-epoch stack in 3-10 s per user on an idle 2-core machine, and in
+    minutes when several jobs share it; (b) and (c) must not exceed len(users) - A.
+    """
+    value = os.environ.get("MTA_BENCH_BULK_SIZES")
+    if value:
+        n_a, n_b, n_c = (int(v) for v in value.split(","))
+        return n_a, n_b, min(n_c, n_b)
+    return (3, 8, 8) if quick else (3, 6, 6)
+
+
 def _rate(users: int, seconds: float) -> float:
     return 60.0 * users / seconds if seconds > 0 else float("nan")
 
 
 def bench_bulk(quick: bool) -> Section:
     """Users per minute: one process per user (a), one batch process (b), Ray with 2 workers (c)."""
-    n_a, n_b, n_c = (3, 8, 8) if quick else (6, 18, 12)
+    n_a, n_b, n_c = _sizes(quick)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mta-bench-bulk-") as tmp:
         registry = _Registry(Path(tmp))
         base_model, embedder, label = _models(quick, Path(tmp))
-        anchors, users = _lamp_users(n_a + n_b)
+        anchors, users = _lamp_users(max(USERS, n_a + n_b))
         _push_bank(registry, anchors, base_model, embedder)
         section = Section(
             f"Bulk personalization ({label}, LaMP movie tagging, shots 5, rank 1, 3 epochs)",
