@@ -81,3 +81,42 @@ def test_bulk_fuse_skips_users_with_a_recipe(bank_registry):
     assert fuse_one(bank_registry, "x1", {"top_k": 2}).status == SKIPPED
     assert fuse_one(bank_registry, "x1", {"top_k": 3}, force=True).status == "fused"
     assert get_user(bank_registry, "x1").num_recipes == 2
+
+
+def test_bulk_fuse_refresh_moves_old_recipes_to_the_latest_bank(bank_registry, push_bank_fn):
+    _add(bank_registry, "y1")
+    assert fuse_one(bank_registry, "y1", {}).status == "fused"
+    assert fuse_one(bank_registry, "y1", {}, refresh=True).status == SKIPPED  # on the latest
+    push_bank_fn(bank_registry, seed=1)
+    assert fuse_one(bank_registry, "y1", {}, refresh=True).status == "fused"
+    assert get_user(bank_registry, "y1").recipe.bank_version == 2
+
+
+def test_make_work_describes_a_job_in_plain_values(bank_registry):
+    from mta.registry.bulk import make_work
+
+    _add(bank_registry, "z1")
+    spec = {"request": {"shots": 2, "max_steps": 1}, "force": False, "refresh": False}
+    assert make_work(bank_registry, "adapt", spec)("z1").status == ADAPTED
+    assert make_work(bank_registry, "adapt", spec)("z1").status == SKIPPED
+    assert make_work(bank_registry, "fuse", {"fuse_args": {}})("z1").status == SKIPPED
+    with pytest.raises(InvalidInputError, match="adapt, fuse"):
+        make_work(bank_registry, "train", {})
+
+
+def test_add_users_embeds_in_batches_and_reports_each_record(bank_registry):
+    from mta.registry.bulk import ADDED
+    from mta.registry.service_users_bulk import add_users, only_task_with_bank
+
+    assert only_task_with_bank(bank_registry) == TASK
+    _add(bank_registry, "old")
+    records = [movie_user("n1", 5), movie_user("old", 5), {"user_id": "n2"}, movie_user("n3", 5)]
+    seen = []
+    outcomes = add_users(
+        bank_registry, records, task=TASK, chunk=2, on_outcome=lambda o, d, t: seen.append((d, t))
+    )
+    assert [(o.user_id, o.status) for o in outcomes] == [
+        ("n1", ADDED), ("old", SKIPPED), ("n2", FAILED), ("n3", ADDED),
+    ]  # fmt: skip
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert get_user(bank_registry, "n3").profile_items == 5
