@@ -110,11 +110,8 @@ def open_registry(
     from mta.registry.context import RegistryContext
     from mta.registry.service import init_registry
 
-    ctx = RegistryContext.open(
-        db_url or f"sqlite:///{root}/registry.db",
-        store_url or f"file://{root}/store",
-        root / "cache",
-    )
+    default_db, default_store, cache = RegistryContext.folder_locations(root)
+    ctx = RegistryContext.open(db_url or default_db, store_url or default_store, cache)
     init_registry(ctx)
     return ctx
 

@@ -19,13 +19,10 @@ def cli_env(
     mta: Mta,
 ) -> CliEnv:
     """An initialized SQLite + file registry in tmp_path, selected through the environment."""
-    env = make_cli_env(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'registry.db'}",
-        f"file://{tmp_path / 'store'}",
-        tiny_model_dir,
-        tiny_embedder_dir,
-    )
+    from mta.registry.context import RegistryContext
+
+    db_url, store_url, _ = RegistryContext.folder_locations(tmp_path)
+    env = make_cli_env(tmp_path, db_url, store_url, tiny_model_dir, tiny_embedder_dir)
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
     for key in ("MTA_BASE_MODEL", "MTA_EMBEDDER"):

@@ -35,13 +35,10 @@ class Registry:
 
 
 def _registry_at(root: Path) -> Registry:
-    return Registry(
-        root=root,
-        db_url=f"sqlite:///{root / 'registry.db'}",
-        store_url=f"file://{root / 'store'}",
-        cache_dir=root / "cache",
-        store_dir=root / "store",
-    )
+    from mta.registry.context import RegistryContext
+
+    db_url, store_url, cache_dir = RegistryContext.folder_locations(root)
+    return Registry(root, db_url, store_url, cache_dir, store_dir=root / "store")
 
 
 def populate(
