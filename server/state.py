@@ -1,0 +1,135 @@
+"""What the routes share: auth dependencies, the user-id check, and the app's state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mta.registry import service
+from mta.registry.context import RegistryContext
+from mta.registry.db import sqlite_path
+from mta.registry.identity import AdapterIdentity
+from mta.registry.names import validate_user_id
+
+from .archive import ArchiveCache, IdentityCache
+from .auth import Role, authorize
+from .jobs import Job, JobRunner
+from .metrics import Labels, Metrics
+from .schemas import TASK_REGEX, USER_ID_REGEX, JobResponse
+from .settings import ServerSettings, default_lookup_threads
+
+T = TypeVar("T")
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A read token (GET routes) or an admin token (every route).",
+)
+
+
+# Dependencies that do no I/O are `async def`: FastAPI runs a sync one on the threadpool,
+# a thread hop per dependency per request that costs more than the check itself.
+async def _user_id(
+    user_id: Annotated[str, Path(pattern=USER_ID_REGEX, description="The user's id.")],
+) -> str:
+    # The pattern lets "." and ".." through; the service's rule refuses them (422).
+    return validate_user_id(user_id)
+
+
+UserId = Annotated[str, Depends(_user_id)]
+Task = Annotated[str, Path(pattern=TASK_REGEX, description="LaMP task name, e.g. citation.")]
+
+
+def _require(role: Role) -> Callable[..., Awaitable[None]]:
+    async def check(
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> None:
+        authorize(request.headers.get("authorization"), request.app.state.tokens, role)
+
+    return check
+
+
+ReadAuth = Depends(_require(Role.READ))
+AdminAuth = Depends(_require(Role.ADMIN))
+
+
+class AppState:
+    """Everything the routes share: the registry, the job runner, caches and metrics."""
+
+    def __init__(self, settings: ServerSettings, ctx: RegistryContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.jobs = JobRunner(settings.workers, max_queued=settings.max_queued_jobs)
+        self.archives = ArchiveCache(settings.memory_cache_bytes)
+        # Users deleted through this process: a fetch that raced the deletion checks here
+        # after caching its archive, and drops it (see `_build_archive`).
+        self.forgotten: set[str] = set()
+        self.metrics = Metrics()
+        self.metrics.add_gauges(self._gauges)
+        threads = settings.lookup_threads
+        threads = default_lookup_threads(ctx.db_url) if threads is None else threads
+        # 0: on the event loop itself (no thread hop, but a slow read stalls every request).
+        self.lookups = ThreadPoolExecutor(threads, "mta-lookup") if threads else None
+        db_file = sqlite_path(ctx.db_url)
+        self.identities = IdentityCache(db_file) if db_file and db_file.exists() else None
+
+    def forget(self, user_id: str) -> None:
+        """After a deletion: drop the user's archives, and any a racing fetch adds later."""
+        self.forgotten.add(user_id)
+        self.archives.discard_owner(user_id)
+
+    def remember(self, user_id: str) -> None:
+        """A user id (re-)added: its archives may be cached again."""
+        self.forgotten.discard(user_id)
+
+    def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
+        yield (
+            "mta_adapter_memory_cache_bytes",
+            "Bytes of adapter archives held in memory.",
+            (),
+            self.archives.total_bytes,
+        )
+        for status, count in self.jobs.counts().items():
+            yield "mta_jobs", "Adapt jobs kept in memory, by status.", (("status", status),), count
+
+    def adapter_identity(self, user_id: str) -> AdapterIdentity:
+        """What fixes a user's exported adapter bytes now: the ETag input (see archive.py).
+
+        The service's own identity read, the one its export-cache key uses, so the two
+        agree; kept in `identities` until the registry changes.
+
+        Raises:
+            NotFoundError: unknown user, or no recipe yet, so there is no adapter to serve.
+        """
+        if self.identities is None:
+            return service.adapter_identity(self.ctx, user_id)
+        version, identity = self.identities.get(user_id)
+        if identity is None:
+            identity = service.adapter_identity(self.ctx, user_id)
+            self.identities.put(user_id, version, identity)
+        return identity
+
+    def cached_identity(self, user_id: str) -> AdapterIdentity | None:
+        """The user's identity if the registry has not changed since it was read, else None."""
+        return self.identities.get(user_id)[1] if self.identities is not None else None
+
+    async def lookup(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a registry read on the lookup threads (FIFO, bounded) and await it."""
+        if self.lookups is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.lookups, fn, *args)
+
+
+def app_state(request: Request) -> AppState:
+    """The app's shared state."""
+    return request.app.state.mta
+
+
+def job_response(job: Job) -> JobResponse:
+    """A job as its API schema."""
+    return JobResponse.model_validate(job, from_attributes=True)
