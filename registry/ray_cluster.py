@@ -163,7 +163,8 @@ def ray_session(
     if not ray.is_initialized():
         options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
         if address in LOCAL_ADDRESSES:
-            options.update(num_cpus=num_cpus, include_dashboard=False)
+            # "local", not None: ray.init() would join RAY_ADDRESS or the last `ray start`.
+            options.update(address="local", num_cpus=num_cpus, include_dashboard=False)
         else:
             options["address"] = address
         ray.init(**options)

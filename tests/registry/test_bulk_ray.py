@@ -39,7 +39,14 @@ def local_ray() -> Iterator[Any]:
     ray = _require_ray()
     # The test actor below lives in a test module the workers cannot import: ship it by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # address="local": a new private instance even when RAY_ADDRESS or a `ray start` exists.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
     try:
         yield ray
     finally:
