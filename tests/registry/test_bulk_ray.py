@@ -204,3 +204,13 @@ def test_bank_build_on_ray_trains_each_anchor_as_a_task(
     assert here.version == 2 and fsck(registry).ok
     with pytest.raises(InvalidInputError, match="unknown executor"):
         build_bank(registry, task=TASK, data_path=data, anchors=2, executor="dask")
+
+
+def test_workers_that_cannot_open_the_registry_stop_the_job_with_their_error(local_ray, tmp_path):
+    from mta.registry.context import RegistryContext
+    from mta.registry.errors import NotInitializedError
+
+    # Never `mta init`ed: every worker fails its ready() check, and the job says why.
+    empty = RegistryContext.in_folder(tmp_path / "empty")
+    with empty, pytest.raises(NotInitializedError):
+        run_ray(empty, ["u1", "u2"], WorkSpec.adapt(REQUEST), workers=2)
