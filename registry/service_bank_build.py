@@ -140,24 +140,17 @@ def build_bank(
                 cluster_size=len(members),
             )
         )
-    if executor == "ray":
-        from mta.registry.bank_ray import train_anchors_ray
-
-        trained = train_anchors_ray(
-            ctx,
-            model_name,
-            examples_of,
-            config,
-            shapes,
-            address=address,
-            workers=workers,
-            progress=progress,
-        )
-    else:
-        trained = []
-        for n, examples in enumerate(examples_of):
-            trained.append(train_anchor_bytes(model, tokenizer, examples, config, shapes))
-            report_progress(progress, "train", n + 1, len(examples_of))
+    trained = _train_anchors(
+        ctx,
+        (model_name, model, tokenizer),
+        examples_of,
+        config,
+        shapes,
+        executor=executor,
+        address=address,
+        workers=workers,
+        progress=progress,
+    )
     for payload, adapter_bytes in zip(payloads, trained, strict=True):
         payload.adapter_bytes = adapter_bytes
     return publish_bank(
@@ -180,6 +173,40 @@ def build_bank(
         },
         anchors=payloads,
     )
+
+
+def _train_anchors(
+    ctx: RegistryContext,
+    base: tuple[str, Any, Any],
+    examples_of: Sequence[Sequence[tuple[str, str]]],
+    config: TrainConfig,
+    shapes: dict[str, tuple[int, int]],
+    *,
+    executor: str,
+    address: str | None,
+    workers: int,
+    progress: ProgressFn | None,
+) -> list[bytes]:
+    """Each anchor's blob, in order: trained here one by one, or as Ray tasks."""
+    model_name, model, tokenizer = base
+    if executor == "ray":
+        from mta.registry.bank_ray import train_anchors_ray
+
+        return train_anchors_ray(
+            ctx,
+            model_name,
+            examples_of,
+            config,
+            shapes,
+            address=address,
+            workers=workers,
+            progress=progress,
+        )
+    trained = []
+    for n, examples in enumerate(examples_of):
+        trained.append(train_anchor_bytes(model, tokenizer, examples, config, shapes))
+        report_progress(progress, "train", n + 1, len(examples_of))
+    return trained
 
 
 def train_anchor_bytes(
