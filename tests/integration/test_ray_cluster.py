@@ -174,10 +174,14 @@ def test_kill_9_of_a_worker_mid_job_loses_nothing(
     killed: list[str] = []
 
     def kill_the_node_worker(_outcome: Any, done: int, _total: int) -> None:
-        # After the first unit lands, the worker on the extra node is in (or queued for) its own.
+        # Once a unit has landed and the extra node's actor is inside run_unit (Ray's
+        # process title while a method runs), kill it; otherwise try at the next outcome.
         if killed:
             return
-        for pid in _session_pids(ray_cluster.node.pid):
+        pids = _session_pids(ray_cluster.node.pid)
+        if not any(_cmdline(pid).startswith("ray::BulkWorker.run_unit") for pid in pids):
+            return
+        for pid in pids:
             if VICTIMS[victim](_cmdline(pid)):
                 killed.append(_cmdline(pid).strip())
                 os.kill(pid, signal.SIGKILL)
