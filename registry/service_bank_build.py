@@ -75,17 +75,11 @@ def build_bank(
     """
     from mta.anchors import select_anchors
     from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
-    from mta.embedding import normalize_rows, user_embedding
     from mta.lamp_data import load_users
-    from mta.tasks import get_task, profile_examples
+    from mta.tasks import get_task
     from mta.training import TrainConfig
 
-    if executor not in EXECUTORS:
-        raise InvalidInputError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
-    if anchor_data not in ANCHOR_DATA_MODES:
-        raise InvalidInputError(
-            f"unknown anchor data {anchor_data!r}; valid: {', '.join(ANCHOR_DATA_MODES)}"
-        )
+    _check_choices(executor, anchor_data)
     task_obj = get_task(task)
     modules = list(target_modules or DEFAULT_TARGET_MODULES)
     config = TrainConfig(
@@ -100,11 +94,7 @@ def build_bank(
     users = load_users(data_path, require_gold=False, task=task_obj)
     check_enough_candidates(users, anchors, min_history)
     emb = ctx.embedder(embedder)
-    vectors = []
-    for n, user in enumerate(users):
-        vectors.append(user_embedding(emb, [task_obj.item_text(i) for i in user["profile"]]))
-        report_progress(progress, "embed", n + 1, len(users))
-    matrix = np.stack(vectors)
+    matrix = _embed_users(emb, users, task_obj, progress)
     lengths = [len(u["profile"]) for u in users]
     try:
         selection = select_anchors(matrix, lengths, anchors, min_history=min_history, seed=seed)
@@ -113,33 +103,9 @@ def build_bank(
 
     model, tokenizer = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
-    # Whose history trained which anchor: deleting a user must find every anchor they fed.
-    trained_on: dict[str, list[str]] = {}
-    payloads: list[AnchorPayload] = []
-    examples_of: list[list[tuple[str, str]]] = []
-    for row in selection.anchor_rows:
-        members = selection.members(selection.cluster_of[row])
-        trained_on[str(users[row]["user_id"])] = (
-            [str(users[m]["user_id"]) for m in members] if anchor_data == "cluster" else []
-        )
-        if anchor_data == "cluster":
-            examples = [
-                ex for m in members for ex in profile_examples(task_obj, users[m]["profile"])
-            ]
-            embedding = normalize_rows(matrix[members].mean(axis=0))
-        else:
-            examples = profile_examples(task_obj, users[row]["profile"])
-            embedding = matrix[row]
-        examples_of.append(examples)
-        payloads.append(
-            AnchorPayload(
-                anchor_id=str(users[row]["user_id"]),
-                adapter_bytes=b"",  # filled in once trained
-                embedding=embedding,
-                history_length=lengths[row],
-                cluster_size=len(members),
-            )
-        )
+    payloads, examples_of, trained_on = _plan_anchors(
+        selection, users, matrix, lengths, task_obj, anchor_data
+    )
     trained = _train_anchors(
         ctx,
         (model_name, model, tokenizer),
@@ -173,6 +139,71 @@ def build_bank(
         },
         anchors=payloads,
     )
+
+
+def _check_choices(executor: str, anchor_data: str) -> None:
+    """InvalidInputError for an unknown executor or anchor-data mode."""
+    if executor not in EXECUTORS:
+        raise InvalidInputError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if anchor_data not in ANCHOR_DATA_MODES:
+        raise InvalidInputError(
+            f"unknown anchor data {anchor_data!r}; valid: {', '.join(ANCHOR_DATA_MODES)}"
+        )
+
+
+def _embed_users(
+    emb: Any, users: Sequence[dict], task_obj: Any, progress: ProgressFn | None
+) -> Any:
+    """One embedding row per candidate user (their profile items' mean)."""
+    from mta.embedding import user_embedding
+
+    vectors = []
+    for n, user in enumerate(users):
+        vectors.append(user_embedding(emb, [task_obj.item_text(i) for i in user["profile"]]))
+        report_progress(progress, "embed", n + 1, len(users))
+    return np.stack(vectors)
+
+
+def _plan_anchors(
+    selection: Any,
+    users: Sequence[dict],
+    matrix: Any,
+    lengths: Sequence[int],
+    task_obj: Any,
+    anchor_data: str,
+) -> tuple[list[AnchorPayload], list[list[tuple[str, str]]], dict[str, list[str]]]:
+    """Each selected anchor's payload (untrained), training examples and cluster members."""
+    from mta.embedding import normalize_rows
+    from mta.tasks import profile_examples
+
+    # Whose history trained which anchor: deleting a user must find every anchor they fed.
+    trained_on: dict[str, list[str]] = {}
+    payloads: list[AnchorPayload] = []
+    examples_of: list[list[tuple[str, str]]] = []
+    for row in selection.anchor_rows:
+        members = selection.members(selection.cluster_of[row])
+        trained_on[str(users[row]["user_id"])] = (
+            [str(users[m]["user_id"]) for m in members] if anchor_data == "cluster" else []
+        )
+        if anchor_data == "cluster":
+            examples = [
+                ex for m in members for ex in profile_examples(task_obj, users[m]["profile"])
+            ]
+            embedding = normalize_rows(matrix[members].mean(axis=0))
+        else:
+            examples = profile_examples(task_obj, users[row]["profile"])
+            embedding = matrix[row]
+        examples_of.append(examples)
+        payloads.append(
+            AnchorPayload(
+                anchor_id=str(users[row]["user_id"]),
+                adapter_bytes=b"",  # filled in once trained
+                embedding=embedding,
+                history_length=lengths[row],
+                cluster_size=len(members),
+            )
+        )
+    return payloads, examples_of, trained_on
 
 
 def _train_anchors(
@@ -254,7 +285,6 @@ def push_bank(
     from mta.base_model import linear_shapes
     from mta.embedding import user_embedding
     from mta.errors import ShapeMismatchError
-    from mta.lamp_data import load_users
     from mta.peft_io import adapter_to_bytes, load_peft_adapter, validate_against_shapes
     from mta.tasks import get_task
 
@@ -263,17 +293,7 @@ def push_bank(
         raise InvalidInputError("no adapter folders given")
     model_name = check_model_specs(base_model, embedder)
     ids = [Path(d).resolve().name for d in adapter_dirs]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise InvalidInputError(f"adapter folder names must be unique: {', '.join(duplicates)}")
-    profiles = {
-        u["user_id"]: u for u in load_users(profiles_path, require_gold=False, task=task_obj)
-    }
-    missing = [i for i in ids if i not in profiles]
-    if missing:
-        raise InvalidInputError(
-            f"{profiles_path} has no profile for anchor(s) {', '.join(missing)}"
-        )
+    profiles = _pushed_profiles(ids, profiles_path, task_obj)
     adapters = [load_peft_adapter(d) for d in adapter_dirs]
     for adapter in adapters:
         adapter.check_finite()
@@ -315,3 +335,21 @@ def push_bank(
         },
         anchors=payloads,
     )
+
+
+def _pushed_profiles(ids: list[str], profiles_path: Path, task_obj: Any) -> dict[str, dict]:
+    """The profile of each pushed anchor (folder names unique, each with a profile)."""
+    from mta.lamp_data import load_users
+
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InvalidInputError(f"adapter folder names must be unique: {', '.join(duplicates)}")
+    profiles = {
+        u["user_id"]: u for u in load_users(profiles_path, require_gold=False, task=task_obj)
+    }
+    missing = [i for i in ids if i not in profiles]
+    if missing:
+        raise InvalidInputError(
+            f"{profiles_path} has no profile for anchor(s) {', '.join(missing)}"
+        )
+    return profiles
