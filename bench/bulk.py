@@ -187,7 +187,9 @@ def _measure(
                 rate_b / rate_a, *_phase_cells(summary_b))  # fmt: skip
     section.notes.append(
         f"(b) inside the process (model load excluded): {summary_b['users_per_minute']:.1f} "
-        f"users/min, p50 {summary_b['seconds_p50']:.2f} s, p99 {summary_b['seconds_p99']:.2f} s"
+        f"users/min, p50 {summary_b['seconds_p50']:.2f} s, p99 {summary_b['seconds_p99']:.2f} s; "
+        f"a process per user costs {wall_a / n_a - wall_b / max(len(summary_b['done']), 1):.1f} s "
+        "more per user (start, imports, model load), a fixed cost that training time dilutes"
     )
     missing = _ray_missing()
     if missing is not None:
