@@ -33,7 +33,7 @@ class Predictor:
         """
         from contextlib import nullcontext
 
-        from mta.training import apply_adapter, generate
+        from mta.inference import apply_adapter, generate
 
         prompts = [it.prompt for it in items]
         texts: list[str] = []

@@ -27,10 +27,9 @@ import torch
 
 from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.lora import LoraAdapter, LoraModule, is_finite, one_thread
-from mta.peft_config import (  # noqa: F401 - CONFIG_NAME, match_pattern, peft_config_for re-exported
+from mta.peft_config import (
     CONFIG_NAME,
     check_supported,
-    match_pattern,
     module_scale,
     peft_config_for,
     read_config,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
 from mta.errors import MtaError
-from mta.inference import apply_adapter, device_of, generate, padding_id  # noqa: F401 - generate re-exported
+from mta.inference import apply_adapter, device_of, padding_id
 
 if TYPE_CHECKING:
     import torch

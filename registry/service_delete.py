@@ -16,6 +16,7 @@ The order makes every crash recoverable and every error clean:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable
 
 from sqlalchemy import delete, select
@@ -39,8 +40,6 @@ from mta.storage import BlobNotFoundError
 
 def user_cache_prefix(user_id: str) -> str:
     """The export-cache key prefix of a user (ids may hold "@", which cache keys may not)."""
-    import hashlib
-
     return f"u{hashlib.sha256(user_id.encode()).hexdigest()[:16]}--"
 
 

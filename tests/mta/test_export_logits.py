@@ -11,9 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from mta.export import export_adapter
 from mta.fusion import fuse
+from mta.inference import apply_adapter
 from mta.lora import LoraAdapter
 from mta.peft_io import save_peft_adapter
-from mta.training import TrainConfig, apply_adapter, train_lora
+from mta.training import TrainConfig, train_lora
 
 EXAMPLES = [
     ("Review: ghosts haunt an old house at night. Tag:", " horror"),

@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.fusion import compress, fuse
 from mta.lora import LoraAdapter, LoraModule
+from mta.peft_config import match_pattern
 from mta.peft_io import (
     adapter_from_bytes,
     adapter_to_bytes,
     load_peft_adapter,
-    match_pattern,
     save_peft_adapter,
     validate_against_shapes,
 )

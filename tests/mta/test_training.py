@@ -9,8 +9,9 @@ import torch
 
 from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
 from mta.errors import MtaError, ShapeMismatchError
+from mta.inference import apply_adapter, generate
 from mta.lora import LoraAdapter, LoraModule
-from mta.training import TrainConfig, apply_adapter, generate, train_lora
+from mta.training import TrainConfig, train_lora
 from tests.fixtures_model import random_adapter
 
 EXAMPLES = [
