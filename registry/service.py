@@ -9,7 +9,7 @@ from __future__ import annotations
 from mta.registry.service_adapt import adapt_user
 from mta.registry.service_bank import ProgressFn, get_bank, list_banks, set_alias
 from mta.registry.service_bank_build import build_bank, push_bank
-from mta.registry.service_delete import delete_user
+from mta.registry.service_delete import delete_user, user_is_gone
 from mta.registry.service_export import adapter_identity, export_user, materialize_fused
 from mta.registry.service_gc import gc
 from mta.registry.service_publish import publish_users, watch_publish
@@ -52,5 +52,6 @@ __all__ = [
     "set_alias",
     "shot_indices",
     "storage_report",
+    "user_is_gone",
     "watch_publish",
 ]

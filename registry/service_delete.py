@@ -48,6 +48,12 @@ def is_forgotten(session: Session, user_id: str) -> bool:
     return session.get(SqlUser, user_id) is None or session.get(SqlDeletion, user_id) is not None
 
 
+def user_is_gone(ctx: RegistryContext, user_id: str) -> bool:
+    """Whether the user no longer exists or is being deleted (one short read)."""
+    with ctx.session() as session:
+        return is_forgotten(session, user_id)
+
+
 def delete_user(
     ctx: RegistryContext,
     user_id: str,

@@ -22,7 +22,7 @@ from mta.registry.entities import Export
 from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.identity import AdapterIdentity, identity_of
 from mta.registry.models import SqlAnchor, SqlBank, SqlRecipe
-from mta.registry.service_delete import is_forgotten, user_cache_prefix
+from mta.registry.service_delete import user_cache_prefix, user_is_gone
 from mta.registry.user_rows import (
     current_stack,
     get_user_row,
@@ -210,9 +210,7 @@ def _verify_sources(ctx: RegistryContext, identity: AdapterIdentity) -> None:
 
 def _refuse_if_forgotten(ctx: RegistryContext, user_id: str) -> None:
     """NotFoundError (after dropping their cache entries) if the user is gone or being deleted."""
-    with ctx.session() as session:
-        forgotten = is_forgotten(session, user_id)
-    if forgotten:
+    if user_is_gone(ctx, user_id):
         ctx.adapter_cache.discard_prefix(user_cache_prefix(user_id))
         raise NotFoundError(f"no user {user_id!r}")
 

@@ -71,7 +71,9 @@ def _build_archive(
         data = _export_archive(state, identity, max_rank, dtype)
         if data is not None:
             state.archives.put(etag, data, owner=identity.user_id)
-            if identity.user_id in state.forgotten:  # deleted while we built it
+            # Re-read after caching: a deletion that committed while we built it has
+            # already swept this process's archives, so the entry is ours to drop.
+            if service.user_is_gone(state.ctx, identity.user_id):
                 state.archives.discard_owner(identity.user_id)
                 raise NotFoundError(f"no user {identity.user_id!r}")
             state.metrics.count_cache("miss")

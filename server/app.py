@@ -102,16 +102,13 @@ def _v1_router() -> APIRouter:
     )
     def add_user(request: Request, body: AddUserRequest) -> User:
         """Register a user: embed their profile and pin their task's bank version."""
-        state = app_state(request)
-        user = service.add_user(
-            state.ctx,
+        return service.add_user(
+            app_state(request).ctx,
             user_id=body.user_id,
             task=body.task,
             profile=body.profile,
             bank_ref=body.bank_ref,
         )
-        state.remember(user.user_id)
-        return user
 
     @router.get(
         "/users/{user_id}",

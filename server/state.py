@@ -66,9 +66,6 @@ class AppState:
         self.ctx = ctx
         self.jobs = JobRunner(settings.workers, max_queued=settings.max_queued_jobs)
         self.archives = ArchiveCache(settings.memory_cache_bytes)
-        # Users deleted through this process: a fetch that raced the deletion checks here
-        # after caching its archive, and drops it (see `_build_archive`).
-        self.forgotten: set[str] = set()
         self.metrics = Metrics()
         self.metrics.add_gauges(self._gauges)
         threads = settings.lookup_threads
@@ -79,13 +76,8 @@ class AppState:
         self.identities = IdentityCache(db_file) if db_file and db_file.exists() else None
 
     def forget(self, user_id: str) -> None:
-        """After a deletion: drop the user's archives, and any a racing fetch adds later."""
-        self.forgotten.add(user_id)
+        """After a deletion: drop the user's archives (a racing fetch drops its own)."""
         self.archives.discard_owner(user_id)
-
-    def remember(self, user_id: str) -> None:
-        """A user id (re-)added: its archives may be cached again."""
-        self.forgotten.discard(user_id)
 
     def _gauges(self) -> Iterable[tuple[str, str, Labels, float]]:
         yield (
