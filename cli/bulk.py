@@ -7,7 +7,6 @@ was done when. `user_bulk.py` holds the commands that use this.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -54,7 +53,6 @@ class BulkProgress:
         """Prepare a bar for `total` users labelled `label` (e.g. "adapt")."""
         self.label = label
         self.total = total
-        self._start = time.monotonic()
         console = stderr_console()
         self._progress: Progress | None = None
         if console.is_terminal:
