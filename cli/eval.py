@@ -100,12 +100,28 @@ def eval_command(
     resamples: Annotated[
         int, typer.Option("--resamples", help="Bootstrap resamples.")
     ] = DEFAULTS.n_resamples,
+    item_bootstrap: Annotated[
+        bool,
+        typer.Option(
+            "--item-bootstrap",
+            help="Resample items instead of real users (narrower: ignores that a real "
+            "user's entries share items).",
+        ),
+    ] = DEFAULTS.item_bootstrap,
     cluster_bootstrap: Annotated[
         bool,
         typer.Option(
-            "--cluster-bootstrap", help="Resample real users instead of items (wider, honest)."
+            "--cluster-bootstrap", hidden=True, help="Resample real users (now the default)."
         ),
-    ] = DEFAULTS.cluster_bootstrap,
+    ] = False,
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            help="generate: parse a greedy generation (the paper); rank: answer the label "
+            "with the highest length-normalized log-likelihood (classification tasks).",
+        ),
+    ] = DEFAULTS.decode,
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Write the full result JSON here.")
     ] = None,
@@ -161,9 +177,14 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         n_resamples=resamples,
-        cluster_bootstrap=cluster_bootstrap,
+        item_bootstrap=item_bootstrap,
+        decode=decode,
         checkpoint=checkpoint,
     )
+    if item_bootstrap and cluster_bootstrap:
+        from mta.statistics import EvaluationError
+
+        raise EvaluationError("--item-bootstrap and --cluster-bootstrap contradict each other")
     options.validate()
     out = Output(json_mode=json_mode)
     where = typed_locations(ctx)

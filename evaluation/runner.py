@@ -22,6 +22,7 @@ from mta.evaluation.options import HISTORY_K, EvalOptions
 from mta.evaluation.predictor import Predictor
 from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
 from mta.registry.context import RegistryContext
+from mta.statistics import EvaluationError
 
 
 @dataclass
@@ -71,6 +72,10 @@ def run_eval(
     options.validate()
     say = log or (lambda _msg: None)
     task = get_task(options.task)
+    if options.decode == "rank" and not task.labels:
+        raise EvaluationError(
+            f"--decode rank needs a classification task; {task.name} generates text"
+        )
     methods, skipped = parse_methods(options.methods, task.name)
     for name in skipped:
         say(f"skipping {name}: it applies only to classification tasks")
@@ -131,7 +136,7 @@ def _document(
                 reference=reference,
                 n_resamples=run.options.n_resamples,
                 seed=run.options.seed,
-                cluster_by_user=run.options.cluster_bootstrap,
+                cluster_by_user=not run.options.item_bootstrap,
                 labels=task.labels,
             ).to_dict()
             for subset in SUBSETS
