@@ -10,7 +10,7 @@ import typer
 from mta.cli.adapter import adapter_app
 from mta.cli.bank import bank_app
 from mta.cli.data import data_app
-from mta.cli.eval import eval_command
+from mta.cli.eval import eval_command, eval_report_command
 from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt
 from mta.cli.publish import publish_command
 from mta.cli.serve import serve_command
@@ -45,6 +45,7 @@ app.add_typer(storage_app, name="storage")
 app.command("gc")(storage_gc)
 app.command("fsck")(storage_fsck)
 app.command("eval")(eval_command)
+app.command("eval-report")(eval_report_command)
 app.add_typer(data_app, name="data")
 app.command("serve")(serve_command)
 app.command("publish")(publish_command)

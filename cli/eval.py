@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,6 +194,81 @@ def eval_command(
         StageProgress() as progress,
     ):
         results = run_eval(options, registry, registry_label=label, progress=progress, log=log)
+    _write_outputs(results, json_out, plot)
+    if json_mode:
+        out.emit_json({k: v for k, v in results.items() if k != "items"})
+        return
+    render_results(out, results)
+
+
+@eval_app.command("eval-report")
+def eval_report_command(
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Result files of `mta eval --json-out` (or --checkpoint files) of one task; "
+            "their seeds are pooled.",
+            show_default=False,
+        ),
+    ],
+    item_bootstrap: Annotated[
+        bool,
+        typer.Option("--item-bootstrap", help="Resample items instead of real users."),
+    ] = DEFAULTS.item_bootstrap,
+    resamples: Annotated[
+        int, typer.Option("--resamples", help="Bootstrap resamples.")
+    ] = DEFAULTS.n_resamples,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", help="Write the pooled result JSON here.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")] = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Summarize saved evaluation results again: pool seeds run apart, or change the bootstrap.
+
+    The tables equal those of one `mta eval --seeds N` run over the same seeds. Methods
+    missing from a file (an interrupted run's checkpoint) are left out of every table.
+    """
+    from mta.evaluation.results import pool_results, summarize_predictions
+    from mta.statistics import EvaluationError
+
+    if resamples < 1:
+        raise EvaluationError(f"--resamples must be at least 1, got {resamples}")
+    pooled = pool_results(results)
+    task = pooled.task
+    for name in pooled.dropped:
+        log(f"leaving out {name}: not in every result file")
+    stats = summarize_predictions(
+        task,
+        pooled.methods,
+        pooled.items,
+        pooled.predictions,
+        n_resamples=resamples,
+        seed=int(pooled.config.get("seed", 0)),
+        item_bootstrap=item_bootstrap,
+    )
+    document = {
+        "config": {**pooled.config, "n_resamples": resamples, "item_bootstrap": item_bootstrap},
+        "task": task.name,
+        "lamp_id": task.lamp_id,
+        "metrics": list(task.metrics),
+        "methods": pooled.methods,
+        **stats,
+        "splits": pooled.splits,
+        "items": [
+            {**asdict(it), "predictions": {m: pooled.predictions[m][i] for m in pooled.methods}}
+            for i, it in enumerate(pooled.items)
+        ],
+    }
+    _write_outputs(document, json_out, plot)
+    if json_mode:
+        Output(json_mode=True).emit_json({k: v for k, v in document.items() if k != "items"})
+        return
+    render_results(Output(json_mode=False), document)
+
+
+def _write_outputs(results: dict[str, Any], json_out: Path | None, plot: Path | None) -> None:
+    """Write the result JSON and the chart where asked."""
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
@@ -202,16 +278,12 @@ def eval_command(
 
         plot_results(results, plot)
         log(f"chart written to {plot}")
-    if json_mode:
-        out.emit_json({k: v for k, v in results.items() if k != "items"})
-        return
-    render_results(out, results)
 
 
 def render_results(out: Output, results: dict[str, Any]) -> None:
-    """Print the per-method and paired-difference tables of every subset."""
+    """Print the per-method and paired-difference tables of every subset, then per user."""
     from mta.eval_summary import SubsetSummary
-    from mta.evaluation.report import differences_table, results_table
+    from mta.evaluation.report import differences_table, per_user_table, results_table
 
     for name, data in results["subsets"].items():
         if name == "all" and data["n_items"] == results["subsets"]["query"]["n_items"]:
@@ -219,17 +291,24 @@ def render_results(out: Output, results: dict[str, Any]) -> None:
         summary = SubsetSummary.from_dict(data)
         what = "queries only" if name == "query" else "all scored items (queries + non-shot items)"
         counts = f"{data['n_items']} items from {data['n_users']} test entries"
-        title = f"{results['task']} — {what}: {counts}"
+        if summary.n_groups:
+            counts += f" of {summary.n_groups} real users"
+        title = f"{results['task']} — {what}: {counts}; 95% CIs resample {summary.resampled}"
         out.table(*results_table(summary), title=title)
         if summary.differences:
             out.table(
                 *differences_table(summary),
                 title=f"paired bootstrap: method − {summary.reference} (▲/▼: CI excludes 0)",
             )
+    per_user = results.get("per_user")
+    if per_user and per_user["users"]:
+        columns, rows, title = per_user_table(per_user)
+        out.table(columns, rows, title=title)
     timings = results.get("timings_s", {})
-    log(
-        f"eval run {results.get('eval_run_id')} recorded ({results.get('registry')}); "
-        f"wall time {timings.get('total', 0):.0f}s"
-    )
+    if "eval_run_id" in results:
+        log(
+            f"eval run {results.get('eval_run_id')} recorded ({results.get('registry')}); "
+            f"wall time {timings.get('total', 0):.0f}s"
+        )
     for note in results.get("notes", []):
         log(f"note: {note}")

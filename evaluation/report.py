@@ -37,3 +37,33 @@ def differences_table(summary: SubsetSummary) -> tuple[list[str], list[list[str]
         for method, diffs in summary.differences.items()
     ]
     return columns, rows
+
+
+def per_user_table(per_user: dict) -> tuple[list[str], list[list[str]], str]:
+    """Columns, rows and title of the per-real-user table (first metric only)."""
+    metric = per_user["metrics"][0]
+    methods = list(per_user["users"][0]["scores"])
+    gain_of, over = per_user.get("gain_of"), per_user.get("over")
+    columns = ["real user", "entries", "items", *methods]
+    if gain_of:
+        columns.append(f"{gain_of} − {over}")
+    rows = []
+    for user in per_user["users"]:
+        row = [str(user["user"]), str(user["entries"]), str(user["n_items"])]
+        row += [f"{user['scores'][m][metric]:.3f}" for m in methods]
+        if gain_of:
+            row.append(f"{user['gain'][metric]:+.3f}")
+        rows.append(row)
+    title = f"per real user: {metric} on {_subset_words(per_user['subset'])}"
+    counts = per_user.get("gain_counts")
+    if counts:
+        title += (
+            f"; {gain_of} better than {over} for {counts['better']} users, "
+            f"equal for {counts['tie']}, worse for {counts['worse']}"
+        )
+    return columns, rows, title
+
+
+def _subset_words(subset: str) -> str:
+    """How a subset is named in a title."""
+    return "queries only" if subset == "query" else "all scored items"

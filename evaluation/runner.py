@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mta.eval_summary import SUBSETS, ScoredItem, summarize
+from mta.eval_summary import ScoredItem
 from mta.evaluation.method import LogFn, ProgressFn, SeedRun, Timer
-from mta.evaluation.methods import execution_order, get_method, parse_methods, reference_method
+from mta.evaluation.methods import execution_order, get_method, parse_methods
 from mta.evaluation.options import HISTORY_K, EvalOptions
 from mta.evaluation.predictor import Predictor
 from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
+from mta.evaluation.results import summarize_predictions
 from mta.registry.context import RegistryContext
 from mta.statistics import EvaluationError
 
@@ -124,26 +125,25 @@ def _document(
     from mta.registry.service import record_eval_run
 
     task, methods = run.task, run.methods
-    reference = reference_method(methods)
     with Timer(run.timings, "bootstrap"):
-        subsets = {
-            subset: summarize(
-                task.score,
-                list(task.metrics),
-                run.items,
-                run.predictions,
-                subset=subset,
-                reference=reference,
-                n_resamples=run.options.n_resamples,
-                seed=run.options.seed,
-                cluster_by_user=not run.options.item_bootstrap,
-                labels=task.labels,
-            ).to_dict()
-            for subset in SUBSETS
-        }
+        stats = summarize_predictions(
+            task,
+            methods,
+            run.items,
+            run.predictions,
+            n_resamples=run.options.n_resamples,
+            seed=run.options.seed,
+            item_bootstrap=run.options.item_bootstrap,
+        )
     run.timings["total"] = time.monotonic() - started
     timings = {k: round(v, 2) for k, v in run.timings.items()}
-    summary = {"subsets": subsets, "splits": run.splits, "timings_s": timings}
+    subsets = stats["subsets"]
+    summary = {
+        "subsets": subsets,
+        "per_user": stats["per_user"],
+        "splits": run.splits,
+        "timings_s": timings,
+    }
     run_id = record_eval_run(run.ctx, task=task.name, config=config, results=summary)
     return {
         "config": config,
@@ -152,10 +152,11 @@ def _document(
         "metrics": list(task.metrics),
         "methods": methods,
         "skipped_methods": skipped,
-        "reference": reference,
+        "reference": stats["reference"],
         "registry": registry_label,
         "splits": run.splits,
         "subsets": subsets,
+        "per_user": stats["per_user"],
         "notes": run.notes,
         "timings_s": timings,
         "items": [

@@ -55,6 +55,9 @@ class SubsetSummary:
     n_users: int
     reference: str
     metrics: list[str]
+    # What the bootstrap resampled: "real users" (whole clusters of items) or "items".
+    resampled: str = "items"
+    n_groups: int = 0
     methods: dict[str, dict[str, Interval]] = field(default_factory=dict)
     differences: dict[str, dict[str, Difference]] = field(default_factory=dict)
 
@@ -66,6 +69,8 @@ class SubsetSummary:
             "n_users": self.n_users,
             "reference": self.reference,
             "metrics": self.metrics,
+            "resampled": self.resampled,
+            "n_groups": self.n_groups,
             "methods": {m: {k: asdict(v) for k, v in iv.items()} for m, iv in self.methods.items()},
             "differences": {
                 m: {k: {**asdict(v), "verdict": v.verdict} for k, v in dv.items()}
@@ -83,6 +88,9 @@ class SubsetSummary:
             n_users=data["n_users"],
             reference=data["reference"],
             metrics=list(data["metrics"]),
+            # Result files written before real-user resampling became the default lack these.
+            resampled=data.get("resampled", "items"),
+            n_groups=data.get("n_groups", 0),
             methods={
                 m: {k: Interval(**v) for k, v in ivs.items()} for m, ivs in data["methods"].items()
             },
@@ -119,7 +127,9 @@ def summarize(
         n_resamples: bootstrap resamples.
         confidence: interval coverage.
         seed: bootstrap seed.
-        cluster_by_user: resample real users instead of items.
+        cluster_by_user: resample real users (the items' ``group``) instead of items;
+            with a single real user in the subset there is nothing to resample between,
+            so items are resampled (``resampled`` says which).
         labels: closed label set of a classification task (fast macro-F1).
 
     Returns:
@@ -143,15 +153,17 @@ def summarize(
         m: MetricAggregator(score, metrics, [predictions[m][i] for i in rows], golds, labels)
         for m in methods
     }
-    draws = bootstrap_draws(
-        len(rows), n_resamples, seed=seed, groups=groups if cluster_by_user else None
-    )
+    n_groups = len(set(groups))
+    by_user = cluster_by_user and n_groups > 1
+    draws = bootstrap_draws(len(rows), n_resamples, seed=seed, groups=groups if by_user else None)
     summary = SubsetSummary(
         subset=subset,
         n_items=len(rows),
         n_users=len({(items[i].seed, items[i].user_id) for i in rows}),
         reference=reference,
         metrics=list(metrics),
+        resampled="real users" if by_user else "items",
+        n_groups=n_groups,
     )
     for method in methods:
         summary.methods[method] = bootstrap_ci(aggs[method], draws, confidence=confidence)
