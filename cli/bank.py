@@ -49,9 +49,10 @@ def bank_build(
         AnchorData,
         typer.Option(
             "--anchor-data",
-            help="Train each anchor on its own history (paper) or on its whole cluster's.",
+            help="Train each anchor on its whole k-means cluster's histories (default; "
+            "better fusion, docs/results.md) or on its own history only (the paper).",
         ),
-    ] = AnchorData.user,
+    ] = AnchorData.cluster,
     min_history: Annotated[
         int, typer.Option("--min-history", min=1, help="Fewest history items an anchor needs.")
     ] = 8,

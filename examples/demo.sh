@@ -44,7 +44,7 @@ echo "export cache: $OUT/cache"
 step "1/8 create the registry and the blob store" init
 mta init
 
-step "2/8 build a movie_tagging bank: 3 anchors, one rank-8 LoRA each" \
+step "2/8 build a movie_tagging bank: 3 anchors, a rank-8 LoRA per k-means cluster" \
     bank build movie_tagging --data "$DATA" --anchors 3 --epochs "$EPOCHS"
 mta bank build movie_tagging --data "$DATA" --anchors 3 --epochs "$EPOCHS" --rank 8
 mta bank show movie_tagging

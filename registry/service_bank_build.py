@@ -40,7 +40,7 @@ def build_bank(
     anchors: int,
     epochs: int = 1,
     rank: int = 8,
-    anchor_data: str = "user",
+    anchor_data: str = "cluster",
     min_history: int = 8,
     lr: float = 2e-4,
     base_model: str | None = None,
@@ -60,8 +60,9 @@ def build_bank(
         data_path: per-user JSON ([{user_id, profile, query}]); queries are not needed.
         anchors: number of anchors (k-means clusters).
         epochs, rank, lr, seed, max_steps: training of each meta-LoRA.
-        anchor_data: "user" trains on the anchor's own history (the paper); "cluster" on the
-            pooled histories of its cluster, with the cluster-mean embedding.
+        anchor_data: "cluster" (default) trains on the pooled histories of the anchor's
+            k-means cluster, with the cluster-mean embedding; "user" on the anchor's own
+            history (the paper). Cluster anchors fuse better (docs/results.md).
         min_history: minimum profile length of an anchor.
         base_model, embedder: specs (default env MTA_BASE_MODEL / MTA_EMBEDDER, then built-ins).
         target_modules: linear layers to adapt (default all seven Llama projections).

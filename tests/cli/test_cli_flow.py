@@ -152,8 +152,14 @@ def test_bank_build_from_data(cli_env: CliEnv, mta: Mta) -> None:
     ))  # fmt: skip
     assert (bank["task"], bank["version"], bank["num_anchors"]) == (TASK, 1, 2)
     assert bank["rank"] == 2 and bank["source"] == "build"
-    assert bank["anchor_data"] == "user"
+    assert bank["anchor_data"] == "cluster"
     assert ok(mta("fsck", "--json"))["ok"] is True
+    paper = ok(mta(
+        "bank", "build", TASK, "--data", data, "--anchors", "2", "--epochs", "1",
+        "--rank", "2", "--min-history", "4", "--base-model", cli_env.base_model,
+        "--embedder", cli_env.embedder, "--anchor-data", "user", "--json",
+    ))  # fmt: skip
+    assert (paper["version"], paper["anchor_data"]) == (2, "user")
 
 
 def test_gc_reclaims_only_unreferenced_blobs(cli_env: CliEnv, mta: Mta, pushed_bank: dict) -> None:
