@@ -1,4 +1,4 @@
-"""Generation and baseline training on the one base model every method shares."""
+"""Prediction (generation or label ranking) and baseline training on the shared base model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mta.registry.context import MODEL_LOCK
 
 
 class Predictor:
-    """Generates and parses predictions with the shared base model."""
+    """Predicts with the shared base model: parsed generations, or ranked labels."""
 
     def __init__(self, task: Any, options: EvalOptions) -> None:
         from mta.base_model import load_base_model
@@ -27,33 +27,45 @@ class Predictor:
         adapter: Any = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:
-        """Parsed predictions of the base model, with ``adapter`` merged in memory if given.
+        """Predictions of the base model, with ``adapter`` merged in memory if given.
 
-        ``progress(done, total)`` is called after every generation batch.
+        ``decode`` "generate" parses a greedy generation; "rank" (classification tasks)
+        answers the task label with the highest length-normalized log-likelihood.
+        ``progress(done, total)`` is called after every batch of ``batch_size`` items.
         """
         from contextlib import nullcontext
 
         from mta.inference import apply_adapter, generate
+        from mta.ranking import rank_labels
 
         prompts = [it.prompt for it in items]
-        texts: list[str] = []
+        rank_decode = self.options.decode == "rank" and bool(self.task.labels)
+        outputs: list[str] = []
         size = self.options.batch_size
         with MODEL_LOCK:
             merged = apply_adapter(self.model, adapter) if adapter is not None else nullcontext()
             with merged:
                 for start in range(0, len(prompts), size):
-                    texts.extend(
-                        generate(
+                    batch = prompts[start : start + size]
+                    if rank_decode:
+                        found = rank_labels(
+                            self.model, self.tokenizer, batch, self.task.labels, batch_size=size
+                        )
+                    else:
+                        found = generate(
                             self.model,
                             self.tokenizer,
-                            prompts[start : start + size],
+                            batch,
                             max_new_tokens=self.max_new_tokens,
                             batch_size=size,
                         )
-                    )
+                    outputs.extend(found)
                     if progress is not None:
-                        progress(len(texts), len(prompts))
-        return [self.task.parse(t, it.query_input) for t, it in zip(texts, items, strict=True)]
+                        progress(len(outputs), len(prompts))
+        if rank_decode:
+            # Already labels of the set: parsing could only lose them.
+            return outputs
+        return [self.task.parse(t, it.query_input) for t, it in zip(outputs, items, strict=True)]
 
     def train(self, examples: Sequence, *, rank: int, epochs: int, lr: float, seed: int) -> Any:
         """A LoRA trained from scratch on ``examples`` (task-lora and OPPU baselines)."""
