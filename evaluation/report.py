@@ -44,7 +44,7 @@ def per_user_table(per_user: dict) -> tuple[list[str], list[list[str]], str]:
     metric = per_user["metrics"][0]
     methods = list(per_user["users"][0]["scores"])
     gain_of, over = per_user.get("gain_of"), per_user.get("over")
-    columns = ["real user", "entries", "items", *methods]
+    columns = ["real user", "entries (× seeds)", "items", *methods]
     if gain_of:
         columns.append(f"{gain_of} − {over}")
     rows = []
