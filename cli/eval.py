@@ -201,7 +201,6 @@ def eval_command(
     render_results(out, results)
 
 
-@eval_app.command("eval-report")
 def eval_report_command(
     results: Annotated[
         list[Path],
