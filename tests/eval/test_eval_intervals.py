@@ -200,3 +200,10 @@ def test_eval_report_pools_a_checkpoint_with_the_methods_it_finished(tmp_path, m
     assert doc["subsets"]["all"]["n_items"] == 2 * len(items)
     assert doc["per_user"]["gain_of"] is None
     assert "leaving out mta" in result.stderr
+
+
+def test_contradicting_bootstrap_flags_are_refused(tmp_path, mta):
+    result = mta("eval", "--task", "movie_tagging", "--item-bootstrap", "--cluster-bootstrap",
+                 "--workdir", tmp_path / "reg")  # fmt: skip
+    assert result.code == 1 and len(result.error_lines()) == 1
+    assert not (tmp_path / "reg").exists()
