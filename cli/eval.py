@@ -16,6 +16,18 @@ from mta.evaluation.options import DEFAULTS, EvalOptions
 
 eval_app = typer.Typer(help="LaMP evaluation: the methods side by side.")
 
+# Options `mta eval` and `mta eval-report` share.
+ResamplesOpt = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
+ItemBootstrapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--item-bootstrap",
+        help="Resample items instead of real users (narrower: ignores that a real "
+        "user's entries share items).",
+    ),
+]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")]
+
 
 @eval_app.command("eval")
 # Long only by its option declarations: typer reads the options from the signature.
@@ -98,17 +110,8 @@ def eval_command(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Generation batch size.")
     ] = DEFAULTS.batch_size,
-    resamples: Annotated[
-        int, typer.Option("--resamples", help="Bootstrap resamples.")
-    ] = DEFAULTS.n_resamples,
-    item_bootstrap: Annotated[
-        bool,
-        typer.Option(
-            "--item-bootstrap",
-            help="Resample items instead of real users (narrower: ignores that a real "
-            "user's entries share items).",
-        ),
-    ] = DEFAULTS.item_bootstrap,
+    resamples: ResamplesOpt = DEFAULTS.n_resamples,
+    item_bootstrap: ItemBootstrapOpt = DEFAULTS.item_bootstrap,
     cluster_bootstrap: Annotated[
         bool,
         typer.Option(
@@ -126,7 +129,7 @@ def eval_command(
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Write the full result JSON here.")
     ] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")] = None,
+    plot: PlotOpt = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -210,17 +213,12 @@ def eval_report_command(
             show_default=False,
         ),
     ],
-    item_bootstrap: Annotated[
-        bool,
-        typer.Option("--item-bootstrap", help="Resample items instead of real users."),
-    ] = DEFAULTS.item_bootstrap,
-    resamples: Annotated[
-        int, typer.Option("--resamples", help="Bootstrap resamples.")
-    ] = DEFAULTS.n_resamples,
+    item_bootstrap: ItemBootstrapOpt = DEFAULTS.item_bootstrap,
+    resamples: ResamplesOpt = DEFAULTS.n_resamples,
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Write the pooled result JSON here.")
     ] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")] = None,
+    plot: PlotOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """Summarize saved evaluation results again: pool seeds run apart, or change the bootstrap.
