@@ -13,11 +13,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 _stdout = Console(soft_wrap=True)
 _stderr = Console(stderr=True, soft_wrap=True)
+
+
+def _print_whole(table: Table) -> None:
+    """Print a table; piped, at its full width rather than the 80 columns rich assumes.
+
+    Piped output has no screen to fit, and a cell shrunk to "0.…" would lose its number.
+    """
+    if _stdout.is_terminal:
+        _stdout.print(table)
+        return
+    unbounded = _stdout.options.update(max_width=100_000)
+    wanted = Measurement.get(_stdout, unbounded, table).maximum
+    width = _stdout.width
+    _stdout.width = max(width, wanted)
+    try:
+        _stdout.print(table)
+    finally:
+        _stdout.width = width
 
 
 def _snake(name: str) -> str:
@@ -61,7 +80,7 @@ class Output:
             table.add_column(_plain(column))
         for row in rows:
             table.add_row(*(Text("" if v is None else str(v)) for v in row))
-        _stdout.print(table)
+        _print_whole(table)
 
     def record(self, data: Mapping[str, Any], *, title: str | None = None) -> None:
         """Render one mapping as a two-column table, or as a JSON object."""
