@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -226,7 +225,7 @@ def eval_report_command(
     The tables equal those of one `mta eval --seeds N` run over the same seeds. Methods
     missing from a file (an interrupted run's checkpoint) are left out of every table.
     """
-    from mta.evaluation.results import pool_results, summarize_predictions
+    from mta.evaluation.results import item_rows, pool_results, summarize_predictions
     from mta.statistics import EvaluationError
 
     if resamples < 1:
@@ -252,10 +251,7 @@ def eval_report_command(
         "methods": pooled.methods,
         **stats,
         "splits": pooled.splits,
-        "items": [
-            {**asdict(it), "predictions": {m: pooled.predictions[m][i] for m in pooled.methods}}
-            for i, it in enumerate(pooled.items)
-        ],
+        "items": item_rows(pooled.items, pooled.predictions),
     }
     _write_outputs(document, json_out, plot)
     if json_mode:

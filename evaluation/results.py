@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,16 @@ def summarize_predictions(
         task.score, list(task.metrics), items, predictions, gain_of=gain_of, over=over
     )
     return {"reference": reference, "subsets": subsets, "per_user": per_user}
+
+
+def item_rows(
+    items: Sequence[ScoredItem], predictions: Mapping[str, Sequence[str]]
+) -> list[dict[str, Any]]:
+    """Items as a result file holds them: each item's fields and every method's prediction."""
+    return [
+        {**asdict(it), "predictions": {m: preds[i] for m, preds in predictions.items()}}
+        for i, it in enumerate(items)
+    ]
 
 
 def gain_pair(methods: Sequence[str]) -> tuple[str | None, str | None]:

@@ -21,7 +21,7 @@ from mta.evaluation.methods import execution_order, get_method, parse_methods
 from mta.evaluation.options import HISTORY_K, EvalOptions
 from mta.evaluation.predictor import Predictor
 from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
-from mta.evaluation.results import summarize_predictions
+from mta.evaluation.results import item_rows, summarize_predictions
 from mta.registry.context import RegistryContext
 from mta.statistics import EvaluationError
 
@@ -159,10 +159,7 @@ def _document(
         "per_user": stats["per_user"],
         "notes": run.notes,
         "timings_s": timings,
-        "items": [
-            {**asdict(it), "predictions": {m: run.predictions[m][i] for m in methods}}
-            for i, it in enumerate(run.items)
-        ],
+        "items": item_rows(run.items, {m: run.predictions[m] for m in methods}),
         "eval_run_id": run_id,
     }
 
@@ -218,10 +215,7 @@ def _write_checkpoint(
         "seed": seed,
         "methods_done": list(done),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "items": [
-            {**asdict(it.item), "predictions": {m: p[i] for m, p in done.items()}}
-            for i, it in enumerate(items)
-        ],
+        "items": item_rows([it.item for it in items], done),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
