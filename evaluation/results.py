@@ -117,11 +117,12 @@ def pool_results(paths: Sequence[Path]) -> PooledResults:
     pooled.config = dict(docs[0][1].get("config", {}))
     seen: dict[int, Path] = {}
     for path, doc in docs:
-        for seed in sorted({int(it["seed"]) for it in doc["items"]}):
+        start = len(pooled.items)
+        _add_items(pooled, path, doc)  # validates every item first
+        for seed in sorted({it.seed for it in pooled.items[start:]}):
             if seed in seen:
                 raise EvaluationError(f"seed {seed} is in both {seen[seed]} and {path}")
             seen[seed] = path
-        _add_items(pooled, path, doc)
         pooled.splits.extend(doc.get("splits", []))
     if not pooled.items:
         raise EvaluationError("the result files hold no scored items")

@@ -169,6 +169,7 @@ def test_eval_report_refuses_bad_files_with_one_line(tmp_path, mta):
         "not-json": "{",
         "no-items": {"task": "movie_tagging"},
         "missing-field": {**good, "items": [{"seed": 1, "predictions": {}}]},
+        "no-seed": {**good, "items": [{"predictions": {}}]},
         "other-task": {**good, "task": "news_headline"},
         "unknown-task": {**good, "task": "horoscopes"},
         "not-a-tag": {**good, "items": _rows(items, preds, seed=1, gold="a")},
