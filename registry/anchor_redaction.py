@@ -76,7 +76,7 @@ def plan_drops(ctx: RegistryContext, trained: list[TrainedAnchor]) -> list[Ancho
     drops = []
     for bank_id, anchors in by_bank.items():
         dropped = {a.anchor_id for a in anchors}
-        with ctx.session() as session:
+        with ctx.read_session() as session:
             rows = session.scalars(select(SqlAnchor).where(SqlAnchor.bank_id == bank_id)).all()
             keep = [(r.anchor_id, r.embedding_blob) for r in rows if r.anchor_id not in dropped]
             gone = {

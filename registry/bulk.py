@@ -160,7 +160,7 @@ def select_users(
 
 def _tasks_of(ctx: RegistryContext, user_ids: list[str]) -> dict[str, str]:
     """Task of each registered id (unknown ids are left out, to fail on their own)."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         rows = session.execute(select(SqlUser.id, SqlUser.task).where(SqlUser.id.in_(user_ids)))
         return dict(rows.tuples().all())
 
@@ -169,7 +169,7 @@ def _stack_states(ctx: RegistryContext, task: str | None) -> dict[str, str]:
     """user id -> "current" | "stale" | "missing", for every user (of `task`), by id."""
     from mta.registry.service_storage import current_stack_banks
 
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         query = select(SqlUser.id).order_by(SqlUser.id)
         if task is not None:
             query = query.where(SqlUser.task == task)
@@ -299,7 +299,7 @@ def run_local(
 
 def _latest_version(ctx: RegistryContext, task: str) -> int:
     """The task's newest bank version."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         return latest_version(session, task)
 
 

@@ -96,7 +96,7 @@ class BulkWorker:
         import ray
 
         self.ctx = RegistryContext.open(*self.locations)
-        with self.ctx.session():
+        with self.ctx.read_session():
             pass
         return ray.get_runtime_context().get_node_id()
 

@@ -147,6 +147,15 @@ class RegistryContext:
         with session_scope(self.session_factory) as session:
             yield session
 
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A managed session for reads only: on SQLite it neither waits for nor blocks writers."""
+        if not self._schema_checked:
+            check_schema(self.engine)
+            self._schema_checked = True
+        with session_scope(self.session_factory, read_only=True) as session:
+            yield session
+
     def mark_schema_current(self) -> None:
         """Skip the next schema check (`init_registry` has just migrated)."""
         self._schema_checked = True

@@ -1,8 +1,11 @@
 """Engines, managed sessions and schema migration for the registry database.
 
-SQLite (the default) is opened in WAL mode with a busy timeout, foreign keys on and
-`BEGIN IMMEDIATE` transactions, so several `mta user adapt` processes can write to one file:
-a writer waits for the lock instead of failing on a read-to-write lock upgrade.
+SQLite (the default) is opened in WAL mode with a busy timeout and foreign keys on. A
+writing transaction begins with `BEGIN IMMEDIATE`, so several `mta user adapt` processes can
+write to one file: a writer waits for the lock instead of failing on a read-to-write lock
+upgrade. A read-only session (`session_scope(..., read_only=True)`) begins a deferred
+transaction under `PRAGMA query_only` instead: it takes no lock, so reads neither wait for
+a writer nor hold writers up (WAL gives it a snapshot), and a write attempted in it fails.
 PostgreSQL URLs (`postgresql://`, `postgres://`) are routed to the psycopg 3 driver.
 """
 
@@ -29,6 +32,8 @@ DEFAULT_DB_URL = "sqlite:///.mta/registry.db"
 DB_URL_ENV = "MTA_DB_URL"
 _DB_URL_SOURCE = f"the database URL (--db / {DB_URL_ENV})"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+# Execution option marking a connection's transactions as read-only (see `_sqlite_on_begin`).
+READ_ONLY_OPTION = "mta_read_only"
 _UNIQUE_SQLSTATE = "23505"
 
 
@@ -113,8 +118,14 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Any) -> None:
-    """Begin with the write lock: our transactions are short, and a deferred one can deadlock."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    """Writers begin with the write lock (a deferred upgrade can deadlock); readers take none."""
+    # query_only is a per-connection flag, so every begin sets it: pooled connections alternate.
+    if connection.get_execution_options().get(READ_ONLY_OPTION):
+        connection.exec_driver_sql("PRAGMA query_only=ON")
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("PRAGMA query_only=OFF")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -132,8 +143,13 @@ def is_unique_violation(error: exc.IntegrityError) -> bool:
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+def session_scope(factory: sessionmaker[Session], *, read_only: bool = False) -> Iterator[Session]:
     """A session that commits on success, rolls back on error and always closes.
+
+    Args:
+        factory: the session factory.
+        read_only: on SQLite, read without taking the write lock; a write then fails
+            (PostgreSQL reads take no lock anyway, and the flag changes nothing there).
 
     Raises:
         AlreadyExistsError: a unique constraint refused the write.
@@ -141,6 +157,9 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         RegistryError: any other database error, as one line.
     """
     session = factory()
+    if read_only:
+        # Options apply when the session procures its connection, before the transaction begins.
+        session.connection(execution_options={READ_ONLY_OPTION: True})
     try:
         yield session
         session.commit()
@@ -199,6 +218,7 @@ def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY_OPTION: True})
         return MigrationContext.configure(connection).get_current_revision()
 
 

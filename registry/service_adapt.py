@@ -23,7 +23,7 @@ from mta.registry.user_rows import get_user_row, latest_row, recipe_inputs, stac
 
 def _adapt_inputs(ctx: RegistryContext, user_id: str) -> dict[str, Any] | None:
     """What training a stack needs, read in one session; None when the user has no recipe."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         user = get_user_row(session, user_id)
         recipe = latest_row(session, SqlRecipe, user_id)
         if recipe is None:

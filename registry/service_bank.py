@@ -170,7 +170,7 @@ def bank_shapes(row: SqlBank) -> dict[str, tuple[int, int]]:
 
 def list_banks(ctx: RegistryContext, *, task: str | None = None) -> list[BankVersion]:
     """Every bank version, by task then version (optionally one task's)."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         query = select(SqlBank).order_by(SqlBank.task, SqlBank.version)
         if task is not None:
             query = query.where(SqlBank.task == task)
@@ -187,7 +187,7 @@ def get_bank(ctx: RegistryContext, task: str, ref: str | None = None) -> BankDet
     Raises:
         NotFoundError: no such task or version.
     """
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         row = resolve_bank(session, task, ref)
         anchors = session.scalars(
             select(SqlAnchor).where(SqlAnchor.bank_id == row.id).order_by(SqlAnchor.id)

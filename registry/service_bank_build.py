@@ -90,7 +90,7 @@ def build_bank(
     # Every argument is checked before the first user is embedded: a typo in --base-model
     # must not cost an embedding pass, nor a missing schema a training run.
     model_name = check_model_specs(base_model, embedder)
-    with ctx.session():
+    with ctx.read_session():
         pass
     users = load_users(data_path, require_gold=False, task=task_obj)
     check_enough_candidates(users, anchors, min_history)

@@ -50,7 +50,7 @@ def is_forgotten(session: Session, user_id: str) -> bool:
 
 def user_is_gone(ctx: RegistryContext, user_id: str) -> bool:
     """Whether the user no longer exists or is being deleted (one short read)."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         return is_forgotten(session, user_id)
 
 
@@ -76,7 +76,7 @@ def delete_user(
         StorageError: the store refuses deletes (checked before anything changes).
     """
     validate_user_id(user_id)
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         user = session.get(SqlUser, user_id)
         pending = session.get(SqlDeletion, user_id)
         if user is None and pending is None:
@@ -102,7 +102,7 @@ def delete_user(
 
 def finish_pending_deletions(ctx: RegistryContext) -> list[str]:
     """Complete every deletion a crash interrupted (run by `gc`); returns their user ids."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         pending = list(session.scalars(select(SqlDeletion.user_id)))
     for user_id in pending:
         _finish(ctx, user_id, 0, (), [], _stepper(None))
@@ -164,7 +164,7 @@ def _finish(
     """Steps 3 and 4: cache, blobs, then the tombstone."""
     removed = ctx.adapter_cache.discard_prefix(user_cache_prefix(user_id))
     step()
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         tomb = session.get(SqlDeletion, user_id)
         candidates = list(tomb.blobs) if tomb is not None else []
     freed, bytes_freed = [], 0

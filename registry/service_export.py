@@ -97,7 +97,7 @@ def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
 
 def adapter_identity(ctx: RegistryContext, user_id: str) -> AdapterIdentity:
     """What the user's exported adapter is made of now (see `mta.registry.identity`)."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         return _read_identity(session, user_id)
 
 
@@ -131,7 +131,7 @@ def export_user(
     tensor_dtype = torch_dtype(dtype)
     if max_rank is not None and max_rank < 1:
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         identity = _read_identity(session, user_id)
     options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": base_model_name}
     key = cache_key(identity, **options)

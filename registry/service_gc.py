@@ -52,7 +52,7 @@ def gc(
     )
     cache_removed = _sweep_cache(ctx, dry_run)
     cutoff = now - timedelta(seconds=grace_seconds)
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         referenced = referenced_digests(session)
         recorded = dict(session.execute(select(SqlBlob.digest, SqlBlob.created_at)).tuples().all())
     doomed: dict[str, int] = {}
@@ -141,7 +141,7 @@ def _reclaim_superseded(ctx: RegistryContext, cutoff: datetime, dry_run: bool) -
 
 def _sweep_cache(ctx: RegistryContext, dry_run: bool) -> int:
     """Remove export-cache entries and temp folders of deleted users, and damaged entries."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         live = {user_cache_prefix(u) for u in session.scalars(select(SqlUser.id))}
     cache = ctx.adapter_cache
     removed = 0

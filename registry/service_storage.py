@@ -77,7 +77,7 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
     `oppu_equivalent_bytes_fp32` in fp32. `ratio_vs_oppu` = total_bytes / oppu (fp16): below 1
     means MTA stores less. Per-user bytes are profile + embedding + every stack of the user.
     """
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         by_kind: dict[str, int] = {"bank": 0, "stacks": 0, "embeddings": 0, "profiles": 0}
         kinds = session.execute(select(SqlBlob.kind, func.sum(SqlBlob.size)).group_by(SqlBlob.kind))
         for kind, size in kinds:
@@ -180,7 +180,7 @@ def fsck(ctx: RegistryContext, *, verify: bool = True) -> FsckReport:
         A report; `ok` is False when a row's blob is missing, corrupt or of the wrong size
         (the CLI exits 3). Orphan blobs are listed but are `gc`'s business, not an error.
     """
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         sizes = dict(session.execute(select(SqlBlob.digest, SqlBlob.size)).tuples().all())
         refs: list[tuple[str, str, str, str]] = []
         for model, column in BLOB_REFERENCES:
@@ -268,7 +268,7 @@ def record_eval_run(ctx: RegistryContext, *, task: str, config: dict, results: d
 
 def list_eval_runs(ctx: RegistryContext, *, task: str | None = None) -> list[dict[str, Any]]:
     """Recorded evaluation runs, newest first, as plain dicts."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         query = select(SqlEvalRun).order_by(SqlEvalRun.id.desc())
         if task is not None:
             query = query.where(SqlEvalRun.task == task)

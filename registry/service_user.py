@@ -120,7 +120,7 @@ def add_user(
         validated = validate_user({**record, "user_id": user_id}, require_gold=False, task=task_obj)
     except ValueError as error:
         raise InvalidInputError(str(error)) from error
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         if session.get(SqlUser, user_id) is not None:
             raise AlreadyExistsError(f"user {user_id!r} already exists")
         _refuse_pending_deletion(session, user_id)
@@ -167,7 +167,7 @@ def _refuse_pending_deletion(session: Session, user_id: str) -> None:
 
 def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
     """A user with their current recipe and stack and the bytes they occupy."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         row = get_user_row(session, user_id)
         base = row.to_entity(bank_version=version_of(session, row.bank_id))
         recipe = latest_row(session, SqlRecipe, user_id)
@@ -193,7 +193,7 @@ def get_user(ctx: RegistryContext, user_id: str) -> UserDetail:
 
 def list_users(ctx: RegistryContext, *, task: str | None = None) -> list[User]:
     """Users by id, optionally one task's."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         query = select(SqlUser, SqlBank.version).join(SqlBank, SqlBank.id == SqlUser.bank_id)
         if task is not None:
             query = query.where(SqlUser.task == task)
@@ -241,7 +241,7 @@ def fuse_user(
         raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
     if rank is not None and rank < 1:
         raise InvalidInputError(f"rank must be at least 1, got {rank}")
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         user = get_user_row(session, user_id)
         bank = (
             resolve_bank(session, user.task, bank_ref)

@@ -53,7 +53,7 @@ def add_users(
     from mta.tasks import get_task
 
     task_obj = get_task(task)
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         bank = resolve_bank(session, task, bank_ref) if bank_ref else default_bank(session, task)
         embedder = ctx.embedder(bank.embedder)
         existing = set(session.scalars(select(SqlUser.id)))
@@ -78,7 +78,7 @@ def only_task_with_bank(ctx: RegistryContext) -> str:
     Raises:
         InvalidInputError: no bank, or banks of several tasks.
     """
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         tasks = sorted(set(session.scalars(select(SqlBank.task))))
     if len(tasks) != 1:
         known = ", ".join(tasks) or "none yet"
@@ -159,5 +159,5 @@ def _commit(
 
 def _registered(ctx: RegistryContext, user_id: str) -> bool:
     """Whether a user row with this id exists."""
-    with ctx.session() as session:
+    with ctx.read_session() as session:
         return session.get(SqlUser, user_id) is not None

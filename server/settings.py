@@ -43,10 +43,9 @@ class ServerSettings:
 def default_lookup_threads(db_url: str) -> int:
     """One lookup thread on SQLite, a few on a database server.
 
-    Every SQLite transaction of the registry takes the write lock (``BEGIN IMMEDIATE``),
-    so concurrent reads only queue inside SQLite's busy handler, whose sleeps grow to
-    100 ms: that was the seconds-long tail. One thread queues them FIFO in the process
-    instead, off the event loop so a writer holding the lock stalls fetches, not the
-    server. PostgreSQL reads run in parallel and wait on the network, so they get more.
+    SQLite reads run in-process and hold the GIL for most of their time: two threads
+    reading at once in one process did 0.57-0.74x the reads/s of two that take turns
+    (`python -m bench --only reads`), so one thread queues them FIFO, off the event loop. Reads take no lock (read-only sessions), so a writer in another process no longer
+    stalls them. PostgreSQL reads run in parallel and wait on the network, so they get more.
     """
     return 1 if db_url.startswith("sqlite") else POSTGRES_LOOKUP_THREADS
