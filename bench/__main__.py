@@ -24,6 +24,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
     from bench.lookup import bench_lookup
     from bench.materialize import bench_materialize
     from bench.personalize import bench_personalize
+    from bench.registry_reads import bench_registry_reads
 
     return {
         "fusion": bench_fusion,
@@ -33,6 +34,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
         "materialize": bench_materialize,
         "http": bench_http,
         "bulk": bench_bulk,
+        "reads": bench_registry_reads,
     }
 
 

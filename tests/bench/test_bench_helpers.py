@@ -38,3 +38,16 @@ def test_markdown_table_has_one_cell_per_column() -> None:
     lines = to_markdown(section).splitlines()
     assert lines[2] == "| a | b |"
     assert lines[4] == "| 1.235 | x |"
+
+
+def test_registry_reads_phases_read_and_the_writer_commits(tmp_path) -> None:
+    from bench.registry_reads import _phase, _seed
+
+    path = tmp_path / "registry.db"
+    _seed(f"sqlite:///{path}")
+    for read_only in (False, True):
+        phase = _phase(path, read_only, readers=2, seconds=0.5, writer=True)
+        assert phase.reads and phase.waits  # both sides got through
+        assert phase.rate == len(phase.reads) / 0.5
+    alone = _phase(path, True, readers=1, seconds=0.2, writer=False)
+    assert alone.reads and not alone.waits
