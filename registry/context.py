@@ -141,20 +141,22 @@ class RegistryContext:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A managed session (commit/rollback/close); checks the schema once per context."""
-        if not self._schema_checked:
-            check_schema(self.engine)
-            self._schema_checked = True
+        self._check_schema_once()
         with session_scope(self.session_factory) as session:
             yield session
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A managed session for reads only: on SQLite it neither waits for nor blocks writers."""
+        self._check_schema_once()
+        with session_scope(self.session_factory, read_only=True) as session:
+            yield session
+
+    def _check_schema_once(self) -> None:
+        """The schema check, once per context."""
         if not self._schema_checked:
             check_schema(self.engine)
             self._schema_checked = True
-        with session_scope(self.session_factory, read_only=True) as session:
-            yield session
 
     def mark_schema_current(self) -> None:
         """Skip the next schema check (`init_registry` has just migrated)."""

@@ -157,10 +157,11 @@ def session_scope(factory: sessionmaker[Session], *, read_only: bool = False) ->
         RegistryError: any other database error, as one line.
     """
     session = factory()
-    if read_only:
-        # Options apply when the session procures its connection, before the transaction begins.
-        session.connection(execution_options={READ_ONLY_OPTION: True})
     try:
+        if read_only:
+            # Options apply when the session procures its connection, before the transaction
+            # begins; inside the try, so a failure to connect is mapped like any other.
+            session.connection(execution_options={READ_ONLY_OPTION: True})
         yield session
         session.commit()
     except exc.IntegrityError as error:

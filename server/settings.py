@@ -45,7 +45,8 @@ def default_lookup_threads(db_url: str) -> int:
 
     SQLite reads run in-process and hold the GIL for most of their time: two threads
     reading at once in one process did 0.57-0.74x the reads/s of two that take turns
-    (`python -m bench --only reads`), so one thread queues them FIFO, off the event loop. Reads take no lock (read-only sessions), so a writer in another process no longer
+    (`python -m bench --only reads`), so one thread queues them FIFO, off the event loop.
+    Reads take no lock (read-only sessions), so a writer in another process no longer
     stalls them. PostgreSQL reads run in parallel and wait on the network, so they get more.
     """
     return 1 if db_url.startswith("sqlite") else POSTGRES_LOOKUP_THREADS

@@ -119,3 +119,17 @@ def test_registry_reads_answer_while_a_writer_holds_the_lock(
         writer.rollback()
         writer.close()
         ctx.close()
+
+
+def test_a_read_session_that_cannot_connect_fails_as_one_registry_error():
+    # Port 1 on loopback refuses at once; the failure surfaces when the read session
+    # procures its connection, which must be mapped like any other database error.
+    engine = make_engine("postgresql://mta:mta@127.0.0.1:1/none")
+    try:
+        with (
+            pytest.raises(RegistryError, match="database error"),
+            session_scope(make_session_factory(engine), read_only=True),
+        ):
+            pass
+    finally:
+        engine.dispose()
