@@ -1,6 +1,6 @@
 """SQLite registry reads next to a writer in another process: read-only vs write-lock sessions.
 
-A registry read (a user lookup: one row by key plus a count) runs in a loop on reader
+A registry read (one row by primary key plus a count of the table) runs in a loop on reader
 threads while a second process writes the way a bulk import does: it takes the write lock,
 inserts, holds the transaction ``HOLD_MS``, commits, pauses ``GAP_MS``, and again. Each
 read runs either in a read-only session (`ctx.read_session()`: a deferred transaction that
@@ -109,27 +109,29 @@ def _phase(path: Path, read_only: bool, readers: int, seconds: float, writer: bo
 
     engine = make_engine(f"sqlite:///{path}")
     factory = make_session_factory(engine)
-    if not writer:
-        reads = _reads(factory, read_only, readers, lambda: time.sleep(seconds))
+    output = [""]
+    if writer:
+        args = [str(path), str(seconds), str(HOLD_MS / 1e3), str(GAP_MS / 1e3)]
+        args.append(f"{readers}{'rw'[read_only]}")  # distinct digests per phase
+        process = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, *args], stdout=subprocess.PIPE, text=True
+        )
+
+        def until() -> None:
+            output[0] = process.communicate()[0]
+            if process.returncode != 0:
+                raise RuntimeError(f"writer process failed with exit code {process.returncode}")
+
+    else:
+
+        def until() -> None:
+            time.sleep(seconds)
+
+    try:
+        reads = _reads(factory, read_only, readers, until)
+    finally:
         engine.dispose()
-        return Phase(read_only, readers, writer, seconds, reads, [])
-    args = [
-        str(path),
-        str(seconds),
-        str(HOLD_MS / 1e3),
-        str(GAP_MS / 1e3),
-        f"{readers}{'rw'[read_only]}",
-    ]
-    process = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, *args], stdout=subprocess.PIPE, text=True
-    )
-    output: list[str] = []
-    reads = _reads(factory, read_only, readers, lambda: output.append(process.communicate()[0]))
-    engine.dispose()
-    if process.returncode != 0:
-        raise RuntimeError(f"writer process failed with exit code {process.returncode}")
-    waits = [float(w) for w in output[0].split()]
-    return Phase(read_only, readers, writer, seconds, reads, waits)
+    return Phase(read_only, readers, writer, seconds, reads, [float(w) for w in output[0].split()])
 
 
 @dataclass
