@@ -24,7 +24,7 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     from mta.embedding import DEFAULT_EMBEDDER, Embedder
     from mta.registry.context import RegistryContext
     from mta.registry.service import adapt_user, add_user, fuse_user, init_registry
-    from mta.registry.service_bank import AnchorPayload, publish_bank
+    from mta.registry.banks.versions import AnchorPayload, publish_bank
 
     ctx = RegistryContext.in_folder(root)
     init_registry(ctx)

@@ -31,7 +31,7 @@ from mta.cli.options import registry_context
 from mta.cli.output import Output, log, stderr_console
 
 if TYPE_CHECKING:
-    from mta.registry.bulk import BulkSummary, UserOutcome
+    from mta.registry.jobs.bulk import BulkSummary, UserOutcome
     from mta.registry.context import RegistryContext
 
 
@@ -161,7 +161,7 @@ class Selection:
 
     def resolve(self, ctx: RegistryContext) -> list[str]:
         """The selected user ids (arguments first, then `--from`, then the flags)."""
-        from mta.registry.bulk import read_id_file, select_users
+        from mta.registry.jobs.bulk import read_id_file, select_users
 
         ids = list(self.ids) + (read_id_file(self.from_file) if self.from_file else [])
         return select_users(
@@ -192,7 +192,7 @@ def run_bulk(
     json_mode: bool,
 ) -> None:
     """Select users, run `unit` on each (here or on Ray), render the summary; 1 on failures."""
-    from mta.registry.bulk import make_work, run_local
+    from mta.registry.jobs.bulk import make_work, run_local
 
     out = Output(json_mode)
     outcomes: list[UserOutcome] = []
@@ -221,8 +221,8 @@ def _run_ray(
     on_outcome: Callable[[UserOutcome, int, int], None],
 ) -> BulkSummary:
     """The Ray executor (imported only when asked for: Ray is an optional dependency)."""
-    from mta.registry.bulk import AdaptRequest
-    from mta.registry.bulk_ray import WorkSpec, run_ray
+    from mta.registry.jobs.bulk import AdaptRequest
+    from mta.registry.jobs.ray_runner import WorkSpec, run_ray
 
     force, refresh = bool(spec.get("force")), bool(spec.get("refresh"))
     if unit == "adapt":

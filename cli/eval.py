@@ -185,7 +185,7 @@ def eval_command(
         checkpoint=checkpoint,
     )
     if item_bootstrap and cluster_bootstrap:
-        from mta.statistics import EvaluationError
+        from mta.evaluation.statistics import EvaluationError
 
         raise EvaluationError("--item-bootstrap and --cluster-bootstrap contradict each other")
     options.validate()
@@ -226,7 +226,7 @@ def eval_report_command(
     missing from a file (an interrupted run's checkpoint) are left out of every table.
     """
     from mta.evaluation.results import item_rows, pool_results, summarize_predictions
-    from mta.statistics import EvaluationError
+    from mta.evaluation.statistics import EvaluationError
 
     if resamples < 1:
         raise EvaluationError(f"--resamples must be at least 1, got {resamples}")
@@ -275,7 +275,7 @@ def _write_outputs(results: dict[str, Any], json_out: Path | None, plot: Path | 
 
 def render_results(out: Output, results: dict[str, Any]) -> None:
     """Print the per-method and paired-difference tables of every subset, then per user."""
-    from mta.eval_summary import SubsetSummary
+    from mta.evaluation.summary import SubsetSummary
     from mta.evaluation.report import differences_table, per_user_table, results_table
 
     for name, data in results["subsets"].items():

@@ -1,7 +1,7 @@
 """`mta eval`, the LaMP evaluation application: a client of the registry service layer.
 
-Beside `mta.cli` and `mta.server`; the method-free statistics are `mta.statistics` and
-`mta.eval_summary`. Modules, by job:
+Beside `mta.cli` and `mta.server`; the method-free statistics are `mta.evaluation.statistics` and
+`mta.evaluation.summary`. Modules, by job:
 
 - ``options``: `EvalOptions`, every default once (the CLI reads `DEFAULTS`).
 - ``data``: where the users files are (--data, $MTA_LAMP_DIR, ./lamp, ../shared/lamp)

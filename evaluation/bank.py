@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mta.errors import MtaError
 from mta.evaluation.options import BASELINE_RANK, EVAL_USER_PREFIX
 from mta.evaluation.protocol import EvalEntry
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 if TYPE_CHECKING:
     from mta.evaluation.method import SeedRun

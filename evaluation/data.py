@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 # Folders searched for <task>/users.json after --data and $MTA_LAMP_DIR, relative to the
 # current directory: where `mta data fetch` writes by default, then the shared folder

@@ -19,7 +19,7 @@ from mta.evaluation.methods_baseline import (
     UserMajorityMethod,
 )
 from mta.evaluation.options import DEFAULT_METHODS
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 __all__ = [
     "DEFAULT_METHODS",

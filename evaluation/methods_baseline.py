@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from mta.evaluation.method import EvalMethod, SeedRun
 from mta.evaluation.options import BASELINE_RANK, HISTORY_K
 from mta.evaluation.protocol import shot_examples
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 
 class BaseModelMethod(EvalMethod):

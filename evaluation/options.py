@@ -61,7 +61,7 @@ class EvalOptions:
     batch_size: int = 8
     n_resamples: int = 1000
     # Resample items, not real users: narrower intervals that ignore the items a real
-    # user's entries share (the default resamples real users; see `mta.eval_summary`).
+    # user's entries share (the default resamples real users; see `mta.evaluation.summary`).
     item_bootstrap: bool = False
     # "generate" parses a greedy generation (the paper); "rank" answers the label of the
     # task's set with the highest length-normalized log-likelihood (classification only).
@@ -72,7 +72,7 @@ class EvalOptions:
     def validate(self) -> None:
         """Raise EvaluationError with a one-line message for an out-of-range option."""
         # Imported here: the CLI imports this module, and `mta --help` must not load numpy.
-        from mta.statistics import EvaluationError
+        from mta.evaluation.statistics import EvaluationError
 
         positive = {
             "anchors": self.anchors,

@@ -2,7 +2,7 @@
 
 Per seed the users are split by real user into an anchor pool and test users (or the
 pool is --data and the test users are --test-data); every method predicts every scored
-item on the same base model and the same prompts. Statistics are `mta.eval_summary`'s;
+item on the same base model and the same prompts. Statistics are `mta.evaluation.summary`'s;
 this module produces predictions and the result document, recorded as an eval run.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mta.eval_summary import ScoredItem
+from mta.evaluation.summary import ScoredItem
 from mta.evaluation.method import LogFn, ProgressFn, SeedRun, Timer
 from mta.evaluation.methods import execution_order, get_method, parse_methods
 from mta.evaluation.options import HISTORY_K, EvalOptions
@@ -23,7 +23,7 @@ from mta.evaluation.predictor import Predictor
 from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
 from mta.evaluation.results import item_rows, summarize_predictions
 from mta.registry.context import RegistryContext
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 
 @dataclass

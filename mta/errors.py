@@ -28,3 +28,16 @@ class DataFormatError(MtaError, ValueError):
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the error for an unknown registry key, listing the valid names."""
     return UnknownNameError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def one_line(error: BaseException, *, first_line: bool = False) -> str:
+    """An exception's message as one line, or its type's name when the message is empty.
+
+    Whitespace runs (newlines included) collapse to one space; `first_line` keeps only the
+    first non-empty line instead (Ray's messages append a multi-line traceback). A
+    KeyError's message loses the quotes `str()` puts around it.
+    """
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if first_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    return " ".join(text.split()) or type(error).__name__

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mta.fusion_cat import CatFusion
-from mta.fusion_svd import compress
+from mta.fusion.cat import CatFusion
+from mta.fusion.svd import compress
 from mta.lora import LoraAdapter
 
 

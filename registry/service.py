@@ -6,21 +6,21 @@ ORM rows. They live in one module per noun and are re-exported here.
 
 from __future__ import annotations
 
-from mta.registry.service_adapt import adapt_user
-from mta.registry.service_bank import ProgressFn, get_bank, list_banks, set_alias
-from mta.registry.service_bank_build import build_bank, push_bank
-from mta.registry.service_delete import delete_user, user_is_gone
-from mta.registry.service_export import adapter_identity, export_user, materialize_fused
-from mta.registry.service_gc import gc
-from mta.registry.service_publish import publish_users, watch_publish
-from mta.registry.service_storage import (
+from mta.registry.users.adapt import adapt_user
+from mta.registry.banks.versions import ProgressFn, get_bank, list_banks, set_alias
+from mta.registry.banks.build import build_bank, push_bank
+from mta.registry.users.delete import delete_user, user_is_gone
+from mta.registry.users.export import adapter_identity, export_user, materialize_fused
+from mta.registry.maintenance.gc import gc
+from mta.registry.publish.users import publish_users, watch_publish
+from mta.registry.maintenance.storage import (
     fsck,
     init_registry,
     list_eval_runs,
     record_eval_run,
     storage_report,
 )
-from mta.registry.service_user import (
+from mta.registry.users.records import (
     add_user,
     fuse_user,
     get_user,

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from mta.progress import ProgressFn
-from mta.registry.bulk import UserOutcome, make_work, run_local, select_users
+from mta.registry.jobs.bulk import UserOutcome, make_work, run_local, select_users
 
 from .schemas import BulkAdaptRequest, JobResponse, error_responses
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mta.cli.app import app
-from mta.eval_per_user import per_user_breakdown
-from mta.eval_summary import ScoredItem, summarize
+from mta.evaluation.per_user import per_user_breakdown
+from mta.evaluation.summary import ScoredItem, summarize
 from mta.evaluation.options import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from mta.evaluation.methods import (
     reference_method,
 )
 from mta.evaluation.methods_baseline import majority_label
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 
 def test_every_documented_method_is_registered():

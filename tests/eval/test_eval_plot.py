@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mta.eval_summary import ScoredItem, summarize
+from mta.evaluation.summary import ScoredItem, summarize
 from mta.evaluation.plot import plot_results
 
 

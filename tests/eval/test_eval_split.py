@@ -10,7 +10,7 @@ import pytest
 from mta.evaluation.data import resolve_data_path
 from mta.evaluation.protocol import build_items, split_users
 from mta.lamp_data import group_real_users
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 SHARED_MOVIES = Path(__file__).resolve().parents[3] / "shared" / "lamp" / "movie_tagging"
 

@@ -13,7 +13,7 @@ import pytest
 
 from mta.evaluation.data import load_test_users
 from mta.evaluation.protocol import split_given
-from mta.statistics import EvaluationError
+from mta.evaluation.statistics import EvaluationError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lamp" / "product_rating"
 

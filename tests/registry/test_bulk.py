@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mta.registry.bulk import (
+from mta.registry.jobs.bulk import (
     ADAPTED,
     FAILED,
     SKIPPED,
@@ -93,7 +93,7 @@ def test_bulk_fuse_refresh_moves_old_recipes_to_the_latest_bank(bank_registry, p
 
 
 def test_make_work_describes_a_job_in_plain_values(bank_registry):
-    from mta.registry.bulk import make_work
+    from mta.registry.jobs.bulk import make_work
 
     _add(bank_registry, "z1")
     spec = {"request": {"shots": 2, "max_steps": 1}, "force": False, "refresh": False}
@@ -105,8 +105,8 @@ def test_make_work_describes_a_job_in_plain_values(bank_registry):
 
 
 def test_add_users_embeds_in_batches_and_reports_each_record(bank_registry):
-    from mta.registry.bulk import ADDED
-    from mta.registry.service_users_bulk import add_users, only_task_with_bank
+    from mta.registry.jobs.bulk import ADDED
+    from mta.registry.users.add_many import add_users, only_task_with_bank
 
     assert only_task_with_bank(bank_registry) == TASK
     _add(bank_registry, "old")

@@ -23,8 +23,8 @@ from mta.registry.service import (
     get_bank,
     get_user,
 )
-from mta.registry.service_delete import user_cache_prefix
-from mta.registry.service_export import cache_key
+from mta.registry.users.delete import user_cache_prefix
+from mta.registry.users.export import cache_key
 from mta.storage import StorageError
 from tests.support import TASK, movie_user
 
@@ -163,7 +163,7 @@ def test_a_read_only_store_changes_nothing(bank_registry, tmp_path):
 
 
 def test_an_export_racing_a_delete_leaves_no_cache_entry(bank_registry, monkeypatch):
-    from mta.registry import service_export
+    from mta.registry.users import export as service_export
 
     add_user(bank_registry, user_id="pia", task=TASK, profile=movie_user("pia", 6))
     fuse_user(bank_registry, "pia")

@@ -20,7 +20,7 @@ from mta.registry.service import (
     record_eval_run,
     storage_report,
 )
-from mta.registry.service_storage import OPPU_RANK
+from mta.registry.maintenance.storage import OPPU_RANK
 from tests.fixtures_model import TINY_EMBEDDER_DIM
 from tests.support import TASK, movie_user
 

@@ -127,8 +127,8 @@ def test_shot_indices_are_seeded_and_in_profile_order():
 
 def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
     from mta.peft_io import adapter_from_bytes, load_peft_adapter
-    from mta.registry.service_export import materialize_fused
-    from mta.registry.user_rows import recipe_inputs as _recipe_inputs
+    from mta.registry.users.export import materialize_fused
+    from mta.registry.users.rows import recipe_inputs as _recipe_inputs
 
     _add(bank_registry, "frank")
     steps = []

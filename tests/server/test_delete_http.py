@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from mta.registry.service_delete import user_cache_prefix
+from mta.registry.users.delete import user_cache_prefix
 from tests.server.conftest import ADMIN, READ, Registry, make_client
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mta.fusion_cat import CatFusion
+from mta.fusion.cat import CatFusion
 from mta.lora import LoraAdapter, LoraModule, one_thread
 
 

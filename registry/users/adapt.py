@@ -16,9 +16,9 @@ from mta.registry.context import MODEL_LOCK, RegistryContext
 from mta.registry.entities import Stack
 from mta.registry.errors import NotFoundError
 from mta.registry.models import SqlBank, SqlRecipe, SqlStack, utcnow
-from mta.registry.service_export import materialize_fused
-from mta.registry.service_user import fuse_user, load_profile, shot_indices
-from mta.registry.user_rows import get_user_row, latest_row, recipe_inputs, stack_entity
+from mta.registry.users.export import materialize_fused
+from mta.registry.users.records import fuse_user, load_profile, shot_indices
+from mta.registry.users.rows import get_user_row, latest_row, recipe_inputs, stack_entity
 
 
 def _adapt_inputs(ctx: RegistryContext, user_id: str) -> dict[str, Any] | None:

@@ -35,11 +35,11 @@ from mta.registry.models import (
     utcnow,
 )
 from mta.registry.names import validate_user_id
-from mta.registry.service_bank import (
+from mta.registry.banks.versions import (
     default_bank,
     resolve_bank,
 )
-from mta.registry.user_rows import (
+from mta.registry.users.rows import (
     current_stack,
     get_user_row,
     latest_row,

@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mta.progress import ProgressFn
-from mta.registry.anchor_redaction import (
+from mta.registry.users.anchor_redaction import (
     AnchorDrop,
     anchors_trained_on,
     apply_drops,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mta.registry.bulk import (
+from mta.registry.jobs.bulk import (
     FAILED,
     AdaptRequest,
     BulkSummary,
@@ -36,7 +36,7 @@ from mta.registry.bulk import (
     summarize,
 )
 from mta.registry.context import RegistryContext
-from mta.registry.ray_cluster import ray_session, worker_env, worker_locations
+from mta.registry.jobs.ray_cluster import ray_session, worker_env, worker_locations
 
 log = logging.getLogger(__name__)
 

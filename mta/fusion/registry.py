@@ -1,40 +1,17 @@
-"""Fusion methods registered by name: how anchors' LoRAs become one adapter.
-
-Methods live one per module (``fusion_cat``, ``fusion_svd``, ``fusion_factorwise``)
-and are listed once, in ``FUSION_METHODS``; every caller looks them up by name.
-All methods work on adapter tensors alone, never on the base model.
-"""
+"""The one list of fusion methods, looked up by name by every caller."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 from mta.errors import unknown_name
-from mta.fusion_cat import CatFusion
-from mta.fusion_factorwise import FactorwiseFusion
-from mta.fusion_svd import SvdFusion, compress
+from mta.fusion.base import FusionMethod
+from mta.fusion.cat import CatFusion
+from mta.fusion.factorwise import FactorwiseFusion
+from mta.fusion.svd import SvdFusion
 from mta.lora import LoraAdapter
 
-__all__ = ["DEFAULT_FUSION", "FUSION_METHODS", "FusionMethod", "compress", "fuse", "get_fusion"]
-
 DEFAULT_FUSION = "cat"
-
-
-class FusionMethod(Protocol):
-    """A named way to fuse weighted adapters into one."""
-
-    name: str
-
-    def fuse(
-        self,
-        adapters: Sequence[LoraAdapter],
-        weights: Sequence[float],
-        *,
-        rank: int | None = None,
-    ) -> LoraAdapter:
-        """Fuse ``adapters`` with one weight each; ``rank`` only where the method takes one."""
-        ...
 
 
 FUSION_METHODS: dict[str, FusionMethod] = {

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from mta.errors import ShapeMismatchError
-from mta.fusion_inputs import align_modules, check_weights, common_base_model
+from mta.fusion.inputs import align_modules, check_weights, common_base_model
 from mta.lora import LoraAdapter, LoraModule, one_thread
 
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from mta.progress import ProgressFn
 from mta.registry.context import RegistryContext
-from mta.registry.ray_cluster import ray_session, worker_env
-from mta.registry.service_bank import report_progress
+from mta.registry.jobs.ray_cluster import ray_session, worker_env
+from mta.registry.banks.versions import report_progress
 
 if TYPE_CHECKING:
     from mta.training import TrainConfig
@@ -38,7 +38,7 @@ def train_anchor_task(
 ) -> bytes:
     """One anchor on a Ray worker: the base model loads once per worker process (cached)."""
     from mta.base_model import load_base_model
-    from mta.registry.service_bank_build import train_anchor_bytes
+    from mta.registry.banks.build import train_anchor_bytes
 
     model, tokenizer = load_base_model(model_name)
     return train_anchor_bytes(model, tokenizer, examples, config, shapes)

@@ -23,9 +23,9 @@ from mta.registry.context import RegistryContext
 from mta.registry.entities import Stack
 from mta.registry.errors import InvalidInputError
 from mta.registry.models import SqlBank, SqlUser
-from mta.registry.service_adapt import adapt_user
-from mta.registry.service_bank import latest_version
-from mta.registry.service_user import fuse_user, get_user
+from mta.registry.users.adapt import adapt_user
+from mta.registry.banks.versions import latest_version
+from mta.registry.users.records import fuse_user, get_user
 
 ADAPTED, SKIPPED, FAILED, FUSED, ADDED = "adapted", "skipped", "failed", "fused", "added"
 
@@ -167,7 +167,7 @@ def _tasks_of(ctx: RegistryContext, user_ids: list[str]) -> dict[str, str]:
 
 def _stack_states(ctx: RegistryContext, task: str | None) -> dict[str, str]:
     """user id -> "current" | "stale" | "missing", for every user (of `task`), by id."""
-    from mta.registry.service_storage import current_stack_banks
+    from mta.registry.maintenance.storage import current_stack_banks
 
     with ctx.read_session() as session:
         query = select(SqlUser.id).order_by(SqlUser.id)

@@ -15,7 +15,7 @@ from mta.dtypes import torch_dtype
 from mta.registry.context import MODEL_LOCK, RegistryContext
 from mta.registry.entities import BankVersion
 from mta.registry.errors import InvalidInputError
-from mta.registry.service_bank import (
+from mta.registry.banks.versions import (
     ANCHOR_DATA_MODES,
     BANK_ADAPTER_DTYPE,
     AnchorPayload,
@@ -222,7 +222,7 @@ def _train_anchors(
     """Each anchor's blob, in order: trained here one by one, or as Ray tasks."""
     model_name, model, tokenizer = base
     if executor == "ray":
-        from mta.registry.bank_ray import train_anchors_ray
+        from mta.registry.jobs.bank_ray import train_anchors_ray
 
         return train_anchors_ray(
             ctx,

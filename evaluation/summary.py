@@ -1,7 +1,7 @@
 """Per-subset summaries of an evaluation: every method's intervals and paired differences.
 
 Method-free: the caller names the methods (the keys of ``predictions``) and the reference
-they are compared against; `mta.statistics` does the resampling.
+they are compared against; `mta.evaluation.statistics` does the resampling.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from mta.statistics import (
+from mta.evaluation.statistics import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     Difference,

@@ -12,7 +12,7 @@ from mta.registry.blobrefs import referenced_digests, unreferenced
 from mta.registry.context import RegistryContext
 from mta.registry.entities import GcResult
 from mta.registry.models import SqlBlob, SqlRecipe, SqlStack, SqlUser, as_utc
-from mta.registry.service_delete import finish_pending_deletions, user_cache_prefix
+from mta.registry.users.delete import finish_pending_deletions, user_cache_prefix
 from mta.storage import BlobNotFoundError
 from mta.storage.cache import TEMP_PREFIX, TRASH_PREFIX, entry_problem
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mta.eval_summary import ScoredItem, summarize
-from mta.statistics import (
+from mta.evaluation.summary import ScoredItem, summarize
+from mta.evaluation.statistics import (
     EvaluationError,
     MetricAggregator,
     bootstrap_ci,

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from mta.registry.bulk import ADDED, FAILED, SKIPPED, UserOutcome, one_line
+from mta.registry.jobs.bulk import ADDED, FAILED, SKIPPED, UserOutcome, one_line
 from mta.registry.context import RegistryContext
 from mta.registry.errors import AlreadyExistsError, InvalidInputError
 from mta.registry.models import SqlBank, SqlUser
 from mta.registry.names import validate_user_id
-from mta.registry.service_bank import default_bank, resolve_bank
-from mta.registry.service_user import add_user
+from mta.registry.banks.versions import default_bank, resolve_bank
+from mta.registry.users.records import add_user
 
 DEFAULT_CHUNK = 64
 

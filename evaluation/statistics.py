@@ -4,7 +4,7 @@ Nothing here knows which methods exist, touches the registry or trains a model. 
 one parsed prediction per scored item, `MetricAggregator` computes a task's metrics on
 any resample, `bootstrap_ci` gives 95% percentile intervals, and `paired_bootstrap` the
 interval of a difference between two methods on the same resampled items (item
-difficulty cancels out). `mta.eval_summary` assembles them per subset of items.
+difficulty cancels out). `mta.evaluation.summary` assembles them per subset of items.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from mta.registry.entities import Export
 from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.identity import AdapterIdentity, identity_of
 from mta.registry.models import SqlAnchor, SqlBank, SqlRecipe
-from mta.registry.service_delete import user_cache_prefix, user_is_gone
-from mta.registry.user_rows import (
+from mta.registry.users.delete import user_cache_prefix, user_is_gone
+from mta.registry.users.rows import (
     current_stack,
     get_user_row,
     latest_row,

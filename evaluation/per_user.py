@@ -2,15 +2,15 @@
 
 A pooled mean can come from one user. This breaks the scored items down by real user
 (entries of one LaMP user and every seed pooled) so a reader sees how many users a
-method's lead rests on. Method-free, like `mta.eval_summary`.
+method's lead rests on. Method-free, like `mta.evaluation.summary`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mta.eval_summary import SUBSETS, ScoredItem
-from mta.statistics import EvaluationError, ScoreFn
+from mta.evaluation.summary import SUBSETS, ScoredItem
+from mta.evaluation.statistics import EvaluationError, ScoreFn
 from mta.tasks.metrics import higher_is_better
 
 # A per-user gain within this of zero counts as a tie (scores are means of a few items).
@@ -34,7 +34,7 @@ def per_user_breakdown(
         metrics: metric names in display order; the first is the one gains are counted on.
         items: every scored item (all subsets).
         predictions: method -> predictions aligned with ``items``.
-        subset: "query" or "all", as in `mta.eval_summary.summarize`.
+        subset: "query" or "all", as in `mta.evaluation.summary.summarize`.
         gain_of: the method whose gain is reported (e.g. "mta"); None for no gains.
         over: the method it is compared with (e.g. "base").
 

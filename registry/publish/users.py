@@ -26,10 +26,10 @@ from mta.registry.context import RegistryContext
 from mta.registry.entities import PublishResult
 from mta.registry.errors import InvalidInputError, NotFoundError, RegistryError
 from mta.registry.names import validate_user_id
-from mta.registry.publish_target import MANIFEST_NAME, PublishTarget, open_target
-from mta.registry.service_bank import ProgressFn, list_banks
-from mta.registry.service_export import adapter_identity, export_user
-from mta.registry.service_user import list_users
+from mta.registry.publish.targets import MANIFEST_NAME, PublishTarget, open_target
+from mta.registry.banks.versions import ProgressFn, list_banks
+from mta.registry.users.export import adapter_identity, export_user
+from mta.registry.users.records import list_users
 
 MANIFEST_FORMAT = 1
 # Base-model aliases whose weights ship locally but which engines know by a hub id.
