@@ -22,9 +22,9 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     """A registry with a bank of random SmolLM2-shaped anchors and one adapted user."""
     from mta.base_model import DEFAULT_TARGET_MODULES
     from mta.embedding import DEFAULT_EMBEDDER, Embedder
+    from mta.registry.banks.versions import AnchorPayload, publish_bank
     from mta.registry.context import RegistryContext
     from mta.registry.service import adapt_user, add_user, fuse_user, init_registry
-    from mta.registry.banks.versions import AnchorPayload, publish_bank
 
     ctx = RegistryContext.in_folder(root)
     init_registry(ctx)

@@ -31,8 +31,8 @@ from mta.cli.options import registry_context
 from mta.cli.output import Output, log, stderr_console
 
 if TYPE_CHECKING:
-    from mta.registry.jobs.bulk import BulkSummary, UserOutcome
     from mta.registry.context import RegistryContext
+    from mta.registry.jobs.bulk import BulkSummary, UserOutcome
 
 
 class _UsersPerMinute(ProgressColumn):

@@ -275,8 +275,8 @@ def _write_outputs(results: dict[str, Any], json_out: Path | None, plot: Path | 
 
 def render_results(out: Output, results: dict[str, Any]) -> None:
     """Print the per-method and paired-difference tables of every subset, then per user."""
-    from mta.evaluation.summary import SubsetSummary
     from mta.evaluation.report import differences_table, per_user_table, results_table
+    from mta.evaluation.summary import SubsetSummary
 
     for name, data in results["subsets"].items():
         if name == "all" and data["n_items"] == results["subsets"]["query"]["n_items"]:

@@ -133,8 +133,8 @@ def _add_many(ctx: typer.Context, path: Path, bank: str | None, json_mode: bool)
     import time
 
     from mta.lamp_data import read_json_file
-    from mta.registry.jobs.bulk import summarize
     from mta.registry.errors import InvalidInputError
+    from mta.registry.jobs.bulk import summarize
     from mta.registry.users.add_many import add_users, only_task_with_bank
 
     records = read_json_file(path)

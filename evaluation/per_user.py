@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mta.evaluation.summary import SUBSETS, ScoredItem
 from mta.evaluation.statistics import EvaluationError, ScoreFn
+from mta.evaluation.summary import SUBSETS, ScoredItem
 from mta.tasks.metrics import higher_is_better
 
 # A per-user gain within this of zero counts as a tie (scores are means of a few items).

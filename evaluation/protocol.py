@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mta.evaluation.summary import ScoredItem
 from mta.evaluation.statistics import EvaluationError
+from mta.evaluation.summary import ScoredItem
 
 
 @dataclass

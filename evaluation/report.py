@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mta.evaluation.summary import SubsetSummary
 from mta.evaluation.statistics import Difference, Interval
+from mta.evaluation.summary import SubsetSummary
 from mta.tasks.metrics import higher_is_better
 
 

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mta.evaluation.per_user import per_user_breakdown
-from mta.evaluation.summary import SUBSETS, ScoredItem, summarize
 from mta.evaluation.methods import reference_method
+from mta.evaluation.per_user import per_user_breakdown
 from mta.evaluation.statistics import EvaluationError
+from mta.evaluation.summary import SUBSETS, ScoredItem, summarize
 
 _ITEM_FIELDS = ("seed", "user_id", "group", "item_id", "kind", "gold")
 

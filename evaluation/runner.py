@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mta.evaluation.summary import ScoredItem
 from mta.evaluation.method import LogFn, ProgressFn, SeedRun, Timer
 from mta.evaluation.methods import execution_order, get_method, parse_methods
 from mta.evaluation.options import HISTORY_K, EvalOptions
 from mta.evaluation.predictor import Predictor
 from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
 from mta.evaluation.results import item_rows, summarize_predictions
-from mta.registry.context import RegistryContext
 from mta.evaluation.statistics import EvaluationError
+from mta.evaluation.summary import ScoredItem
+from mta.registry.context import RegistryContext
 
 
 @dataclass

@@ -6,13 +6,9 @@ ORM rows. They live in one module per noun and are re-exported here.
 
 from __future__ import annotations
 
-from mta.registry.users.adapt import adapt_user
-from mta.registry.banks.versions import ProgressFn, get_bank, list_banks, set_alias
 from mta.registry.banks.build import build_bank, push_bank
-from mta.registry.users.delete import delete_user, user_is_gone
-from mta.registry.users.export import adapter_identity, export_user, materialize_fused
+from mta.registry.banks.versions import ProgressFn, get_bank, list_banks, set_alias
 from mta.registry.maintenance.gc import gc
-from mta.registry.publish.users import publish_users, watch_publish
 from mta.registry.maintenance.storage import (
     fsck,
     init_registry,
@@ -20,6 +16,10 @@ from mta.registry.maintenance.storage import (
     record_eval_run,
     storage_report,
 )
+from mta.registry.publish.users import publish_users, watch_publish
+from mta.registry.users.adapt import adapt_user
+from mta.registry.users.delete import delete_user, user_is_gone
+from mta.registry.users.export import adapter_identity, export_user, materialize_fused
 from mta.registry.users.records import (
     add_user,
     fuse_user,

@@ -12,9 +12,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mta.dtypes import torch_dtype
-from mta.registry.context import MODEL_LOCK, RegistryContext
-from mta.registry.entities import BankVersion
-from mta.registry.errors import InvalidInputError
 from mta.registry.banks.versions import (
     ANCHOR_DATA_MODES,
     BANK_ADAPTER_DTYPE,
@@ -25,6 +22,9 @@ from mta.registry.banks.versions import (
     publish_bank,
     report_progress,
 )
+from mta.registry.context import MODEL_LOCK, RegistryContext
+from mta.registry.entities import BankVersion
+from mta.registry.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from mta.training import TrainConfig

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mta.progress import ProgressFn
+from mta.registry.banks.versions import report_progress
 from mta.registry.context import RegistryContext
 from mta.registry.jobs.ray_cluster import ray_session, worker_env
-from mta.registry.banks.versions import report_progress
 
 if TYPE_CHECKING:
     from mta.training import TrainConfig

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from mta.registry.banks.versions import latest_version
 from mta.registry.context import RegistryContext
 from mta.registry.entities import Stack
 from mta.registry.errors import InvalidInputError
 from mta.registry.models import SqlBank, SqlUser
 from mta.registry.users.adapt import adapt_user
-from mta.registry.banks.versions import latest_version
 from mta.registry.users.records import fuse_user, get_user
 
 ADAPTED, SKIPPED, FAILED, FUSED, ADDED = "adapted", "skipped", "failed", "fused", "added"

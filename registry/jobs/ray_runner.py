@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mta.registry.context import RegistryContext
 from mta.registry.jobs.bulk import (
     FAILED,
     AdaptRequest,
@@ -35,7 +36,6 @@ from mta.registry.jobs.bulk import (
     fuse_one,
     summarize,
 )
-from mta.registry.context import RegistryContext
 from mta.registry.jobs.ray_cluster import ray_session, worker_env, worker_locations
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mta.dtypes import torch_dtype
+from mta.registry.banks.versions import ProgressFn, list_banks
 from mta.registry.context import RegistryContext
 from mta.registry.entities import PublishResult
 from mta.registry.errors import InvalidInputError, NotFoundError, RegistryError
 from mta.registry.names import validate_user_id
 from mta.registry.publish.targets import MANIFEST_NAME, PublishTarget, open_target
-from mta.registry.banks.versions import ProgressFn, list_banks
 from mta.registry.users.export import adapter_identity, export_user
 from mta.registry.users.records import list_users
 

@@ -23,18 +23,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mta.progress import ProgressFn
-from mta.registry.users.anchor_redaction import (
-    AnchorDrop,
-    anchors_trained_on,
-    apply_drops,
-    plan_drops,
-)
 from mta.registry.blobrefs import unreferenced
 from mta.registry.context import RegistryContext
 from mta.registry.entities import DeleteResult
 from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.models import SqlBlob, SqlDeletion, SqlRecipe, SqlStack, SqlUser, utcnow
 from mta.registry.names import validate_user_id
+from mta.registry.users.anchor_redaction import (
+    AnchorDrop,
+    anchors_trained_on,
+    apply_drops,
+    plan_drops,
+)
 from mta.storage import BlobNotFoundError
 
 

@@ -14,6 +14,10 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mta.registry.banks.versions import (
+    default_bank,
+    resolve_bank,
+)
 from mta.registry.blobrefs import (
     KIND_PROFILE,
     KIND_USER_EMBEDDING,
@@ -35,10 +39,6 @@ from mta.registry.models import (
     utcnow,
 )
 from mta.registry.names import validate_user_id
-from mta.registry.banks.versions import (
-    default_bank,
-    resolve_bank,
-)
 from mta.registry.users.rows import (
     current_stack,
     get_user_row,

@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mta.registry.banks.versions import latest_version
 from mta.registry.entities import Recipe, Stack
 from mta.registry.errors import NotFoundError
 from mta.registry.models import SqlAnchor, SqlBank, SqlRecipe, SqlStack, SqlUser
-from mta.registry.banks.versions import latest_version
 
 
 def get_user_row(session: Session, user_id: str) -> SqlUser:

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mta.cli.app import app
+from mta.evaluation.options import DEFAULTS
 from mta.evaluation.per_user import per_user_breakdown
 from mta.evaluation.summary import ScoredItem, summarize
-from mta.evaluation.options import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MTA_LAMP_DIR") or ROOT.parent / "shared" / "lamp")

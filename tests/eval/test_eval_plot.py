@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mta.evaluation.summary import ScoredItem, summarize
 from mta.evaluation.plot import plot_results
+from mta.evaluation.summary import ScoredItem, summarize
 
 
 def _score(preds, golds):

@@ -9,8 +9,8 @@ import pytest
 
 from mta.evaluation.data import resolve_data_path
 from mta.evaluation.protocol import build_items, split_users
-from mta.lamp_data import group_real_users
 from mta.evaluation.statistics import EvaluationError
+from mta.lamp_data import group_real_users
 
 SHARED_MOVIES = Path(__file__).resolve().parents[3] / "shared" / "lamp" / "movie_tagging"
 

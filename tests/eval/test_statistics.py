@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mta.evaluation.summary import ScoredItem, summarize
 from mta.evaluation.statistics import (
     EvaluationError,
     MetricAggregator,
@@ -13,6 +12,7 @@ from mta.evaluation.statistics import (
     bootstrap_draws,
     paired_bootstrap,
 )
+from mta.evaluation.summary import ScoredItem, summarize
 
 
 def accuracy_score(preds, golds):

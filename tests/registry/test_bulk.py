@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mta.registry.errors import InvalidInputError
 from mta.registry.jobs.bulk import (
     ADAPTED,
     FAILED,
@@ -15,7 +16,6 @@ from mta.registry.jobs.bulk import (
     run_local,
     select_users,
 )
-from mta.registry.errors import InvalidInputError
 from mta.registry.service import add_user, get_user
 from tests.support import TASK, movie_user
 

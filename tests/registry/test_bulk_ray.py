@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from mta.registry.jobs.bulk import ADAPTED, FAILED, SKIPPED, AdaptRequest, run_local
-from mta.registry.jobs.ray_runner import BulkWorker, WorkSpec, _Driver, _Unit, run_ray
 from mta.registry.errors import InvalidInputError
+from mta.registry.jobs.bulk import ADAPTED, FAILED, SKIPPED, AdaptRequest, run_local
 from mta.registry.jobs.ray_cluster import check_local_registry, worker_locations
+from mta.registry.jobs.ray_runner import BulkWorker, WorkSpec, _Driver, _Unit, run_ray
 from mta.registry.service import add_user, get_user
 from tests.support import TASK, movie_user
 

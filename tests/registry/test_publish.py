@@ -13,6 +13,7 @@ import pytest
 from mta.registry.context import RegistryContext
 from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.publish.targets import MANIFEST_NAME, open_target
+from mta.registry.publish.users import default_served_name
 from mta.registry.service import (
     adapt_user,
     adapter_identity,
@@ -23,7 +24,6 @@ from mta.registry.service import (
     publish_users,
     watch_publish,
 )
-from mta.registry.publish.users import default_served_name
 from mta.storage import UnknownSchemeError
 from tests.fixtures_model import fresh_tiny_model
 from tests.support import TASK, movie_user

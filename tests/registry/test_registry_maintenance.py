@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mta.registry.maintenance.storage import OPPU_RANK
 from mta.registry.service import (
     adapt_user,
     add_user,
@@ -20,7 +21,6 @@ from mta.registry.service import (
     record_eval_run,
     storage_report,
 )
-from mta.registry.maintenance.storage import OPPU_RANK
 from tests.fixtures_model import TINY_EMBEDDER_DIM
 from tests.support import TASK, movie_user
 
