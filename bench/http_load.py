@@ -132,7 +132,9 @@ def build_registry(root: Path, users: int, anchors: int, seed: int) -> dict[str,
         for n in range(users):
             user_id = f"u{n:04d}"
             service.add_user(ctx, user_id=user_id, task=TASK, profile=_movie_user(user_id, 8, rng))
-            service.adapt_user(ctx, user_id, shots=4, rank=1, epochs=1, max_steps=1)
+            service.adapt_user(
+                ctx, user_id, service.AdaptRequest(shots=4, rank=1, epochs=1, max_steps=1)
+            )
             if (n + 1) % 25 == 0:
                 print(f"  {n + 1}/{users} users with stacks", file=sys.stderr, flush=True)
     return where

@@ -24,7 +24,14 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     from mta.embedding import DEFAULT_EMBEDDER, Embedder
     from mta.registry.banks.versions import AnchorPayload, publish_bank
     from mta.registry.context import RegistryContext
-    from mta.registry.service import adapt_user, add_user, fuse_user, init_registry
+    from mta.registry.service import (
+        AdaptRequest,
+        FuseRequest,
+        adapt_user,
+        add_user,
+        fuse_user,
+        init_registry,
+    )
 
     ctx = RegistryContext.in_folder(root)
     init_registry(ctx)
@@ -61,15 +68,15 @@ def _registry(root: Path, shapes: dict[str, tuple[int, int]]):
     )
     user = users[-1]
     add_user(ctx, user_id="bench-user", task="movie_tagging", profile=user)
-    fuse_user(ctx, "bench-user", top_k=TOP_K)
-    adapt_user(ctx, "bench-user", shots=4, rank=1, epochs=1, max_steps=1)
+    fuse_user(ctx, "bench-user", FuseRequest(top_k=TOP_K))
+    adapt_user(ctx, "bench-user", AdaptRequest(shots=4, rank=1, epochs=1, max_steps=1))
     return ctx, anchors
 
 
 def bench_materialize(quick: bool) -> Section:
     """Latency of producing a user's PEFT folder: cold, warm, and PEFT add_weighted_adapter."""
     from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
-    from mta.registry.service import export_user
+    from mta.registry.service import adapter_identity, export_user
 
     repeats = 2 if quick else 5
     model, _ = load_base_model()
@@ -83,13 +90,16 @@ def bench_materialize(quick: bool) -> Section:
         root = Path(tmp)
         ctx, anchors = _registry(root, shapes)
 
+        def export() -> None:
+            export_user(ctx, adapter_identity(ctx, "bench-user"), None)
+
         def cold() -> None:
             ctx.adapter_cache.clear()
-            export_user(ctx, "bench-user", None)
+            export()
 
         t_cold = median_time(cold, repeats)
-        export_user(ctx, "bench-user", None)
-        t_warm = median_time(lambda: export_user(ctx, "bench-user", None), repeats)
+        export()
+        t_warm = median_time(export, repeats)
         peft_dirs = []
         for i in range(TOP_K):
             from mta.peft_io import adapter_from_bytes

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
@@ -32,7 +32,7 @@ from mta.cli.output import Output, log, stderr_console
 
 if TYPE_CHECKING:
     from mta.registry.context import RegistryContext
-    from mta.registry.jobs.bulk import BulkSummary, UserOutcome
+    from mta.registry.service import BulkSummary, UserOutcome, WorkSpec
 
 
 class _UsersPerMinute(ProgressColumn):
@@ -161,7 +161,7 @@ class Selection:
 
     def resolve(self, ctx: RegistryContext) -> list[str]:
         """The selected user ids (arguments first, then `--from`, then the flags)."""
-        from mta.registry.jobs.bulk import read_id_file, select_users
+        from mta.registry.service import read_id_file, select_users
 
         ids = list(self.ids) + (read_id_file(self.from_file) if self.from_file else [])
         return select_users(
@@ -186,53 +186,44 @@ class Execution:
 def run_bulk(
     ctx: typer.Context,
     selection: Selection,
-    unit: str,
-    spec: dict[str, Any],
+    spec: WorkSpec,
     execution: Execution,
     json_mode: bool,
 ) -> None:
-    """Select users, run `unit` on each (here or on Ray), render the summary; 1 on failures."""
-    from mta.registry.jobs.bulk import make_work, run_local
+    """Select users, run `spec` on each (here or on Ray), render the summary; 1 on failures."""
+    from mta.registry.service import run_local
 
     out = Output(json_mode)
     outcomes: list[UserOutcome] = []
     with registry_context(ctx) as registry:
         user_ids = selection.resolve(registry)
-        with BulkProgress(unit, len(user_ids)) as progress:
+        with BulkProgress(spec.kind, len(user_ids)) as progress:
 
             def on_outcome(outcome: UserOutcome, done: int, total: int) -> None:
                 outcomes.append(outcome)
                 progress(outcome, done, total)
 
             if execution.executor is Executor.ray and user_ids:
-                summary = _run_ray(registry, user_ids, unit, spec, execution, on_outcome)
+                summary = _run_ray(registry, user_ids, spec, execution, on_outcome)
             else:
-                work = make_work(registry, unit, spec)
-                summary = run_local(user_ids, work, on_outcome=on_outcome)
-    finish(out, summary, outcomes, {"adapt": "adapted", "fuse": "fused"}[unit])
+                summary = run_local(registry, user_ids, spec, on_outcome=on_outcome)
+    finish(out, summary, outcomes, spec.verb)
 
 
 def _run_ray(
     registry: RegistryContext,
     user_ids: list[str],
-    unit: str,
-    spec: dict[str, Any],
+    spec: WorkSpec,
     execution: Execution,
     on_outcome: Callable[[UserOutcome, int, int], None],
 ) -> BulkSummary:
     """The Ray executor (imported only when asked for: Ray is an optional dependency)."""
-    from mta.registry.jobs.bulk import AdaptRequest
-    from mta.registry.jobs.ray_runner import WorkSpec, run_ray
+    from mta.registry.service import run_ray
 
-    force, refresh = bool(spec.get("force")), bool(spec.get("refresh"))
-    if unit == "adapt":
-        work = WorkSpec.adapt(AdaptRequest(**spec["request"]), force=force, refresh=refresh)
-    else:
-        work = WorkSpec("fuse", fuse_args=dict(spec["fuse_args"]), force=force, refresh=refresh)
     return run_ray(
         registry,
         user_ids,
-        work,
+        spec,
         address=execution.address,
         workers=execution.workers,
         on_outcome=on_outcome,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mta.registry.entities import Recipe, Stack
+from mta.registry.entities import Recipe
 from mta.registry.errors import NotFoundError
 
 # Bump when the export's byte layout changes, so every cache entry and ETag turns over.
@@ -65,15 +65,15 @@ class AdapterIdentity:
 
 def identity_of(
     recipe: Recipe | None,
-    stack: Stack | None,
+    stack: tuple[str, int] | None,
     anchor_digests: Mapping[str, str],
     base_model: str,
 ) -> AdapterIdentity:
-    """Build the identity from a user's current recipe and stack entities.
+    """Build the identity from a user's current recipe and stack.
 
     Args:
         recipe: the user's current recipe; None means there is nothing to export.
-        stack: the current stack (trained on `recipe`), or None.
+        stack: (blob digest, stack id) of the current stack (trained on `recipe`), or None.
         anchor_digests: anchor id -> adapter blob digest of the recipe's bank version.
         base_model: the bank's base model, written into the exported config.
 
@@ -90,8 +90,8 @@ def identity_of(
         anchors=tuple((anchor_digests[a.anchor_id], float(a.weight)) for a in recipe.anchors),
         method=recipe.method,
         params=dict(recipe.params),
-        stack=stack.blob if stack is not None else None,
+        stack=stack[0] if stack is not None else None,
         base_model=base_model,
         recipe_id=recipe.recipe_id,
-        stack_id=stack.stack_id if stack is not None else None,
+        stack_id=stack[1] if stack is not None else None,
     )

@@ -14,13 +14,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from mta.progress import ProgressFn
-from mta.registry.jobs.bulk import UserOutcome, make_work, run_local, select_users
+from mta.registry.service import UserOutcome, WorkSpec, run_local, select_users
 
-from .schemas import BulkAdaptRequest, JobResponse, error_responses
+from .schemas import BulkAdaptBody, JobResponse, error_responses
 
 BULK_USER = "*"
 BULK_KIND = "bulk_adapt"
-_SELECTION = ("user_ids", "all", "stale", "missing", "bank", "force")
 
 
 def bulk_router(admin_auth: Any) -> APIRouter:
@@ -34,7 +33,7 @@ def bulk_router(admin_auth: Any) -> APIRouter:
         dependencies=[admin_auth],
         responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503),
     )
-    def adapt_users(request: Request, response: Response, body: BulkAdaptRequest) -> JobResponse:
+    def adapt_users(request: Request, response: Response, body: BulkAdaptBody) -> JobResponse:
         """Queue the training of many users' stacks; poll the returned job for progress."""
         state = request.app.state.mta
         ctx = state.ctx
@@ -46,8 +45,7 @@ def bulk_router(admin_auth: Any) -> APIRouter:
             missing=body.missing,
             task=body.bank,
         )
-        train = body.model_dump(exclude=set(_SELECTION))
-        spec = {"request": train, "force": body.force, "refresh": body.stale}
+        spec = WorkSpec.adapt_users(body.to_request(), force=body.force, refresh=body.stale)
         params = {**body.model_dump(exclude={"user_ids"}), "users": len(user_ids)}
 
         def run(progress: ProgressFn) -> dict[str, Any]:
@@ -58,7 +56,7 @@ def bulk_router(admin_auth: Any) -> APIRouter:
                 progress("adapt", done, total)
 
             progress("adapt", 0, len(user_ids))
-            summary = run_local(user_ids, make_work(ctx, "adapt", spec), on_outcome=on_outcome)
+            summary = run_local(ctx, user_ids, spec, on_outcome=on_outcome)
             return {**summary.to_dict(), "users": [o.to_dict() for o in outcomes]}
 
         job = state.jobs.submit(BULK_KIND, BULK_USER, params, run)

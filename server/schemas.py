@@ -7,12 +7,14 @@ schema follows the service layer without a second copy of every field.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mta.registry.names import USER_ID_PATTERN
+from mta.registry.requests import AdaptRequest, FuseRequest
 
 # The service's own rule (registry/names.py), anchored for OpenAPI; "." and ".." pass the
 # pattern and are refused by the service with a 422.
@@ -54,7 +56,7 @@ class AddUserRequest(_Strict):
     )
 
 
-class FuseRequest(_Strict):
+class FuseBody(_Strict):
     """Retrieve the nearest anchors and store the user's fusion recipe."""
 
     top_k: int = Field(default=2, ge=1, le=64)
@@ -68,9 +70,13 @@ class FuseRequest(_Strict):
         description="Fuse against this version/alias of the task's bank (default: pinned).",
     )
 
+    def to_request(self) -> FuseRequest:
+        """The service's fuse request with these values."""
+        return FuseRequest(**self.model_dump())
 
-class AdaptRequest(_Strict):
-    """Train the user's low-rank stack on their first ``shots`` profile items."""
+
+class AdaptBody(_Strict):
+    """Train the user's low-rank stack on ``shots`` profile items (a sample seeded by ``seed``)."""
 
     shots: int = Field(ge=1, le=10_000, examples=[5])
     rank: int = Field(default=1, ge=1, le=64)
@@ -83,8 +89,13 @@ class AdaptRequest(_Strict):
     batch_size: int = Field(default=4, ge=1, le=256)
     max_steps: int | None = Field(default=None, ge=1, le=100_000)
 
+    def to_request(self) -> AdaptRequest:
+        """The service's training request with these values (the selection fields left out)."""
+        names = {f.name for f in dataclasses.fields(AdaptRequest)}
+        return AdaptRequest(**self.model_dump(include=names))
 
-class BulkAdaptRequest(AdaptRequest):
+
+class BulkAdaptBody(AdaptBody):
     """Adapt many users in one job: a selection, and the training every one of them gets.
 
     The selection is the union of ``user_ids`` and the users each flag picks, optionally

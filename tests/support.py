@@ -141,10 +141,10 @@ def push_folders(
 _ADAPT_CHILD = """
 import sys
 from mta.registry.context import RegistryContext
-from mta.registry.service import adapt_user, fuse_user
+from mta.registry.service import AdaptRequest, FuseRequest, adapt_user, fuse_user
 ctx = RegistryContext.open(sys.argv[1], sys.argv[2], sys.argv[3])
-fuse_user(ctx, sys.argv[4], top_k=2)
-stack = adapt_user(ctx, sys.argv[4], shots=2, max_steps=1)
+fuse_user(ctx, sys.argv[4], FuseRequest(top_k=2))
+stack = adapt_user(ctx, sys.argv[4], AdaptRequest(shots=2, max_steps=1))
 print(stack.stack_id)
 """
 

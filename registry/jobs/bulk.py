@@ -19,43 +19,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from mta.errors import one_line
 from mta.registry.banks.versions import latest_version
 from mta.registry.context import RegistryContext
-from mta.registry.entities import Stack
 from mta.registry.errors import InvalidInputError
 from mta.registry.models import SqlBank, SqlUser
+from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.users.adapt import adapt_user
 from mta.registry.users.records import fuse_user, get_user
 
 ADAPTED, SKIPPED, FAILED, FUSED, ADDED = "adapted", "skipped", "failed", "fused", "added"
-
-
-@dataclass(frozen=True)
-class AdaptRequest:
-    """How every selected user's stack is trained (the `adapt_user` arguments)."""
-
-    shots: int = 5
-    rank: int = 1
-    epochs: int = 3
-    lr: float = 1e-3
-    seed: int = 0
-    dtype: str = "fp16"
-    batch_size: int = 4
-    max_steps: int | None = None
-
-    def matches(self, stack: Stack) -> bool:
-        """Whether `stack` was trained exactly as this request asks (then it is skipped)."""
-        config = stack.train_config
-        return (
-            stack.rank == self.rank
-            and stack.dtype == self.dtype
-            and config.get("shots") == self.shots
-            and config.get("seed") == self.seed
-            and config.get("epochs") == self.epochs
-            and config.get("lr") == self.lr
-            and config.get("batch_size") == self.batch_size
-            and config.get("max_steps") == self.max_steps
-        )
 
 
 @dataclass(frozen=True)
@@ -167,7 +140,7 @@ def _tasks_of(ctx: RegistryContext, user_ids: list[str]) -> dict[str, str]:
 
 def _stack_states(ctx: RegistryContext, task: str | None) -> dict[str, str]:
     """user id -> "current" | "stale" | "missing", for every user (of `task`), by id."""
-    from mta.registry.maintenance.storage import current_stack_banks
+    from mta.registry.users.current_stacks import current_stack_banks
 
     with ctx.read_session() as session:
         query = select(SqlUser.id).order_by(SqlUser.id)
@@ -212,13 +185,13 @@ def adapt_one(
         if refresh and detail.recipe is not None:
             latest = _latest_version(ctx, detail.task)
             if detail.recipe.bank_version < latest:
-                fuse_user(ctx, user_id, bank_ref=str(latest))
+                fuse_user(ctx, user_id, FuseRequest(bank_ref=str(latest)))
                 detail = get_user(ctx, user_id)
         if not force and detail.stack is not None and request.matches(detail.stack):
             return UserOutcome(
                 user_id, SKIPPED, time.perf_counter() - start, "current stack matches"
             )
-        stack = adapt_user(ctx, user_id, **asdict(request), timings=phases)
+        stack = adapt_user(ctx, user_id, request, timings=phases)
     except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
         return UserOutcome(user_id, FAILED, time.perf_counter() - start, one_line(error))
     return UserOutcome(
@@ -229,7 +202,7 @@ def adapt_one(
 def fuse_one(
     ctx: RegistryContext,
     user_id: str,
-    fuse_args: dict[str, Any],
+    request: FuseRequest,
     *,
     force: bool = False,
     refresh: bool = False,
@@ -242,55 +215,68 @@ def fuse_one(
     start = time.perf_counter()
     try:
         detail = get_user(ctx, user_id)
-        args = dict(fuse_args)
         if refresh and detail.recipe is not None:
             latest = _latest_version(ctx, detail.task)
             if detail.recipe.bank_version < latest:
-                args["bank_ref"] = str(latest)
-        if not force and detail.recipe is not None and "bank_ref" not in args:
+                request = request.on_bank(str(latest))
+        if not force and detail.recipe is not None and request.bank_ref is None:
             return UserOutcome(user_id, SKIPPED, time.perf_counter() - start, "has a recipe")
-        fuse_user(ctx, user_id, **args)
+        fuse_user(ctx, user_id, request)
     except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
         return UserOutcome(user_id, FAILED, time.perf_counter() - start, one_line(error))
     return UserOutcome(user_id, FUSED, time.perf_counter() - start)
 
 
-UNITS = ("adapt", "fuse")
+@dataclass(frozen=True)
+class WorkSpec:
+    """What every user of a bulk job gets, here or in a Ray actor: an adapt or a fuse."""
 
+    kind: str  # "adapt" | "fuse"
+    adapt: AdaptRequest | None = None
+    fuse: FuseRequest | None = None
+    force: bool = False
+    refresh: bool = False  # re-fuse users on an older bank version first (`--stale`)
 
-def make_work(
-    ctx: RegistryContext, unit: str, spec: dict[str, Any]
-) -> Callable[[str], UserOutcome]:
-    """The per-user function of a bulk job described by plain values (what Ray workers get too).
+    @classmethod
+    def adapt_users(
+        cls, request: AdaptRequest, *, force: bool = False, refresh: bool = False
+    ) -> WorkSpec:
+        """Train each user's stack as `request` says (`adapt_one`)."""
+        return cls("adapt", adapt=request.validate(), force=force, refresh=refresh)
 
-    Args:
-        unit: "adapt" (spec keys: request = AdaptRequest fields, force, refresh) or
-            "fuse" (spec keys: fuse_args = fuse_user arguments, force, refresh).
+    @classmethod
+    def fuse_users(
+        cls, request: FuseRequest, *, force: bool = False, refresh: bool = False
+    ) -> WorkSpec:
+        """Store each user's recipe as `request` says (`fuse_one`)."""
+        return cls("fuse", fuse=request.validate(), force=force, refresh=refresh)
 
-    Raises:
-        InvalidInputError: an unknown unit.
-    """
-    force, refresh = bool(spec.get("force")), bool(spec.get("refresh"))
-    if unit == "adapt":
-        request = AdaptRequest(**spec.get("request", {}))
-        return lambda user_id: adapt_one(ctx, user_id, request, force=force, refresh=refresh)
-    if unit == "fuse":
-        args = dict(spec.get("fuse_args", {}))
-        return lambda user_id: fuse_one(ctx, user_id, args, force=force, refresh=refresh)
-    raise InvalidInputError(f"unknown bulk unit {unit!r}; valid: {', '.join(UNITS)}")
+    @property
+    def verb(self) -> str:
+        """What a done user was: "adapted" or "fused"."""
+        return ADAPTED if self.kind == "adapt" else FUSED
+
+    def run(self, ctx: RegistryContext, user_id: str) -> UserOutcome:
+        """Do the work for one user; failures come back as outcomes."""
+        if self.adapt is not None:
+            return adapt_one(ctx, user_id, self.adapt, force=self.force, refresh=self.refresh)
+        if self.fuse is not None:
+            return fuse_one(ctx, user_id, self.fuse, force=self.force, refresh=self.refresh)
+        raise InvalidInputError(f"a {self.kind!r} work spec without its request")
 
 
 def run_local(
+    ctx: RegistryContext,
     user_ids: Sequence[str],
-    work: Callable[[str], UserOutcome],
+    spec: WorkSpec,
     *,
     on_outcome: Callable[[UserOutcome, int, int], None] | None = None,
 ) -> BulkSummary:
-    """Run `work` on each user in this process, reporting each outcome as it lands."""
+    """Run `spec` on each user in this process, reporting each outcome as it lands."""
     start = time.perf_counter()
     outcomes = []
     for n, user_id in enumerate(user_ids, start=1):
-        outcome = work(user_id)
+        outcome = spec.run(ctx, user_id)
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome, n, len(user_ids))
@@ -301,9 +287,3 @@ def _latest_version(ctx: RegistryContext, task: str) -> int:
     """The task's newest bank version."""
     with ctx.read_session() as session:
         return latest_version(session, task)
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line: its type when the message is empty."""
-    text = " ".join(str(error).split())
-    return text or type(error).__name__

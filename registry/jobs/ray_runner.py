@@ -23,19 +23,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from mta.errors import one_line
 from mta.registry.context import RegistryContext
-from mta.registry.jobs.bulk import (
-    FAILED,
-    AdaptRequest,
-    BulkSummary,
-    UserOutcome,
-    adapt_one,
-    fuse_one,
-    summarize,
-)
+from mta.registry.jobs.bulk import FAILED, BulkSummary, UserOutcome, WorkSpec, summarize
 from mta.registry.jobs.ray_cluster import ray_session, worker_env, worker_locations
 
 log = logging.getLogger(__name__)
@@ -45,37 +38,6 @@ UNIT_ATTEMPTS = 3  # a unit whose worker died this often is reported as failed
 INFLIGHT_PER_WORKER = 2  # one running and one queued: no idle gap, little lost on a death
 WORKER_START_TIMEOUT = 600.0  # seconds for an actor to answer ready() (model-free; Ray start)
 _POLL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class WorkSpec:
-    """What each user of a Ray job gets: an adapt (`AdaptRequest`) or a fuse (`fuse_args`)."""
-
-    kind: str  # "adapt" | "fuse"
-    request: AdaptRequest | None = None
-    fuse_args: dict[str, Any] = field(default_factory=dict)
-    force: bool = False
-    refresh: bool = False
-
-    @classmethod
-    def adapt(
-        cls, request: AdaptRequest, *, force: bool = False, refresh: bool = False
-    ) -> WorkSpec:
-        """Train each user's stack as `request` says (`adapt_one`)."""
-        return cls("adapt", request=request, force=force, refresh=refresh)
-
-    @classmethod
-    def fuse(cls, fuse_args: dict[str, Any], *, force: bool = False) -> WorkSpec:
-        """Store each user's recipe with `fuse_user(**fuse_args)` (`fuse_one`)."""
-        return cls("fuse", fuse_args=dict(fuse_args), force=force)
-
-    def run(self, ctx: RegistryContext, user_id: str) -> UserOutcome:
-        """Do the work for one user; failures come back as outcomes."""
-        if self.kind == "adapt":
-            return adapt_one(
-                ctx, user_id, self.request or AdaptRequest(), force=self.force, refresh=self.refresh
-            )
-        return fuse_one(ctx, user_id, self.fuse_args, force=self.force)
 
 
 class BulkWorker:
@@ -133,7 +95,7 @@ def run_ray(
     Args:
         ctx: the driver's registry; the workers open the same database and store.
         user_ids: the selected users (`select_users`).
-        work_spec: `WorkSpec.adapt(...)` or `WorkSpec.fuse(...)`.
+        work_spec: `WorkSpec.adapt_users(...)` or `WorkSpec.fuse_users(...)`.
         address: None/"local" (a private Ray on this machine), "auto", "HOST:PORT" or
             "ray://HOST:PORT" (an existing cluster).
         workers: number of actors; each loads the base model once.
@@ -240,7 +202,7 @@ class _Driver:
                 node = self.ray.get(ref)
             except ray_errors.RayError as error:
                 self.start_error = getattr(error, "cause", None) or error
-                log.warning("a Ray worker failed to start: %s", _one_line(error))
+                log.warning("a Ray worker failed to start: %s", one_line(error, first_line=True))
                 return
             log.info("Ray worker %d ready on node %s", key, node[:12])
             self.ready[key], self.load[key] = actor, 0
@@ -253,7 +215,7 @@ class _Driver:
             self._worker_died(key, unit, error)
             return
         except ray_errors.RayError as error:  # the unit itself raised: retrying will not help
-            reason = _one_line(getattr(error, "cause", None) or error)
+            reason = one_line(getattr(error, "cause", None) or error, first_line=True)
             self.outcomes.extend(UserOutcome(u, FAILED, 0.0, reason) for u in unit.user_ids)
             return
         self.outcomes.extend(UserOutcome(**r) for r in results)
@@ -261,7 +223,7 @@ class _Driver:
     def _worker_died(self, key: int, unit: _Unit, error: BaseException) -> None:
         """Re-queue the unit (first in line) and replace the dead actor while budget lasts."""
         unit.attempts += 1
-        unit.last_error = _one_line(error)
+        unit.last_error = one_line(error, first_line=True)
         if self.ready.pop(key, None) is not None:
             log.warning("Ray worker %d died: %s", key, unit.last_error)
             if self.replacements > 0:
@@ -305,9 +267,3 @@ def _kill(ray: Any, actor: Any) -> None:
         ray.kill(actor, no_restart=True)
     except Exception as error:  # noqa: BLE001 - cleanup must not hide the job's result
         log.debug("could not kill a Ray worker: %s", error)
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as one line (Ray's messages span many lines; keep the first)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -7,6 +7,7 @@ no transaction open, then stores the stack's blob and its row (`_commit_stack`).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mta.dtypes import torch_dtype
@@ -15,59 +16,61 @@ from mta.registry.blobrefs import KIND_STACK, put_blob, reassert_blobs, record_b
 from mta.registry.context import MODEL_LOCK, RegistryContext
 from mta.registry.entities import Stack
 from mta.registry.errors import NotFoundError
+from mta.registry.identity import AdapterIdentity
 from mta.registry.models import SqlBank, SqlRecipe, SqlStack, utcnow
+from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.users.export import materialize_fused
-from mta.registry.users.records import fuse_user, load_profile, shot_indices
-from mta.registry.users.rows import get_user_row, latest_row, recipe_inputs, stack_entity
+from mta.registry.users.records import fuse_user, load_profile
+from mta.registry.users.rows import get_user_row, latest_row, read_identity, stack_entity
 
 
-def _adapt_inputs(ctx: RegistryContext, user_id: str) -> dict[str, Any] | None:
-    """What training a stack needs, read in one session; None when the user has no recipe."""
+@dataclass(frozen=True)
+class _AdaptInputs:
+    """What training a user's stack needs, read in one session."""
+
+    identity: AdapterIdentity  # the recipe the stack is trained on (and its anchors)
+    bank_id: int
+    base_model: str
+    modules: list[str]
+    task: str
+    profile_blob: str
+
+
+def _adapt_inputs(ctx: RegistryContext, user_id: str) -> _AdaptInputs | None:
+    """The user's identity and bank facts; None when the user has no recipe yet."""
     with ctx.read_session() as session:
         user = get_user_row(session, user_id)
         recipe = latest_row(session, SqlRecipe, user_id)
         if recipe is None:
             return None
         bank = session.get_one(SqlBank, recipe.bank_id)
-        return {
-            "recipe_id": recipe.id,
-            "bank_id": bank.id,
-            "anchors": recipe_inputs(session, recipe),
-            "method": recipe.method,
-            "fuse_rank": recipe.params.get("rank"),
-            "base_model": bank.base_model,
-            "modules": list(bank.target_modules),
-            "task": user.task,
-            "profile_blob": user.profile_blob,
-        }
+        return _AdaptInputs(
+            identity=read_identity(session, user_id),
+            bank_id=bank.id,
+            base_model=bank.base_model,
+            modules=list(bank.target_modules),
+            task=user.task,
+            profile_blob=user.profile_blob,
+        )
 
 
 def adapt_user(
     ctx: RegistryContext,
     user_id: str,
+    request: AdaptRequest,
     *,
-    shots: int,
-    rank: int = 1,
-    epochs: int = 3,
-    lr: float = 1e-3,
-    seed: int = 0,
-    dtype: str = "fp16",
-    batch_size: int = 4,
-    max_steps: int | None = None,
     progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
 ) -> Stack:
-    """Train the user's stack on `shots` profile items on top of their frozen fused adapter.
+    """Train the user's stack as `request` says, on top of their frozen fused adapter.
 
-    Fuses first (defaults) when the user has no recipe. The shots are `shot_indices(n, shots,
-    seed)`; training examples are `profile_examples` over the shots (leave-one-out: each shot
-    a target, the other shots its history).
+    Fuses first (defaults) when the user has no recipe. The shots are
+    `request.choose_shots(n)`; training examples are `profile_examples` over the shots
+    (leave-one-out: each shot a target, the other shots its history).
 
     Args:
         user_id: a registered user.
-        shots: number of profile items to train on.
-        rank, epochs, lr, seed, batch_size, max_steps: the stack's TrainConfig.
-        dtype: stored precision of the stack: "fp16" (default), "bf16" or "fp32".
+        request: shots, the stack's TrainConfig fields and its stored dtype (validated here).
         progress: called as ("train", step, total_steps).
         timings: filled with the seconds spent in "fuse" (recipe if missing, fused adapter),
             "train" and "commit" (blob and row), for bulk reports.
@@ -76,34 +79,23 @@ def adapt_user(
         The stored (now current) stack.
     """
     from mta.tasks import get_task, profile_examples
-    from mta.training import TrainConfig, planned_steps, train_lora
+    from mta.training import planned_steps, train_lora
 
-    torch_dtype(dtype)  # an unknown name fails before any work
+    request.validate()
     clock = _PhaseClock(timings)
     inputs = _adapt_inputs(ctx, user_id)
     if inputs is None:
-        fuse_user(ctx, user_id, if_absent=True)
+        fuse_user(ctx, user_id, FuseRequest(), if_absent=True)
         inputs = _adapt_inputs(ctx, user_id)
     if inputs is None:  # the recipe went with a deletion that ran meanwhile
         raise NotFoundError(f"user {user_id!r} has no recipe; run `mta user fuse`")
-    items = load_profile(ctx, inputs["profile_blob"])["profile"]
-    chosen = shot_indices(len(items), shots, seed)
-    examples = profile_examples(get_task(inputs["task"]), [items[i] for i in chosen])
-    config = TrainConfig(
-        rank=rank,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
-        batch_size=batch_size,
-        target_modules=inputs["modules"],
-        max_steps=max_steps,
-    )
-    config.validate()
-    fused = materialize_fused(
-        ctx, inputs["anchors"], inputs["method"], inputs["fuse_rank"], reuse_anchors=True
-    )
+    items = load_profile(ctx, inputs.profile_blob)["profile"]
+    chosen = request.choose_shots(len(items))
+    examples = profile_examples(get_task(inputs.task), [items[i] for i in chosen])
+    config = request.train_config(inputs.modules)
+    fused = materialize_fused(ctx, inputs.identity, reuse_anchors=True)
     clock.lap("fuse")
-    model, tokenizer = ctx.base_model(inputs["base_model"])
+    model, tokenizer = ctx.base_model(inputs.base_model)
     total = planned_steps(len(examples), config)
 
     def on_step(step: int, _loss: float) -> None:
@@ -115,15 +107,8 @@ def adapt_user(
             model, tokenizer, examples, config, frozen=fused, progress=False, on_step=on_step
         )
     clock.lap("train")
-    train_config = {
-        **{k: v for k, v in vars(config).items()},
-        "shots": shots,
-        "shot_indices": chosen,
-        "examples": len(examples),
-        "steps": len(losses),
-        "losses": [float(x) for x in losses],
-    }
-    entity = _commit_stack(ctx, user_id, inputs, stack, dtype, train_config)
+    record = request.record(config, chosen, len(examples), losses)
+    entity = _commit_stack(ctx, user_id, inputs, stack, request.dtype, record)
     clock.lap("commit")
     return entity
 
@@ -131,7 +116,7 @@ def adapt_user(
 def _commit_stack(
     ctx: RegistryContext,
     user_id: str,
-    inputs: dict[str, Any],
+    inputs: _AdaptInputs,
     stack: Any,
     dtype: str,
     train_config: dict[str, Any],
@@ -146,8 +131,8 @@ def _commit_stack(
         record_blob(session, blob)
         row = SqlStack(
             user_id=user_id,
-            recipe_id=inputs["recipe_id"],
-            bank_id=inputs["bank_id"],
+            recipe_id=inputs.identity.recipe_id,
+            bank_id=inputs.bank_id,
             blob=blob.digest,
             rank=train_config["rank"],
             dtype=dtype,

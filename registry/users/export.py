@@ -7,41 +7,26 @@ that races the user's deletion leaves nothing behind.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from mta.dtypes import torch_dtype
 from mta.registry.context import RegistryContext
 from mta.registry.entities import Export
 from mta.registry.errors import InvalidInputError, NotFoundError
-from mta.registry.identity import AdapterIdentity, identity_of
-from mta.registry.models import SqlAnchor, SqlBank, SqlRecipe
+from mta.registry.identity import AdapterIdentity
 from mta.registry.users.delete import user_cache_prefix, user_is_gone
-from mta.registry.users.rows import (
-    current_stack,
-    get_user_row,
-    latest_row,
-    recipe_entity,
-)
+from mta.registry.users.rows import read_identity
 from mta.storage import BlobNotFoundError
 from mta.storage.cache import ENTRY_MANIFEST
 
 
 def materialize_fused(
-    ctx: RegistryContext,
-    inputs: list[tuple[str, float]],
-    method: str,
-    rank: int | None,
-    *,
-    reuse_anchors: bool = False,
+    ctx: RegistryContext, identity: AdapterIdentity, *, reuse_anchors: bool = False
 ) -> Any:
-    """Rebuild a fused adapter from anchor blobs and weights (in memory only).
+    """Rebuild the fused adapter an identity names from its anchor blobs (in memory only).
 
     `reuse_anchors` takes the anchors from the context's parsed copies (bulk training);
     exports read them from the store each time, so every export re-verifies its inputs.
@@ -49,11 +34,13 @@ def materialize_fused(
     from mta.fusion import fuse
     from mta.peft_io import adapter_from_bytes
 
+    digests = [digest for digest, _ in identity.anchors]
     if reuse_anchors:
-        adapters = [ctx.anchor_adapter(digest) for digest, _ in inputs]
+        adapters = [ctx.anchor_adapter(digest) for digest in digests]
     else:
-        adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest, _ in inputs]
-    return fuse(adapters, [w for _, w in inputs], method=method, rank=rank)
+        adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest in digests]
+    weights = [weight for _, weight in identity.anchors]
+    return fuse(adapters, weights, method=identity.method, rank=identity.params.get("rank"))
 
 
 def cache_key(identity: AdapterIdentity, **options: Any) -> str:
@@ -65,45 +52,15 @@ def cache_key(identity: AdapterIdentity, **options: Any) -> str:
     return user_cache_prefix(identity.user_id) + identity.digest(**options)[:32]
 
 
-def _read_identity(session: Session, user_id: str) -> AdapterIdentity:
-    """The user's adapter identity from their current recipe and stack rows."""
-    get_user_row(session, user_id)
-    recipe = latest_row(session, SqlRecipe, user_id)
-    if recipe is None:
-        raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
-    stack = current_stack(session, recipe)
-    digests = dict(
-        session.execute(
-            select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
-                SqlAnchor.bank_id == recipe.bank_id
-            )
-        )
-        .tuples()
-        .all()
-    )
-    fused = identity_of(
-        recipe_entity(session, recipe),
-        None,
-        digests,
-        session.get_one(SqlBank, recipe.bank_id).base_model,
-    )
-    # The stack row's digest is all the identity needs (its staleness would cost a query).
-    return dataclasses.replace(
-        fused,
-        stack=stack.blob if stack is not None else None,
-        stack_id=stack.id if stack is not None else None,
-    )
-
-
 def adapter_identity(ctx: RegistryContext, user_id: str) -> AdapterIdentity:
     """What the user's exported adapter is made of now (see `mta.registry.identity`)."""
     with ctx.read_session() as session:
-        return _read_identity(session, user_id)
+        return read_identity(session, user_id)
 
 
 def export_user(
     ctx: RegistryContext,
-    user_id: str,
+    identity: AdapterIdentity,
     out_dir: Path | None,
     *,
     max_rank: int | None = None,
@@ -112,13 +69,13 @@ def export_user(
 ) -> Export:
     """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
 
-    The current recipe is the latest; the current stack is the newest one trained on it (a
-    stack is only valid on its own fused delta). A user without one gets the fused adapter
-    alone. The folder is cached under the adapter identity (see `cache_key`) and copied to
+    The caller reads the identity once (`adapter_identity`): the bytes are built from the
+    blobs it names, so they always match it (and its ETag), however the user changes
+    meanwhile. The folder is cached under the identity (see `cache_key`) and copied to
     `out_dir` when given.
 
     Args:
-        user_id: a registered user with a recipe.
+        identity: what to export (the user's current recipe and stack, as read).
         out_dir: destination folder (created; files overwritten), or None for the cache path.
         max_rank: compress to this rank with the truncated SVD (engines that cap LoRA rank).
         dtype: tensor precision of the written folder ("fp32" default, "fp16", "bf16").
@@ -126,13 +83,12 @@ def export_user(
             model (serving engines match it against the model they serve).
 
     Raises:
-        NotFoundError: the user has no recipe yet (run `mta user fuse`).
+        NotFoundError: the user was deleted meanwhile.
     """
     tensor_dtype = torch_dtype(dtype)
     if max_rank is not None and max_rank < 1:
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
-    with ctx.read_session() as session:
-        identity = _read_identity(session, user_id)
+    user_id = identity.user_id
     options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": base_model_name}
     key = cache_key(identity, **options)
     cache = ctx.adapter_cache
@@ -185,9 +141,7 @@ def _materialize_into_cache(
     from mta.peft_io import adapter_from_bytes, save_peft_adapter
 
     del dtype  # part of the key; the tensors use tensor_dtype
-    fused = materialize_fused(
-        ctx, list(identity.anchors), identity.method, identity.params.get("rank")
-    )
+    fused = materialize_fused(ctx, identity)
     stack = adapter_from_bytes(ctx.store.get_bytes(identity.stack)) if identity.stack else None
     adapter = export_adapter(fused, stack, max_rank=max_rank)
     # Staged inside the cache under the key, so deleting the user finds a crashed build too.

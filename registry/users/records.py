@@ -7,7 +7,6 @@ training, fusion) with no transaction open, writes blobs, then writes rows in on
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from mta.registry.models import (
     utcnow,
 )
 from mta.registry.names import validate_user_id
+from mta.registry.requests import FuseRequest
 from mta.registry.users.rows import (
     current_stack,
     get_user_row,
@@ -47,8 +47,6 @@ from mta.registry.users.rows import (
     stack_entity,
     version_of,
 )
-
-DEFAULT_TOP_K = 2
 
 
 def _canonical_json(obj: Any) -> bytes:
@@ -64,19 +62,6 @@ def load_profile(ctx: RegistryContext, digest: str) -> dict:
 def _load_vector(ctx: RegistryContext, digest: str) -> np.ndarray:
     """A stored float32 embedding."""
     return np.frombuffer(ctx.store.get_bytes(digest), dtype=np.float32).copy()
-
-
-def shot_indices(num_items: int, shots: int, seed: int) -> list[int]:
-    """Which profile items are a user's shots: a seeded sample of `shots`, in profile order.
-
-    `random.Random(seed).sample` over the item positions, sorted; all items when
-    `shots >= num_items`. The same seed picks the same shots on every machine.
-    """
-    if shots < 1:
-        raise InvalidInputError(f"shots must be at least 1, got {shots}")
-    if shots >= num_items:
-        return list(range(num_items))
-    return sorted(random.Random(seed).sample(range(num_items), shots))
 
 
 # --- add / get / list ----------------------------------------------------------------------
@@ -207,45 +192,59 @@ def list_users(ctx: RegistryContext, *, task: str | None = None) -> list[User]:
 def fuse_user(
     ctx: RegistryContext,
     user_id: str,
+    request: FuseRequest | None = None,
     *,
-    top_k: int = DEFAULT_TOP_K,
-    method: str = "cat",
-    weight_rule: str = "proportional",
-    temperature: float = 1.0,
-    rank: int | None = None,
-    bank_ref: str | None = None,
     if_absent: bool = False,
 ) -> Recipe:
     """Find the user's nearest anchors, weight them and store the recipe (never the adapter).
 
     Args:
         user_id: a registered user.
-        top_k: anchors to fuse (capped at the bank's anchor count).
-        method: fusion method ("cat" exact, "svd", "factorwise").
-        weight_rule: "proportional" or "softmax" (with `temperature`).
-        rank: target rank for "svd".
-        bank_ref: fuse against this version/alias of the user's task instead of the pinned one.
+        request: top-k (capped at the bank's anchor count), fusion method, weight rule,
+            svd rank and bank; default `FuseRequest()`.
         if_absent: keep the user's recipe if one appeared meanwhile (concurrent adapts of a
             user without a recipe then share the first one instead of each writing its own).
 
     Returns:
         The new (now current) recipe with anchors, cosine scores and weights, best first.
     """
-    from mta.fusion import get_fusion
-    from mta.index import AnchorIndex
-    from mta.weighting import compute_weights, get_weight_rule
+    request = (request or FuseRequest()).validate()
+    bank_id, anchors = _retrieve_anchors(ctx, user_id, request)
+    params: dict[str, Any] = {"top_k": request.top_k, "temperature": request.temperature}
+    if request.rank is not None:
+        params["rank"] = request.rank
+    with ctx.session() as session:
+        # Lock the user row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
+        session.scalars(select(SqlUser).where(SqlUser.id == user_id).with_for_update()).first()
+        existing = latest_row(session, SqlRecipe, user_id) if if_absent else None
+        if existing is not None:
+            return recipe_entity(session, existing)
+        row = SqlRecipe(
+            user_id=user_id,
+            bank_id=bank_id,
+            anchors=anchors,
+            method=request.method,
+            weight_rule=request.weight_rule,
+            params=params,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        return recipe_entity(session, row)
 
-    get_fusion(method)
-    get_weight_rule(weight_rule)
-    if top_k < 1:
-        raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
-    if rank is not None and rank < 1:
-        raise InvalidInputError(f"rank must be at least 1, got {rank}")
+
+def _retrieve_anchors(
+    ctx: RegistryContext, user_id: str, request: FuseRequest
+) -> tuple[int, list[dict[str, Any]]]:
+    """(bank id, [{anchor_id, score, weight}] best first): the user's nearest anchors."""
+    from mta.index import AnchorIndex
+    from mta.weighting import compute_weights
+
     with ctx.read_session() as session:
         user = get_user_row(session, user_id)
         bank = (
-            resolve_bank(session, user.task, bank_ref)
-            if bank_ref
+            resolve_bank(session, user.task, request.bank_ref)
+            if request.bank_ref
             else session.get_one(SqlBank, user.bank_id)
         )
         bank_id, index_blob, bank_embedder = bank.id, bank.index_blob, bank.embedder
@@ -263,30 +262,12 @@ def fuse_user(
         task_obj = get_task(task)
         vector = user_embedding(ctx.embedder(bank_embedder), [task_obj.item_text(i) for i in items])
     index = AnchorIndex.from_bytes(ctx.store.get_bytes(index_blob))
-    hits = index.query(vector, min(top_k, int(num_anchors or 0)))
-    weights = compute_weights([score for _, score in hits], weight_rule, temperature=temperature)
+    hits = index.query(vector, min(request.top_k, int(num_anchors or 0)))
+    weights = compute_weights(
+        [score for _, score in hits], request.weight_rule, temperature=request.temperature
+    )
     anchors = [
         {"anchor_id": anchor_id, "score": float(score), "weight": float(weight)}
         for (anchor_id, score), weight in zip(hits, weights, strict=True)
     ]
-    params: dict[str, Any] = {"top_k": top_k, "temperature": temperature}
-    if rank is not None:
-        params["rank"] = rank
-    with ctx.session() as session:
-        # Lock the user row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
-        session.scalars(select(SqlUser).where(SqlUser.id == user_id).with_for_update()).first()
-        existing = latest_row(session, SqlRecipe, user_id) if if_absent else None
-        if existing is not None:
-            return recipe_entity(session, existing)
-        row = SqlRecipe(
-            user_id=user_id,
-            bank_id=bank_id,
-            anchors=anchors,
-            method=method,
-            weight_rule=weight_rule,
-            params=params,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        session.flush()
-        return recipe_entity(session, row)
+    return bank_id, anchors

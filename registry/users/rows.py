@@ -1,4 +1,4 @@
-"""Reading a user's rows: the lookups the user, export and publish services share."""
+"""Reading a user's rows: the lookups the user, adapt, export and publish services share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from mta.registry.banks.versions import latest_version
 from mta.registry.entities import Recipe, Stack
 from mta.registry.errors import NotFoundError
+from mta.registry.identity import AdapterIdentity, identity_of
 from mta.registry.models import SqlAnchor, SqlBank, SqlRecipe, SqlStack, SqlUser
 
 
@@ -60,15 +61,29 @@ def stack_entity(session: Session, row: SqlStack) -> Stack:
     return row.to_entity(task=bank.task, bank_version=bank.version, stale=stale)
 
 
-def recipe_inputs(session: Session, recipe: SqlRecipe) -> list[tuple[str, float]]:
-    """(adapter digest, weight) of each anchor in a recipe."""
-    rows = session.execute(
-        select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
-            SqlAnchor.bank_id == recipe.bank_id
+def read_identity(session: Session, user_id: str) -> AdapterIdentity:
+    """The user's adapter identity, read once from their current recipe and stack rows.
+
+    Raises:
+        NotFoundError: no such user, no recipe yet, or a recipe naming an unknown anchor.
+    """
+    get_user_row(session, user_id)
+    recipe = latest_row(session, SqlRecipe, user_id)
+    if recipe is None:
+        raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
+    stack = current_stack(session, recipe)
+    digests = dict(
+        session.execute(
+            select(SqlAnchor.anchor_id, SqlAnchor.adapter_blob).where(
+                SqlAnchor.bank_id == recipe.bank_id
+            )
         )
-    ).all()
-    digest_of = dict(rows)
-    missing = [a["anchor_id"] for a in recipe.anchors if a["anchor_id"] not in digest_of]
-    if missing:
-        raise NotFoundError(f"recipe {recipe.id} names unknown anchors {', '.join(missing)}")
-    return [(digest_of[a["anchor_id"]], float(a["weight"])) for a in recipe.anchors]
+        .tuples()
+        .all()
+    )
+    return identity_of(
+        recipe_entity(session, recipe),
+        (stack.blob, stack.id) if stack is not None else None,
+        digests,
+        session.get_one(SqlBank, recipe.bank_id).base_model,
+    )

@@ -166,8 +166,9 @@ def test_kill_9_of_a_worker_mid_job_loses_nothing(
     victim, ray_cluster, pg_db_url, s3_store_url, tmp_path, tiny_shapes, tiny_model_dir,
     tiny_embedder_dir, caplog,
 ):  # fmt: skip
-    from mta.registry.jobs.bulk import AdaptRequest
-    from mta.registry.jobs.ray_runner import WorkSpec, run_ray
+    from mta.registry.jobs.bulk import WorkSpec
+    from mta.registry.jobs.ray_runner import run_ray
+    from mta.registry.requests import AdaptRequest
     from mta.registry.service import add_user, fsck, get_user
 
     ctx = open_registry(tmp_path / "reg", pg_db_url, s3_store_url)
@@ -196,7 +197,7 @@ def test_kill_9_of_a_worker_mid_job_loses_nothing(
         summary = run_ray(
             ctx,
             USERS,
-            WorkSpec.adapt(AdaptRequest(shots=2, max_steps=1)),
+            WorkSpec.adapt_users(AdaptRequest(shots=2, max_steps=1)),
             address=ray_cluster.address,
             workers=2,
             unit=3,

@@ -9,13 +9,14 @@ from mta.registry.jobs.bulk import (
     ADAPTED,
     FAILED,
     SKIPPED,
-    AdaptRequest,
+    WorkSpec,
     adapt_one,
     fuse_one,
     read_id_file,
     run_local,
     select_users,
 )
+from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.service import add_user, get_user
 from tests.support import TASK, movie_user
 
@@ -63,45 +64,51 @@ def test_a_failing_user_is_reported_and_the_job_goes_on(bank_registry):
     _add(bank_registry, "w1", "w2")
     seen = []
     summary = run_local(
+        bank_registry,
         ["w1", "nobody", "w2"],
-        lambda u: adapt_one(bank_registry, u, REQUEST),
+        WorkSpec.adapt_users(REQUEST),
         on_outcome=lambda outcome, done, total: seen.append((outcome.status, done, total)),
     )
     assert summary.done == ("w1", "w2") and summary.skipped == ()
     assert summary.failed == (("nobody", "no user 'nobody'; add one with `mta user add`"),)
     assert [s for s, _, _ in seen] == [ADAPTED, FAILED, ADAPTED] and seen[-1][1:] == (3, 3)
     assert summary.seconds_p50 > 0 and summary.users_per_minute > 0
-    rerun = run_local(["w1", "w2"], lambda u: adapt_one(bank_registry, u, REQUEST))
+    rerun = run_local(bank_registry, ["w1", "w2"], WorkSpec.adapt_users(REQUEST))
     assert rerun.skipped == ("w1", "w2") and rerun.done == ()
 
 
 def test_bulk_fuse_skips_users_with_a_recipe(bank_registry):
     _add(bank_registry, "x1")
-    assert fuse_one(bank_registry, "x1", {"top_k": 2}).status == "fused"
-    assert fuse_one(bank_registry, "x1", {"top_k": 2}).status == SKIPPED
-    assert fuse_one(bank_registry, "x1", {"top_k": 3}, force=True).status == "fused"
+    assert fuse_one(bank_registry, "x1", FuseRequest(top_k=2)).status == "fused"
+    assert fuse_one(bank_registry, "x1", FuseRequest(top_k=2)).status == SKIPPED
+    assert fuse_one(bank_registry, "x1", FuseRequest(top_k=3), force=True).status == "fused"
     assert get_user(bank_registry, "x1").num_recipes == 2
 
 
 def test_bulk_fuse_refresh_moves_old_recipes_to_the_latest_bank(bank_registry, push_bank_fn):
     _add(bank_registry, "y1")
-    assert fuse_one(bank_registry, "y1", {}).status == "fused"
-    assert fuse_one(bank_registry, "y1", {}, refresh=True).status == SKIPPED  # on the latest
+    assert fuse_one(bank_registry, "y1", FuseRequest()).status == "fused"
+    assert (
+        fuse_one(bank_registry, "y1", FuseRequest(), refresh=True).status == SKIPPED
+    )  # on the latest
     push_bank_fn(bank_registry, seed=1)
-    assert fuse_one(bank_registry, "y1", {}, refresh=True).status == "fused"
+    assert fuse_one(bank_registry, "y1", FuseRequest(), refresh=True).status == "fused"
     assert get_user(bank_registry, "y1").recipe.bank_version == 2
 
 
-def test_make_work_describes_a_job_in_plain_values(bank_registry):
-    from mta.registry.jobs.bulk import make_work
-
+def test_one_work_spec_runs_adapt_and_fuse_and_validates_its_request(bank_registry):
     _add(bank_registry, "z1")
-    spec = {"request": {"shots": 2, "max_steps": 1}, "force": False, "refresh": False}
-    assert make_work(bank_registry, "adapt", spec)("z1").status == ADAPTED
-    assert make_work(bank_registry, "adapt", spec)("z1").status == SKIPPED
-    assert make_work(bank_registry, "fuse", {"fuse_args": {}})("z1").status == SKIPPED
-    with pytest.raises(InvalidInputError, match="adapt, fuse"):
-        make_work(bank_registry, "train", {})
+    spec = WorkSpec.adapt_users(AdaptRequest(shots=2, max_steps=1))
+    assert (spec.kind, spec.verb) == ("adapt", ADAPTED)
+    assert spec.run(bank_registry, "z1").status == ADAPTED
+    assert spec.run(bank_registry, "z1").status == SKIPPED
+    assert WorkSpec.fuse_users(FuseRequest()).run(bank_registry, "z1").status == SKIPPED
+    with pytest.raises(InvalidInputError, match="shots must be at least 1"):
+        WorkSpec.adapt_users(AdaptRequest(shots=0))
+    with pytest.raises(InvalidInputError, match="seed must be between"):
+        WorkSpec.adapt_users(AdaptRequest(seed=10**23))
+    with pytest.raises(KeyError, match="unknown fusion method 'magic'"):
+        WorkSpec.fuse_users(FuseRequest(method="magic"))
 
 
 def test_add_users_embeds_in_batches_and_reports_each_record(bank_registry):

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from mta.registry.errors import InvalidInputError
-from mta.registry.jobs.bulk import ADAPTED, FAILED, SKIPPED, AdaptRequest, run_local
+from mta.registry.jobs.bulk import ADAPTED, FAILED, SKIPPED, WorkSpec, run_local
 from mta.registry.jobs.ray_cluster import check_local_registry, worker_locations
-from mta.registry.jobs.ray_runner import BulkWorker, WorkSpec, _Driver, _Unit, run_ray
+from mta.registry.jobs.ray_runner import BulkWorker, _Driver, _Unit, run_ray
+from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.service import add_user, get_user
 from tests.support import TASK, movie_user
 
@@ -65,7 +66,7 @@ def test_adapt_and_fuse_on_ray_report_like_the_local_executor(bank_registry, loc
     summary = run_ray(
         bank_registry,
         ids,
-        WorkSpec.adapt(REQUEST),
+        WorkSpec.adapt_users(REQUEST),
         workers=2,
         unit=2,
         on_outcome=lambda outcome, done, total: seen.append((outcome.user_id, done, total)),
@@ -79,14 +80,35 @@ def test_adapt_and_fuse_on_ray_report_like_the_local_executor(bank_registry, loc
         detail = get_user(bank_registry, user_id)
         assert detail.stack is not None and detail.num_stacks == 1
     # Idempotence: the same job again skips everyone, on Ray as in one process.
-    again = run_ray(bank_registry, ids, WorkSpec.adapt(REQUEST), workers=1, unit=4)
-    local = run_local(ids, lambda u: WorkSpec.adapt(REQUEST).run(bank_registry, u))
+    again = run_ray(bank_registry, ids, WorkSpec.adapt_users(REQUEST), workers=1, unit=4)
+    local = run_local(bank_registry, ids, WorkSpec.adapt_users(REQUEST))
     assert sorted(again.skipped) == sorted(local.skipped) == ["r1", "r2", "r3", "r4", "r5"]
     assert again.failed == local.failed == (NOBODY,)
-    fused = run_ray(bank_registry, ["r1"], WorkSpec.fuse({"top_k": 2}), workers=1)
+    fused = run_ray(bank_registry, ["r1"], WorkSpec.fuse_users(FuseRequest(top_k=2)), workers=1)
     assert fused.skipped == ("r1",)
-    forced = run_ray(bank_registry, ["r1"], WorkSpec.fuse({"top_k": 3}, force=True), workers=1)
+    forced = run_ray(
+        bank_registry, ["r1"], WorkSpec.fuse_users(FuseRequest(top_k=3), force=True), workers=1
+    )
     assert forced.done == ("r1",) and get_user(bank_registry, "r1").num_recipes == 2
+
+
+def test_fuse_stale_on_ray_refuses_onto_the_latest_bank_like_the_local_runner(
+    bank_registry, push_bank_fn, local_ray
+):
+    # `mta user fuse --stale --executor ray` once dropped `refresh` on its way to the
+    # actors, so Ray skipped the stale users that the local runner re-fused.
+    _add(bank_registry, "s1", "s2")
+    spec = WorkSpec.fuse_users(FuseRequest(), refresh=True)
+    assert run_local(bank_registry, ["s1", "s2"], WorkSpec.fuse_users(FuseRequest())).done
+    push_bank_fn(bank_registry, seed=1)  # v2: both recipes are on an older bank now
+    on_ray = run_ray(bank_registry, ["s1"], spec, workers=1)
+    local = run_local(bank_registry, ["s2"], spec)
+    assert on_ray.done == ("s1",) and local.done == ("s2",)
+    for user_id in ("s1", "s2"):
+        detail = get_user(bank_registry, user_id)
+        assert detail.recipe.bank_version == 2 and detail.num_recipes == 2
+    again = run_ray(bank_registry, ["s1", "s2"], spec, workers=1)
+    assert sorted(again.skipped) == ["s1", "s2"]  # on the latest now: nothing to refresh
 
 
 class CrashingWorker(BulkWorker):
@@ -108,7 +130,7 @@ class CrashingWorker(BulkWorker):
 
 
 def _drive(ray: Any, ctx: Any, units: list[list[str]], marker: Path, workers: int) -> list:
-    spec = WorkSpec.adapt(REQUEST)
+    spec = WorkSpec.adapt_users(REQUEST)
     actor = ray.remote(CrashingWorker).options(num_cpus=1, max_restarts=0)
     driver = _Driver(ray, lambda: actor.remote(*worker_locations(ctx), spec, marker=str(marker)))
     total = sum(len(u) for u in units)
@@ -148,7 +170,7 @@ def _fake_ctx(db_url: str, store_url: str) -> Any:
 
 def test_a_machine_local_registry_is_refused_on_remote_nodes(bank_registry):
     _require_ray()
-    spec = WorkSpec.adapt(REQUEST)
+    spec = WorkSpec.adapt_users(REQUEST)
     with pytest.raises(InvalidInputError) as caught:
         run_ray(bank_registry, ["u"], spec, address="ray://10.1.2.3:10001")
     message = str(caught.value)
@@ -213,4 +235,4 @@ def test_workers_that_cannot_open_the_registry_stop_the_job_with_their_error(loc
     # Never `mta init`ed: every worker fails its ready() check, and the job says why.
     empty = RegistryContext.in_folder(tmp_path / "empty")
     with empty, pytest.raises(NotInitializedError):
-        run_ray(empty, ["u1", "u2"], WorkSpec.adapt(REQUEST), workers=2)
+        run_ray(empty, ["u1", "u2"], WorkSpec.adapt_users(REQUEST), workers=2)

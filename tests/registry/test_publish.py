@@ -15,6 +15,8 @@ from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.publish.targets import MANIFEST_NAME, open_target
 from mta.registry.publish.users import default_served_name
 from mta.registry.service import (
+    AdaptRequest,
+    FuseRequest,
     adapt_user,
     adapter_identity,
     add_user,
@@ -54,7 +56,7 @@ def test_published_folders_equal_export_and_load_in_peft(bank_registry, tmp_path
     from peft import PeftModel
 
     add_users(bank_registry)
-    adapt_user(bank_registry, "alice", shots=2, max_steps=1)  # one user with a stack
+    adapt_user(bank_registry, "alice", AdaptRequest(shots=2, max_steps=1))  # one user with a stack
     out = tmp_path / "loras"
     result = publish_users(bank_registry, str(out), served_model_name=SERVED)
 
@@ -67,7 +69,12 @@ def test_published_folders_equal_export_and_load_in_peft(bank_registry, tmp_path
         assert set(published) == {"adapter_config.json", "adapter_model.safetensors"}
         # A fresh export (cache emptied) of the same options is the same bytes.
         shutil.rmtree(bank_registry.adapter_cache.root, ignore_errors=True)
-        export_user(bank_registry, user_id, tmp_path / "export" / user_id, base_model_name=SERVED)
+        export_user(
+            bank_registry,
+            adapter_identity(bank_registry, user_id),
+            tmp_path / "export" / user_id,
+            base_model_name=SERVED,
+        )
         assert published == folder_files(tmp_path / "export" / user_id)
         config = json.loads(published["adapter_config.json"])
         assert config["base_model_name_or_path"] == SERVED
@@ -92,7 +99,7 @@ def test_republish_rewrites_only_the_changed_user(bank_registry, tmp_path):
     assert not again.manifest_written and (out / MANIFEST_NAME).read_bytes() == before
     assert {u: (out / u).stat().st_ino for u in USERS} == inodes
 
-    adapt_user(bank_registry, "bob@example.org", shots=2, max_steps=1)
+    adapt_user(bank_registry, "bob@example.org", AdaptRequest(shots=2, max_steps=1))
     third = publish_users(bank_registry, str(out))
     assert third.written == ("bob@example.org",) and third.manifest_written
     assert third.bytes_written == manifest(out)["users"]["bob@example.org"]["bytes"]
@@ -111,7 +118,7 @@ def test_deleted_users_folder_is_removed_and_unselected_users_are_kept(bank_regi
     publish_users(bank_registry, str(out))
 
     delete_user(bank_registry, "carol.d")
-    fuse_user(bank_registry, "alice", top_k=3)  # changed, but not selected below
+    fuse_user(bank_registry, "alice", FuseRequest(top_k=3))  # changed, but not selected below
     result = publish_users(bank_registry, str(out), user_ids=["bob@example.org"])
     assert result.removed == ("carol.d",) and result.unchanged == ("bob@example.org",)
     assert not (out / "carol.d").exists()
@@ -257,7 +264,12 @@ def test_publish_to_s3(bank_registry, s3_client, s3_store_url, tmp_path, tiny_mo
     assert set(objects) == {f"{u}/{f}" for u in USERS for f in files} | {MANIFEST_NAME}
     for user_id in USERS:
         exported = tmp_path / "export" / user_id
-        export_user(bank_registry, user_id, exported, base_model_name=SERVED)
+        export_user(
+            bank_registry,
+            adapter_identity(bank_registry, user_id),
+            exported,
+            base_model_name=SERVED,
+        )
         assert {f: objects[f"{user_id}/{f}"] for f in files} == folder_files(exported)
     listed = json.loads(objects[MANIFEST_NAME])["users"]
     assert listed["alice"]["bytes"] == sum(len(objects[f"alice/{f}"]) for f in files)
@@ -269,14 +281,19 @@ def test_publish_to_s3(bank_registry, s3_client, s3_store_url, tmp_path, tiny_mo
 
     again = publish_users(bank_registry, f"s3://{bucket}/loras", served_model_name=SERVED)
     assert again.written == () and not again.manifest_written
-    adapt_user(bank_registry, "bob@example.org", shots=2, max_steps=1)
+    adapt_user(bank_registry, "bob@example.org", AdaptRequest(shots=2, max_steps=1))
     delete_user(bank_registry, "carol.d")
     third = publish_users(bank_registry, f"s3://{bucket}/loras/", served_model_name=SERVED)
     assert third.written == ("bob@example.org",) and third.removed == ("carol.d",)
     objects = s3_folder(s3_client, bucket, "loras/")
     assert not [key for key in objects if key.startswith("carol.d/")]
     assert sorted(json.loads(objects[MANIFEST_NAME])["users"]) == ["alice", "bob@example.org"]
-    export_user(bank_registry, "bob@example.org", tmp_path / "bob", base_model_name=SERVED)
+    export_user(
+        bank_registry,
+        adapter_identity(bank_registry, "bob@example.org"),
+        tmp_path / "bob",
+        base_model_name=SERVED,
+    )
     assert objects["bob@example.org/adapter_model.safetensors"] == (
         (tmp_path / "bob" / "adapter_model.safetensors").read_bytes()
     )

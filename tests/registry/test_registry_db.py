@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,21 @@ def test_downgrade_to_base_drops_everything(engine):
         command.downgrade(alembic_config(conn), "base")
     assert current_revision(engine) is None
     assert not set(TABLES) & set(table_names(engine))
+
+
+def test_migrations_are_run_by_path_without_importing_their_package(tmp_path: Path):
+    """The registry finds the Alembic folder beside itself; `mta.migrations` stays unimported."""
+    import mta.migrations
+    from mta.registry.db import migrations_dir
+
+    assert migrations_dir() == Path(mta.migrations.__file__).resolve().parent
+    code = (
+        "import sys\n"
+        "from mta.registry import db\n"
+        f"db.upgrade(db.make_engine('sqlite:///{tmp_path}/r.db'))\n"
+        "assert not [m for m in sys.modules if m.startswith('mta.migrations')], sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_sqlite_pragmas_allow_parallel_writers(engine):

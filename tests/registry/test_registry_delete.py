@@ -13,6 +13,8 @@ from mta.registry.context import RegistryContext
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from mta.registry.models import SqlDeletion, SqlRecipe, SqlStack
 from mta.registry.service import (
+    AdaptRequest,
+    FuseRequest,
     adapt_user,
     adapter_identity,
     add_user,
@@ -61,8 +63,8 @@ def _traces(ctx: RegistryContext, user_id: str, blobs: set[str]) -> list[str]:
 def _user_with_everything(ctx: RegistryContext, user_id: str) -> set[str]:
     """A user with a stack, an export-cache entry and a crashed export's staging folder."""
     add_user(ctx, user_id=user_id, task=TASK, profile=movie_user(user_id, 6))
-    adapt_user(ctx, user_id, shots=2, max_steps=1)
-    export_user(ctx, user_id, None)
+    adapt_user(ctx, user_id, AdaptRequest(shots=2, max_steps=1))
+    export_user(ctx, adapter_identity(ctx, user_id), None)
     key = cache_key(adapter_identity(ctx, user_id), max_rank=4, dtype="fp32")
     with ctx.adapter_cache.staging(key) as stage:
         (stage / "adapter_model.safetensors").write_bytes(b"half an adapter")
@@ -96,7 +98,7 @@ def test_delete_killed_at_any_step_is_finished_by_a_rerun(bank_registry, tmp_pat
     with pytest.raises(NotFoundError):
         get_user(ctx, "kim")  # from the first step on, the user is gone for readers
     with pytest.raises(NotFoundError):
-        export_user(ctx, "kim", None)
+        export_user(ctx, adapter_identity(ctx, "kim"), None)
     try:
         delete_user(ctx, "kim")  # the re-run finishes the job
     except NotFoundError:
@@ -175,7 +177,7 @@ def test_an_export_racing_a_delete_leaves_no_cache_entry(bank_registry, monkeypa
 
     monkeypatch.setattr(service_export, "_materialize_into_cache", delete_meanwhile)
     with pytest.raises(NotFoundError, match="no user 'pia'"):
-        export_user(bank_registry, "pia", None)
+        export_user(bank_registry, adapter_identity(bank_registry, "pia"), None)
     assert not [n for n in bank_registry.adapter_cache.names() if user_cache_prefix("pia") in n]
 
 
@@ -183,8 +185,8 @@ def test_an_anchor_user_is_refused_then_dropped_from_every_version(bank_registry
     push_bank_fn(bank_registry, seed=1)  # v2 has an anchor a1 too
     add_user(bank_registry, user_id="a1", task=TASK, profile=movie_user("a1", 8))
     add_user(bank_registry, user_id="bob", task=TASK, profile=movie_user("bob", 6))
-    fuse_user(bank_registry, "bob", top_k=4)  # fuses every anchor, a1 included
-    adapt_user(bank_registry, "bob", shots=2, max_steps=1)
+    fuse_user(bank_registry, "bob", FuseRequest(top_k=4))  # fuses every anchor, a1 included
+    adapt_user(bank_registry, "bob", AdaptRequest(shots=2, max_steps=1))
     a1_blobs = {
         d
         for version in ("1", "2")
@@ -205,7 +207,9 @@ def test_an_anchor_user_is_refused_then_dropped_from_every_version(bank_registry
         assert "redactions" in bank.config
     assert not [d for d in a1_blobs if bank_registry.store.exists(d)]
     assert get_user(bank_registry, "bob").recipe is None  # must fuse again
-    recipe = fuse_user(bank_registry, "bob", top_k=4)  # the rebuilt index no longer knows a1
+    recipe = fuse_user(
+        bank_registry, "bob", FuseRequest(top_k=4)
+    )  # the rebuilt index no longer knows a1
     assert {a.anchor_id for a in recipe.anchors} == {"a2", "a3", "a4"}
     assert fsck(bank_registry).ok
 
@@ -231,7 +235,10 @@ def test_parallel_first_adapts_share_one_recipe_and_gc_reclaims_the_extra_stacks
     with ThreadPoolExecutor(4) as pool:
         stacks = list(
             pool.map(
-                lambda s: adapt_user(bank_registry, "rex", shots=2, max_steps=1, seed=s), range(4)
+                lambda s: adapt_user(
+                    bank_registry, "rex", AdaptRequest(shots=2, max_steps=1, seed=s)
+                ),
+                range(4),
             )
         )
     assert len({s.recipe_id for s in stacks}) == 1  # the first fuse won, the others reused it

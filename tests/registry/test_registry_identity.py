@@ -6,6 +6,8 @@ from pathlib import Path
 
 from mta.registry.context import RegistryContext
 from mta.registry.service import (
+    AdaptRequest,
+    FuseRequest,
     adapt_user,
     adapter_identity,
     add_user,
@@ -21,7 +23,7 @@ def _exported(ctx: RegistryContext, user_id: str, out: Path) -> tuple[str, bytes
     import shutil
 
     shutil.rmtree(ctx.adapter_cache.root, ignore_errors=True)
-    export_user(ctx, user_id, out)
+    export_user(ctx, adapter_identity(ctx, user_id), out)
     files = sorted(p for p in out.iterdir() if p.is_file())
     return adapter_identity(ctx, user_id).digest(), b"".join(p.read_bytes() for p in files)
 
@@ -36,14 +38,14 @@ def test_identity_digest_tracks_exported_bytes(bank_registry, push_bank_fn, tmp_
     set_alias(bank_registry, TASK, 1, "prod")  # an alias moves; the user's adapter does not
     assert _exported(bank_registry, "nina", tmp_path / "alias") == seen[0]
 
-    adapt_user(bank_registry, "nina", shots=2, max_steps=1)  # a new stack
+    adapt_user(bank_registry, "nina", AdaptRequest(shots=2, max_steps=1))  # a new stack
     seen.append(_exported(bank_registry, "nina", tmp_path / "stack"))
-    adapt_user(bank_registry, "nina", shots=3, max_steps=1, seed=1)  # another stack
+    adapt_user(bank_registry, "nina", AdaptRequest(shots=3, max_steps=1, seed=1))  # another stack
     seen.append(_exported(bank_registry, "nina", tmp_path / "stack2"))
-    fuse_user(bank_registry, "nina", top_k=3)  # re-fuse: other anchors, stack dropped
+    fuse_user(bank_registry, "nina", FuseRequest(top_k=3))  # re-fuse: other anchors, stack dropped
     seen.append(_exported(bank_registry, "nina", tmp_path / "refuse"))
     push_bank_fn(bank_registry, seed=1)  # a new bank version, re-fused against it
-    fuse_user(bank_registry, "nina", top_k=3, bank_ref="2")
+    fuse_user(bank_registry, "nina", FuseRequest(top_k=3, bank_ref="2"))
     seen.append(_exported(bank_registry, "nina", tmp_path / "bank2"))
 
     digests = [digest for digest, _ in seen]
@@ -62,6 +64,11 @@ def test_export_options_are_part_of_the_digest(bank_registry):
         identity.digest(base_model_name="HuggingFaceTB/SmolLM2-135M-Instruct"),
     }
     assert len(variants) == 4
-    named = export_user(bank_registry, "omar", None, base_model_name="org/served-name")
+    named = export_user(
+        bank_registry,
+        adapter_identity(bank_registry, "omar"),
+        None,
+        base_model_name="org/served-name",
+    )
     config = (named.path / "adapter_config.json").read_text()
     assert '"base_model_name_or_path": "org/served-name"' in config

@@ -10,7 +10,9 @@ from mta.registry.context import RegistryContext
 from mta.registry.db import head_revision
 from mta.registry.errors import AlreadyExistsError
 from mta.registry.service import (
+    AdaptRequest,
     adapt_user,
+    adapter_identity,
     add_user,
     delete_user,
     export_user,
@@ -56,9 +58,9 @@ def test_core_flow_on_postgres_and_s3(pg_bank_registry: RegistryContext, push_ba
     with pytest.raises(AlreadyExistsError):
         add_user(ctx, user_id="pg-alice", task=TASK, profile=movie_user("pg-alice"))
     recipe = fuse_user(ctx, "pg-alice")
-    stack = adapt_user(ctx, "pg-alice", shots=2, max_steps=1)
+    stack = adapt_user(ctx, "pg-alice", AdaptRequest(shots=2, max_steps=1))
     assert stack.recipe_id == recipe.recipe_id
-    export = export_user(ctx, "pg-alice", tmp_path / "out")
+    export = export_user(ctx, adapter_identity(ctx, "pg-alice"), tmp_path / "out")
     assert (tmp_path / "out" / "adapter_config.json").is_file() and export.rank == 17
 
     push_bank_fn(ctx, seed=1)

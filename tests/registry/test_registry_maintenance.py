@@ -11,6 +11,7 @@ import pytest
 
 from mta.registry.maintenance.storage import OPPU_RANK
 from mta.registry.service import (
+    AdaptRequest,
     adapt_user,
     add_user,
     fsck,
@@ -124,7 +125,7 @@ def test_storage_report_math(bank_registry, tiny_shapes):
         add_user(bank_registry, user_id=uid, task=TASK, profile=movie_user(uid, n))
         for uid, n in (("u1", 4), ("u2", 6), ("u3", 9))
     ]
-    stack = adapt_user(bank_registry, "u2", shots=2, max_steps=1)
+    stack = adapt_user(bank_registry, "u2", AdaptRequest(shots=2, max_steps=1))
     report = storage_report(bank_registry)
 
     assert report["by_kind"]["bank"] == bank.total_bytes

@@ -9,7 +9,9 @@ import pytest
 
 from mta.registry.context import RegistryContext
 from mta.registry.service import (
+    AdaptRequest,
     adapt_user,
+    adapter_identity,
     add_user,
     build_bank,
     export_user,
@@ -52,10 +54,10 @@ def test_build_fuse_adapt_export_on_smollm2(registry: RegistryContext, tmp_path:
     add_user(registry, user_id="newcomer", task=TASK, profile=newcomer)
     recipe = fuse_user(registry, "newcomer")
     assert sum(a.weight for a in recipe.anchors) == pytest.approx(1.0)
-    stack = adapt_user(registry, "newcomer", shots=2, max_steps=1)
+    stack = adapt_user(registry, "newcomer", AdaptRequest(shots=2, max_steps=1))
     # A rank-1 fp16 stack on all seven SmolLM2 projections (30 layers) is ~0.65 MB.
     assert 0.5e6 < stack.bytes < 0.8e6
-    export = export_user(registry, "newcomer", tmp_path / "out")
+    export = export_user(registry, adapter_identity(registry, "newcomer"), tmp_path / "out")
     assert export.rank == 17 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
     report = storage_report(registry)

@@ -9,7 +9,10 @@ import torch
 from mta.errors import UnknownNameError
 from mta.registry.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from mta.registry.service import (
+    AdaptRequest,
+    FuseRequest,
     adapt_user,
+    adapter_identity,
     add_user,
     delete_user,
     export_user,
@@ -88,7 +91,7 @@ def test_new_users_pin_prod_else_latest(bank_registry, push_bank_fn):
 
 def test_fuse_takes_the_true_nearest_anchors_with_proportional_weights(bank_registry):
     user = _add(bank_registry, "dave")
-    recipe = fuse_user(bank_registry, "dave", top_k=2)
+    recipe = fuse_user(bank_registry, "dave", FuseRequest(top_k=2))
     bank = get_bank(bank_registry, TASK)
     query = _vector(bank_registry, user.embedding_blob)
     cosines = {
@@ -106,11 +109,11 @@ def test_fuse_takes_the_true_nearest_anchors_with_proportional_weights(bank_regi
 
 def test_fuse_caps_top_k_and_validates_names(bank_registry):
     _add(bank_registry, "erin")
-    assert len(fuse_user(bank_registry, "erin", top_k=10).anchors) == 4
+    assert len(fuse_user(bank_registry, "erin", FuseRequest(top_k=10)).anchors) == 4
     with pytest.raises(UnknownNameError, match="cat"):
-        fuse_user(bank_registry, "erin", method="magic")
+        fuse_user(bank_registry, "erin", FuseRequest(method="magic"))
     with pytest.raises(UnknownNameError, match="proportional"):
-        fuse_user(bank_registry, "erin", weight_rule="magic")
+        fuse_user(bank_registry, "erin", FuseRequest(weight_rule="magic"))
     with pytest.raises(NotFoundError):
         fuse_user(bank_registry, "nobody")
     assert get_user(bank_registry, "erin").num_recipes == 1
@@ -128,17 +131,13 @@ def test_shot_indices_are_seeded_and_in_profile_order():
 def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
     from mta.peft_io import adapter_from_bytes, load_peft_adapter
     from mta.registry.users.export import materialize_fused
-    from mta.registry.users.rows import recipe_inputs as _recipe_inputs
 
     _add(bank_registry, "frank")
     steps = []
     stack = adapt_user(
         bank_registry,
         "frank",
-        shots=3,
-        rank=1,
-        epochs=1,
-        batch_size=2,
+        AdaptRequest(shots=3, rank=1, epochs=1, batch_size=2),
         progress=lambda stage, done, total: steps.append((stage, done, total)),
     )
     assert (stack.rank, stack.dtype, stack.bank_version, stack.stale) == (1, "fp16", 1, False)
@@ -149,37 +148,39 @@ def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
     detail = get_user(bank_registry, "frank")
     assert detail.recipe is not None and detail.stack == stack  # fused automatically
 
-    out = export_user(bank_registry, "frank", tmp_path / "out")
+    out = export_user(bank_registry, adapter_identity(bank_registry, "frank"), tmp_path / "out")
     assert (out.rank, out.stack_id, out.from_cache) == (8 * 2 + 1, stack.stack_id, False)
     exported = load_peft_adapter(tmp_path / "out")
     stored_stack = adapter_from_bytes(bank_registry.store.get_bytes(stack.blob))
-    with bank_registry.session() as session:
-        from mta.registry.models import SqlRecipe
-
-        inputs = _recipe_inputs(session, session.get_one(SqlRecipe, detail.recipe.recipe_id))
-    fused = materialize_fused(bank_registry, inputs, "cat", None)
+    identity = adapter_identity(bank_registry, "frank")
+    assert (identity.recipe_id, identity.stack, identity.method) == (
+        detail.recipe.recipe_id,
+        stack.blob,
+        "cat",
+    )
+    fused = materialize_fused(bank_registry, identity)
     for path in list(exported.modules)[:3]:
         expected = fused.modules[path].delta() + stored_stack.modules[path].delta()
         torch.testing.assert_close(exported.modules[path].delta(), expected, rtol=1e-4, atol=1e-6)
 
-    again = export_user(bank_registry, "frank", tmp_path / "again")
+    again = export_user(bank_registry, adapter_identity(bank_registry, "frank"), tmp_path / "again")
     assert again.from_cache and again.cache_path == out.cache_path
-    small = export_user(bank_registry, "frank", None, max_rank=4)
+    small = export_user(bank_registry, adapter_identity(bank_registry, "frank"), None, max_rank=4)
     assert small.rank == 4 and not small.from_cache and small.path == small.cache_path
 
 
 def test_export_without_stack_is_the_fused_adapter(bank_registry, tmp_path):
     _add(bank_registry, "gina")
     with pytest.raises(NotFoundError, match="mta user fuse"):
-        export_user(bank_registry, "gina", tmp_path / "x")
-    fuse_user(bank_registry, "gina", top_k=3)
-    out = export_user(bank_registry, "gina", tmp_path / "x")
+        export_user(bank_registry, adapter_identity(bank_registry, "gina"), tmp_path / "x")
+    fuse_user(bank_registry, "gina", FuseRequest(top_k=3))
+    out = export_user(bank_registry, adapter_identity(bank_registry, "gina"), tmp_path / "x")
     assert out.stack_id is None and out.rank == 24
 
 
 def test_a_new_bank_version_makes_stacks_stale(bank_registry, push_bank_fn):
     _add(bank_registry, "hank")
-    adapt_user(bank_registry, "hank", shots=2, max_steps=1)
+    adapt_user(bank_registry, "hank", AdaptRequest(shots=2, max_steps=1))
     assert storage_report(bank_registry)["stale_stacks"] == 0
     push_bank_fn(bank_registry, seed=1)
     assert get_user(bank_registry, "hank").stack.stale
@@ -193,10 +194,10 @@ def test_delete_user_removes_every_byte_and_keeps_the_bank(bank_registry, tmp_pa
     _add(bank_registry, "ivy@home")
     _add(bank_registry, "jack")
     before_ivy = all_file_bytes(store_root)
-    adapt_user(bank_registry, "ivy@home", shots=2, max_steps=1)
-    export_user(bank_registry, "ivy@home", None)
+    adapt_user(bank_registry, "ivy@home", AdaptRequest(shots=2, max_steps=1))
+    export_user(bank_registry, adapter_identity(bank_registry, "ivy@home"), None)
     fuse_user(bank_registry, "jack")
-    jack_export = export_user(bank_registry, "jack", None)
+    jack_export = export_user(bank_registry, adapter_identity(bank_registry, "jack"), None)
     ivy = get_user(bank_registry, "ivy@home")
     ivy_blobs = {ivy.profile_blob, ivy.embedding_blob, ivy.stack.blob}
 
@@ -228,14 +229,19 @@ def test_delete_keeps_blobs_another_user_shares(bank_registry):
 
 def test_refusing_drops_the_current_stack_until_the_next_adapt(bank_registry, tmp_path):
     _add(bank_registry, "lena")
-    first = adapt_user(bank_registry, "lena", shots=2, max_steps=1)
-    recipe = fuse_user(bank_registry, "lena", top_k=3)
+    first = adapt_user(bank_registry, "lena", AdaptRequest(shots=2, max_steps=1))
+    recipe = fuse_user(bank_registry, "lena", FuseRequest(top_k=3))
     detail = get_user(bank_registry, "lena")
     # The old stack was trained on another fused delta: it is kept but no longer served.
     assert detail.recipe == recipe and detail.stack is None and detail.num_stacks == 1
-    export = export_user(bank_registry, "lena", tmp_path / "fused-only")
+    export = export_user(
+        bank_registry, adapter_identity(bank_registry, "lena"), tmp_path / "fused-only"
+    )
     assert (export.stack_id, export.recipe_id, export.rank) == (None, recipe.recipe_id, 24)
-    second = adapt_user(bank_registry, "lena", shots=2, max_steps=1)
+    second = adapt_user(bank_registry, "lena", AdaptRequest(shots=2, max_steps=1))
     assert second.recipe_id == recipe.recipe_id != first.recipe_id
     assert get_user(bank_registry, "lena").stack == second
-    assert export_user(bank_registry, "lena", None).stack_id == second.stack_id
+    assert (
+        export_user(bank_registry, adapter_identity(bank_registry, "lena"), None).stack_id
+        == second.stack_id
+    )

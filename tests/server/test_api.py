@@ -262,7 +262,9 @@ def test_adapter_archive_matches_the_service_export(
     assert sorted(files) == ["adapter_config.json", "adapter_model.safetensors"]
 
     with RegistryContext.open(registry.db_url, registry.store_url, tmp_path / "c") as ctx:
-        export = service.export_user(ctx, "alice", tmp_path / "direct")
+        export = service.export_user(
+            ctx, service.adapter_identity(ctx, "alice"), tmp_path / "direct"
+        )
     for name, data in files.items():
         assert data == (export.path / name).read_bytes()
     folder = tmp_path / "fetched"

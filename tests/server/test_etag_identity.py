@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mta.registry import service
 from mta.registry.context import RegistryContext
@@ -42,11 +43,50 @@ def test_etag_tracks_the_exported_bytes(
         revalidated = client.get("/v1/users/alice/adapter", headers={**READ, "If-None-Match": etag})
         assert revalidated.status_code == 304
 
-        service.adapt_user(ctx, "alice", shots=2, max_steps=1)
+        service.adapt_user(ctx, "alice", service.AdaptRequest(shots=2, max_steps=1))
         changed("new stack")
-        service.fuse_user(ctx, "alice", top_k=3)
+        service.fuse_user(ctx, "alice", service.FuseRequest(top_k=3))
         changed("re-fused")
         dirs, profiles = write_anchor_bank(tmp_path / "v2", tiny_shapes, seed=5)
         push_folders(ctx, dirs, profiles, tiny_model_dir, tiny_embedder_dir)
-        service.fuse_user(ctx, "alice", top_k=3, bank_ref="2")
+        service.fuse_user(ctx, "alice", service.FuseRequest(top_k=3, bank_ref="2"))
         changed("new bank version")
+
+
+def test_a_fetch_reads_the_identity_once_and_serves_exactly_it(
+    registry: Registry, monkeypatch: Any
+) -> None:
+    # The archive is built from the identity the ETag was computed from: a re-adapt that
+    # lands between the read and the build changes neither the bytes nor the ETag served.
+    import mta.server.adapter_fetch as adapter_fetch
+
+    reads: list[str] = []
+    real_read = service.adapter_identity
+    real_export = service.export_user
+
+    def counted_read(ctx: Any, user_id: str) -> Any:
+        reads.append(user_id)
+        return real_read(ctx, user_id)
+
+    def re_adapt_then_export(ctx: Any, identity: Any, *args: Any, **kwargs: Any) -> Any:
+        service.adapt_user(ctx, identity.user_id, service.AdaptRequest(shots=2, max_steps=1))
+        return real_export(ctx, identity, *args, **kwargs)
+
+    monkeypatch.setattr(service, "adapter_identity", counted_read)
+    with make_client(registry) as client:
+        first = client.get("/v1/users/alice/adapter", headers=READ)
+        assert first.status_code == 200 and reads == ["alice"]
+        monkeypatch.setattr(adapter_fetch.service, "export_user", re_adapt_then_export)
+        raced = client.get("/v1/users/alice/adapter?dtype=fp16", headers=READ)
+        monkeypatch.setattr(adapter_fetch.service, "export_user", real_export)
+        assert raced.status_code == 200 and len(reads) <= 2  # at most one read per fetch
+        # The raced response is the fp16 export of the identity read before the re-adapt:
+        # a stack-free adapter, whose ETag a fresh read no longer gives.
+        fresh = client.get("/v1/users/alice/adapter?dtype=fp16", headers=READ)
+        assert fresh.headers["etag"] != raced.headers["etag"]
+        assert fresh.content != raced.content
+        again = client.get(
+            "/v1/users/alice/adapter?dtype=fp16",
+            headers={**READ, "If-None-Match": raced.headers["etag"]},
+        )
+        assert again.status_code == 200 and again.content == fresh.content

@@ -44,7 +44,7 @@ def test_a_write_outside_the_server_changes_the_etag(
     assert client.get("/v1/users/alice/adapter", headers=READ).headers["etag"] == etag
     # Its own engine and connections, as `mta user fuse` in another process would have.
     with RegistryContext.open(registry.db_url, registry.store_url, registry.cache_dir) as ctx:
-        service.fuse_user(ctx, "alice", top_k=1)
+        service.fuse_user(ctx, "alice", service.FuseRequest(top_k=1))
     fetched = client.get("/v1/users/alice/adapter", headers={**READ, "If-None-Match": etag})
     assert fetched.status_code == 200 and fetched.headers["etag"] != etag
     client.delete("/v1/users/alice", headers=ADMIN)
