@@ -109,6 +109,9 @@ def load_base_model(
     """
     import torch
 
+    from mta.threads import fit_threads
+
+    fit_threads()  # every process that runs a model: threads for the CPUs it may use
     dtype = dtype or torch.float32
     resolved = resolve_base_model(spec)
     key = (resolved, str(dtype))
