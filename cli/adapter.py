@@ -5,15 +5,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from mta.cli.options import JsonOpt
 from mta.cli.output import Output
-
-if TYPE_CHECKING:
-    pass
 
 adapter_app = typer.Typer(
     help="Fuse and inspect PEFT LoRA folders directly; no registry or base model needed.",
@@ -41,31 +38,37 @@ def parse_weights(text: str | None, count: int) -> list[float]:
 
 
 def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files directly in `folder`."""
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+AnchorDirsArg = Annotated[
+    list[Path],
+    typer.Argument(help="PEFT LoRA folders to fuse (the anchors).", metavar="DIR"),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights", "-w", help="Comma-separated weights, one per folder (default: uniform)."
+    ),
+]
+MethodOpt = Annotated[
+    str, typer.Option("--method", "-m", help="cat (exact), svd (compressed) or factorwise.")
+]
+RankOpt = Annotated[
+    int | None, typer.Option("--rank", "-r", min=1, help="Target rank for --method svd.")
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Stored dtype: fp32, fp16 or bf16.")]
 
 
 @adapter_app.command("fuse")
 def adapter_fuse(
-    adapters: Annotated[
-        list[Path],
-        typer.Argument(help="PEFT LoRA folders to fuse (the anchors).", metavar="DIR"),
-    ],
+    adapters: AnchorDirsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the fused PEFT adapter.")],
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            "--weights", "-w", help="Comma-separated weights, one per folder (default: uniform)."
-        ),
-    ] = None,
-    method: Annotated[
-        str, typer.Option("--method", "-m", help="cat (exact), svd (compressed) or factorwise.")
-    ] = "cat",
-    rank: Annotated[
-        int | None, typer.Option("--rank", "-r", min=1, help="Target rank for --method svd.")
-    ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Stored dtype: fp32, fp16 or bf16.")] = (
-        "fp32"
-    ),
+    weights: WeightsOpt = None,
+    method: MethodOpt = "cat",
+    rank: RankOpt = None,
+    dtype: DtypeOpt = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     json_output: JsonOpt = False,
 ) -> None:

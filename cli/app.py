@@ -7,9 +7,11 @@ import sys
 
 import typer
 
+from mta.cli import output
 from mta.cli.adapter import adapter_app
 from mta.cli.bank import bank_app
 from mta.cli.data import data_app
+from mta.cli.errors import describe, exit_code_for
 from mta.cli.eval import eval_command, eval_report_command
 from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt
 from mta.cli.publish import publish_command
@@ -53,9 +55,6 @@ app.command("publish")(publish_command)
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected errors print one line and exit 1 or 3 (MTA_DEBUG=1: traceback)."""
-    from mta.cli import output
-    from mta.cli.errors import describe, exit_code_for
-
     try:
         # Without standalone mode Click returns the code of a typer.Exit instead of exiting.
         code = app(args=argv, standalone_mode=False)

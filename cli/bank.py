@@ -33,46 +33,53 @@ class AnchorData(str, Enum):
     cluster = "cluster"
 
 
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="Per-user JSON: [{user_id, profile, query}].")
+]
+AnchorsOpt = Annotated[int, typer.Option("--anchors", min=1, help="Number of anchors (k-means k).")]
+AnchorDataOpt = Annotated[
+    AnchorData,
+    typer.Option(
+        "--anchor-data",
+        help="Train each anchor on its whole k-means cluster's histories (default; "
+        "better fusion, docs/results.md) or on its own history only (the paper).",
+    ),
+]
+MinHistoryOpt = Annotated[
+    int, typer.Option("--min-history", min=1, help="Fewest history items an anchor needs.")
+]
+ExecutorOpt = Annotated[
+    Executor,
+    typer.Option("--executor", help="Train the anchors here, or each as a Ray task."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: local)."
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=1, help="Anchors trained at once on Ray.")
+]
+
+
 @bank_app.command("build")
 def bank_build(
     ctx: typer.Context,
     task: TaskArg,
-    data: Annotated[
-        Path, typer.Option("--data", help="Per-user JSON: [{user_id, profile, query}].")
-    ],
-    anchors: Annotated[
-        int, typer.Option("--anchors", min=1, help="Number of anchors (k-means k).")
-    ],
+    data: DataOpt,
+    anchors: AnchorsOpt,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs per anchor LoRA.")] = 1,
     rank: Annotated[int, typer.Option("--rank", min=1, help="Rank of the anchor LoRAs.")] = 8,
-    anchor_data: Annotated[
-        AnchorData,
-        typer.Option(
-            "--anchor-data",
-            help="Train each anchor on its whole k-means cluster's histories (default; "
-            "better fusion, docs/results.md) or on its own history only (the paper).",
-        ),
-    ] = AnchorData.cluster,
-    min_history: Annotated[
-        int, typer.Option("--min-history", min=1, help="Fewest history items an anchor needs.")
-    ] = 8,
+    anchor_data: AnchorDataOpt = AnchorData.cluster,
+    min_history: MinHistoryOpt = 8,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 2e-4,
     base_model: BaseModelOpt = None,
     embedder: EmbedderOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for clustering and training.")] = 0,
-    executor: Annotated[
-        Executor,
-        typer.Option("--executor", help="Train the anchors here, or each as a Ray task."),
-    ] = Executor.local,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: local)."
-        ),
-    ] = None,
-    workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Anchors trained at once on Ray.")
-    ] = 2,
+    executor: ExecutorOpt = Executor.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = 2,
     json_mode: JsonOpt = False,
 ) -> None:
     """Select anchors among the users in --data, train one LoRA per anchor, publish a version.

@@ -2,7 +2,8 @@
 
 Progress is a rich bar on a terminal (users done / total, users per minute, ETA); in logs
 (stderr a file or a pipe) each finished user is one line, so a long job's log says who
-was done when. `user_bulk.py` holds the commands that use this.
+was done when. `user_add.py`, `user_fuse.py` and `user_adapt.py` hold the commands that
+use this, with the option aliases declared at the end of this module.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -235,3 +236,55 @@ def finish(out: Output, summary: BulkSummary, outcomes: list[UserOutcome], verb:
     render_summary(out, summary, outcomes, verb)
     if summary.failed:
         raise typer.Exit(1)
+
+
+# --- the selection and execution options of `mta user add|fuse|adapt` ----------------
+
+_SELECT = "Selection (several users: a bulk job)"
+_RUN = "Bulk execution"
+
+
+IdsArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="User id(s); several make a bulk job.", metavar="ID", show_default=False),
+]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help="File of user ids, one per line.", rich_help_panel=_SELECT),
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every user.", rich_help_panel=_SELECT)]
+StaleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stale",
+        help="Users whose current stack is on an older bank version (re-fused onto the latest).",
+        rich_help_panel=_SELECT,
+    ),
+]
+MissingOpt = Annotated[
+    bool,
+    typer.Option("--missing", help="Users without a current stack.", rich_help_panel=_SELECT),
+]
+BankFilterOpt = Annotated[
+    str | None,
+    typer.Option("--bank", help="Only users of this task.", rich_help_panel=_SELECT),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Redo users whose current result already matches.", rich_help_panel=_RUN
+    ),
+]
+ExecutorOpt = Annotated[
+    Executor,
+    typer.Option("--executor", help="Run users in this process or on Ray.", rich_help_panel=_RUN),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="Ray cluster address (default: start a local one).", rich_help_panel=_RUN
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=1, help="Ray workers.", rich_help_panel=_RUN)
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +56,7 @@ def data_fetch(
     out.result(f"{result.n_users} users written to {result.users_path}")
 
 
-def _progress_logger():  # -> Callable[[str, int, int], None]
+def _progress_logger() -> Callable[[str, int, int], None]:
     """Log each file once when its download completes."""
     seen: set[str] = set()
 

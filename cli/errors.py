@@ -7,6 +7,8 @@ here are bugs: they are re-raised with their traceback.
 
 from __future__ import annotations
 
+from mta.errors import one_line
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
@@ -50,5 +52,4 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         # "is a directory: /data/x" names the path, which str(exc)'s errno prefix buries.
         return f"{exc.strerror[0].lower()}{exc.strerror[1:]}: {exc.filename}"
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
+    return one_line(exc)

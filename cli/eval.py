@@ -4,10 +4,44 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from mta.cli.eval_options import (
+    AnchorDataOpt,
+    AnchorsOpt,
+    BatchSizeOpt,
+    CheckpointOpt,
+    ClusterBootstrapOpt,
+    DataOpt,
+    DecodeOpt,
+    EpochsOpt,
+    EvalJsonOutOpt,
+    FusionOpt,
+    ItemBootstrapOpt,
+    LimitOpt,
+    LrOpt,
+    MaxNewTokensOpt,
+    MaxStepsOpt,
+    MethodsOpt,
+    MinHistoryOpt,
+    PlotOpt,
+    ReportJsonOutOpt,
+    ResamplesOpt,
+    ResultFilesArg,
+    SeedOpt,
+    SeedsOpt,
+    ShotsOpt,
+    StackRankOpt,
+    TaskOpt,
+    TestDataOpt,
+    TestFractionOpt,
+    TopKOpt,
+    UserEpochsOpt,
+    UserLrOpt,
+    WorkdirOpt,
+)
 from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt, typed_locations
 from mta.cli.output import Output, log
 from mta.cli.progress import StageProgress
@@ -15,130 +49,43 @@ from mta.evaluation.options import DEFAULTS, EvalOptions
 
 eval_app = typer.Typer(help="LaMP evaluation: the methods side by side.")
 
-# Options `mta eval` and `mta eval-report` share.
-ResamplesOpt = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
-ItemBootstrapOpt = Annotated[
-    bool,
-    typer.Option(
-        "--item-bootstrap",
-        help="Resample items instead of real users (narrower: ignores that a real "
-        "user's entries share items).",
-    ),
-]
-PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")]
 
-
+# long: typer option signature (33 options), each passed on to EvalOptions by name
 @eval_app.command("eval")
-# Long only by its option declarations: typer reads the options from the signature.
 def eval_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option("--task", help="LaMP task, e.g. movie_tagging.")],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="Per-user JSON, the users to split, or the pool with --test-data "
-            "(default: <task>/users.json under $MTA_LAMP_DIR, then ./lamp, then ../shared/lamp).",
-        ),
-    ] = DEFAULTS.data,
-    test_data: Annotated[
-        Path | None,
-        typer.Option(
-            "--test-data",
-            help="Per-user JSON whose every user is a test user; --data is then the pool, "
-            "unsplit (--test-fraction unused). Refused when a real user is in both files.",
-        ),
-    ] = DEFAULTS.test_data,
-    methods: Annotated[
-        str,
-        typer.Option(
-            "--methods",
-            help="Comma-separated method names (the default lists every method).",
-        ),
-    ] = DEFAULTS.methods,
-    anchors: Annotated[
-        int, typer.Option("--anchors", help="Anchors in the bank.")
-    ] = DEFAULTS.anchors,
-    top_k: Annotated[int, typer.Option("--top-k", help="Anchors fused per user.")] = DEFAULTS.top_k,
-    shots: Annotated[
-        int, typer.Option("--shots", help="Profile items each user trains on.")
-    ] = DEFAULTS.shots,
-    stack_rank: Annotated[
-        int, typer.Option("--stack-rank", help="Rank of the MTA stack.")
-    ] = DEFAULTS.stack_rank,
-    fusion: Annotated[
-        str, typer.Option("--fusion", help="Fusion of the `mta` methods: cat, svd, factorwise.")
-    ] = DEFAULTS.fusion,
-    seed: Annotated[int, typer.Option("--seed", help="First split/training seed.")] = DEFAULTS.seed,
-    seeds: Annotated[
-        int, typer.Option("--seeds", help="Seeds to run (seed, seed+1, ...); items are pooled.")
-    ] = DEFAULTS.seeds,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="Cap on test users (entries) per seed.")
-    ] = DEFAULTS.limit,
-    test_fraction: Annotated[
-        float, typer.Option("--test-fraction", help="Share of real users held out for testing.")
-    ] = DEFAULTS.test_fraction,
-    epochs: Annotated[
-        int, typer.Option("--epochs", help="Epochs of the anchor LoRAs and the task LoRA.")
-    ] = DEFAULTS.epochs,
-    lr: Annotated[
-        float, typer.Option("--lr", help="LR of the anchor LoRAs and task LoRA.")
-    ] = DEFAULTS.lr,
-    user_epochs: Annotated[
-        int, typer.Option("--user-epochs", help="Epochs of per-user training (stack, OPPU).")
-    ] = DEFAULTS.user_epochs,
-    user_lr: Annotated[
-        float, typer.Option("--user-lr", help="LR of per-user training (stack, OPPU).")
-    ] = DEFAULTS.user_lr,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Cap on optimizer steps of every training.")
-    ] = DEFAULTS.max_steps,
-    min_history: Annotated[
-        int, typer.Option("--min-history", help="Fewest profile items an anchor needs.")
-    ] = DEFAULTS.min_history,
-    anchor_data: Annotated[
-        str, typer.Option("--anchor-data", help="Anchor training data: user (paper) or cluster.")
-    ] = DEFAULTS.anchor_data,
+    task: TaskOpt,
+    data: DataOpt = DEFAULTS.data,
+    test_data: TestDataOpt = DEFAULTS.test_data,
+    methods: MethodsOpt = DEFAULTS.methods,
+    anchors: AnchorsOpt = DEFAULTS.anchors,
+    top_k: TopKOpt = DEFAULTS.top_k,
+    shots: ShotsOpt = DEFAULTS.shots,
+    stack_rank: StackRankOpt = DEFAULTS.stack_rank,
+    fusion: FusionOpt = DEFAULTS.fusion,
+    seed: SeedOpt = DEFAULTS.seed,
+    seeds: SeedsOpt = DEFAULTS.seeds,
+    limit: LimitOpt = DEFAULTS.limit,
+    test_fraction: TestFractionOpt = DEFAULTS.test_fraction,
+    epochs: EpochsOpt = DEFAULTS.epochs,
+    lr: LrOpt = DEFAULTS.lr,
+    user_epochs: UserEpochsOpt = DEFAULTS.user_epochs,
+    user_lr: UserLrOpt = DEFAULTS.user_lr,
+    max_steps: MaxStepsOpt = DEFAULTS.max_steps,
+    min_history: MinHistoryOpt = DEFAULTS.min_history,
+    anchor_data: AnchorDataOpt = DEFAULTS.anchor_data,
     base_model: BaseModelOpt = DEFAULTS.base_model,
     embedder: EmbedderOpt = DEFAULTS.embedder,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option("--max-new-tokens", help="Generation budget (default 8 labels, 24 text)."),
-    ] = DEFAULTS.max_new_tokens,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Generation batch size.")
-    ] = DEFAULTS.batch_size,
+    max_new_tokens: MaxNewTokensOpt = DEFAULTS.max_new_tokens,
+    batch_size: BatchSizeOpt = DEFAULTS.batch_size,
     resamples: ResamplesOpt = DEFAULTS.n_resamples,
     item_bootstrap: ItemBootstrapOpt = DEFAULTS.item_bootstrap,
-    cluster_bootstrap: Annotated[
-        bool,
-        typer.Option(
-            "--cluster-bootstrap", hidden=True, help="Resample real users (now the default)."
-        ),
-    ] = False,
-    decode: Annotated[
-        str,
-        typer.Option(
-            "--decode",
-            help="generate: parse a greedy generation (the paper); rank: answer the label "
-            "with the highest length-normalized log-likelihood (classification tasks).",
-        ),
-    ] = DEFAULTS.decode,
-    json_out: Annotated[
-        Path | None, typer.Option("--json-out", help="Write the full result JSON here.")
-    ] = None,
+    cluster_bootstrap: ClusterBootstrapOpt = False,
+    decode: DecodeOpt = DEFAULTS.decode,
+    json_out: EvalJsonOutOpt = None,
     plot: PlotOpt = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint", help="Rewrite this JSON after every finished method (partial results)."
-        ),
-    ] = DEFAULTS.checkpoint,
-    workdir: Annotated[
-        Path | None,
-        typer.Option("--workdir", help="Keep the private registry (bank, eval run) here."),
-    ] = None,
+    checkpoint: CheckpointOpt = DEFAULTS.checkpoint,
+    workdir: WorkdirOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """Split users by real user, build a bank from the pool, score every method.
@@ -151,9 +98,6 @@ def eval_command(
     Prints each metric's mean with a 95% bootstrap CI per method, for the queries only and
     for all scored items, and paired bootstrap intervals of the differences vs `mta`.
     """
-    from mta.evaluation.runner import run_eval
-    from mta.evaluation.workspace import eval_registry
-
     options = EvalOptions(
         task=task,
         data=data,
@@ -184,39 +128,47 @@ def eval_command(
         decode=decode,
         checkpoint=checkpoint,
     )
+    _check_bootstrap_flags(item_bootstrap=item_bootstrap, cluster_bootstrap=cluster_bootstrap)
+    options.validate()
+    results = _run(ctx, options, workdir)
+    _write_outputs(results, json_out, plot)
+    _emit(results, json_mode)
+
+
+def _check_bootstrap_flags(*, item_bootstrap: bool, cluster_bootstrap: bool) -> None:
+    """Refuse --item-bootstrap with the hidden --cluster-bootstrap (its opposite)."""
     if item_bootstrap and cluster_bootstrap:
         from mta.evaluation.statistics import EvaluationError
 
         raise EvaluationError("--item-bootstrap and --cluster-bootstrap contradict each other")
-    options.validate()
-    out = Output(json_mode=json_mode)
+
+
+def _run(ctx: typer.Context, options: EvalOptions, workdir: Path | None) -> dict[str, Any]:
+    """Run the evaluation in the registry the root options typed (or a private one)."""
+    from mta.evaluation.runner import run_eval
+    from mta.evaluation.workspace import eval_registry
+
     where = typed_locations(ctx)
     with (
         eval_registry(where["db"], where["store"], workdir) as (registry, label),
         StageProgress() as progress,
     ):
-        results = run_eval(options, registry, registry_label=label, progress=progress, log=log)
-    _write_outputs(results, json_out, plot)
+        return run_eval(options, registry, registry_label=label, progress=progress, log=log)
+
+
+def _emit(results: dict[str, Any], json_mode: bool) -> None:
+    """Print a result: its JSON without the per-item rows, or the tables."""
     if json_mode:
-        out.emit_json({k: v for k, v in results.items() if k != "items"})
+        Output(json_mode=True).emit_json({k: v for k, v in results.items() if k != "items"})
         return
-    render_results(out, results)
+    render_results(Output(json_mode=False), results)
 
 
 def eval_report_command(
-    results: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Result files of `mta eval --json-out` (or --checkpoint files) of one task; "
-            "their seeds are pooled.",
-            show_default=False,
-        ),
-    ],
+    results: ResultFilesArg,
     item_bootstrap: ItemBootstrapOpt = DEFAULTS.item_bootstrap,
     resamples: ResamplesOpt = DEFAULTS.n_resamples,
-    json_out: Annotated[
-        Path | None, typer.Option("--json-out", help="Write the pooled result JSON here.")
-    ] = None,
+    json_out: ReportJsonOutOpt = None,
     plot: PlotOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
@@ -254,10 +206,7 @@ def eval_report_command(
         "items": item_rows(pooled.items, pooled.predictions),
     }
     _write_outputs(document, json_out, plot)
-    if json_mode:
-        Output(json_mode=True).emit_json({k: v for k, v in document.items() if k != "items"})
-        return
-    render_results(Output(json_mode=False), document)
+    _emit(document, json_mode)
 
 
 def _write_outputs(results: dict[str, Any], json_out: Path | None, plot: Path | None) -> None:

@@ -13,6 +13,7 @@ from mta.cli.output import Output, log, warning
 from mta.cli.progress import StageProgress
 
 if TYPE_CHECKING:
+    from mta.registry.context import RegistryContext
     from mta.registry.entities import PublishResult
 
 ServedNameOpt = Annotated[
@@ -77,7 +78,7 @@ def publish_command(
 
         mta publish /srv/loras --bank movie_tagging --served-model-name org/model
     """
-    from mta.registry.service import publish_users, watch_publish
+    from mta.registry.service import publish_users
 
     out = Output(json_mode)
     options: dict[str, Any] = {
@@ -93,18 +94,33 @@ def publish_command(
                 result = publish_users(registry, target, progress=progress, **options)
             _report(out, result)
             return
-        try:
-            watch_publish(
-                registry,
-                target,
-                interval=watch,
-                rounds=rounds,
-                on_round=lambda r: _report_round(json_mode, r),
-                on_error=lambda e: warning(f"publish round failed, retrying: {e}"),
-                **options,
-            )
-        except KeyboardInterrupt:
-            log("stopped")  # a round writes its manifest last, so stopping is always safe
+        _watch(registry, target, options, interval=watch, rounds=rounds, json_mode=json_mode)
+
+
+def _watch(
+    registry: RegistryContext,
+    target: str,
+    options: dict[str, Any],
+    *,
+    interval: float,
+    rounds: int | None,
+    json_mode: bool,
+) -> None:
+    """Publish every `interval` seconds until interrupted (or after `rounds` rounds)."""
+    from mta.registry.service import watch_publish
+
+    try:
+        watch_publish(
+            registry,
+            target,
+            interval=interval,
+            rounds=rounds,
+            on_round=lambda r: _report_round(json_mode, r),
+            on_error=lambda e: warning(f"publish round failed, retrying: {e}"),
+            **options,
+        )
+    except KeyboardInterrupt:
+        log("stopped")  # a round writes its manifest last, so stopping is always safe
 
 
 def _warn_left_out(result: PublishResult) -> None:

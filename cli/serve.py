@@ -3,51 +3,66 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mta.cli import output
 from mta.cli.options import locations
+
+if TYPE_CHECKING:
+    from mta.server.auth import TokenSet
+
+
+HostOpt = Annotated[str, typer.Option(help="Interface to bind.")]
+PortOpt = Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")]
+TokensFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tokens-file",
+        help='JSON {"read": [...], "admin": [...]}; adds to MTA_READ_TOKEN/MTA_ADMIN_TOKEN.',
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option(min=1, max=64, help="Background threads training stacks (adapt jobs).")
+]
+MaxQueuedJobsOpt = Annotated[
+    int, typer.Option(min=1, help="Adapt jobs allowed to wait before new ones get 429.")
+]
+MemoryCacheMbOpt = Annotated[
+    int, typer.Option(min=0, help="In-memory LRU of adapter archives, MiB (0: off).")
+]
+LookupThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=64,
+        envvar="MTA_LOOKUP_THREADS",
+        help="Threads reading the registry for adapter fetches; 0 reads on the event "
+        "loop (default: 1 on SQLite, 4 on PostgreSQL).",
+    ),
+]
+InsecureNoAuthOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Serve without any token check (only for a trusted loopback setup).",
+    ),
+]
+LogLevelOpt = Annotated[str, typer.Option(help="uvicorn log level.")]
 
 
 def serve_command(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
-    tokens_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--tokens-file",
-            help='JSON {"read": [...], "admin": [...]}; adds to MTA_READ_TOKEN/MTA_ADMIN_TOKEN.',
-        ),
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(min=1, max=64, help="Background threads training stacks (adapt jobs).")
-    ] = 1,
-    max_queued_jobs: Annotated[
-        int, typer.Option(min=1, help="Adapt jobs allowed to wait before new ones get 429.")
-    ] = 16,
-    memory_cache_mb: Annotated[
-        int, typer.Option(min=0, help="In-memory LRU of adapter archives, MiB (0: off).")
-    ] = 256,
-    lookup_threads: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=64,
-            envvar="MTA_LOOKUP_THREADS",
-            help="Threads reading the registry for adapter fetches; 0 reads on the event "
-            "loop (default: 1 on SQLite, 4 on PostgreSQL).",
-        ),
-    ] = None,
-    insecure_no_auth: Annotated[
-        bool,
-        typer.Option(
-            "--insecure-no-auth",
-            help="Serve without any token check (only for a trusted loopback setup).",
-        ),
-    ] = False,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    tokens_file: TokensFileOpt = None,
+    workers: WorkersOpt = 1,
+    max_queued_jobs: MaxQueuedJobsOpt = 16,
+    memory_cache_mb: MemoryCacheMbOpt = 256,
+    lookup_threads: LookupThreadsOpt = None,
+    insecure_no_auth: InsecureNoAuthOpt = False,
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve the registry over HTTP: banks, users, adapt jobs and PEFT adapter archives.
 
@@ -57,22 +72,14 @@ def serve_command(
     """
     import uvicorn
 
-    from mta.cli import output
     from mta.registry.context import RegistryContext
     from mta.registry.db import check_schema
-    from mta.registry.errors import InvalidInputError
     from mta.server.app import create_app
     from mta.server.auth import load_tokens
     from mta.server.settings import ServerSettings
 
     tokens = load_tokens(tokens_file)
-    if not tokens and not insecure_no_auth:
-        raise InvalidInputError(
-            "no tokens configured: set MTA_READ_TOKEN and/or MTA_ADMIN_TOKEN, pass "
-            "--tokens-file, or --insecure-no-auth to serve without authentication"
-        )
-    if tokens and insecure_no_auth:
-        raise InvalidInputError("--insecure-no-auth contradicts the tokens configured")
+    check_auth(tokens, insecure_no_auth=insecure_no_auth)
     where = locations(ctx)
     registry = RegistryContext.open(where["db"], where["store"], where["cache_dir"])
     try:
@@ -93,3 +100,20 @@ def serve_command(
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         registry.close()
+
+
+def check_auth(tokens: TokenSet, *, insecure_no_auth: bool) -> None:
+    """Refuse to serve without tokens unless --insecure-no-auth, and with tokens and the flag.
+
+    Raises:
+        InvalidInputError: no tokens and no --insecure-no-auth, or tokens and the flag.
+    """
+    from mta.registry.errors import InvalidInputError
+
+    if not tokens and not insecure_no_auth:
+        raise InvalidInputError(
+            "no tokens configured: set MTA_READ_TOKEN and/or MTA_ADMIN_TOKEN, pass "
+            "--tokens-file, or --insecure-no-auth to serve without authentication"
+        )
+    if tokens and insecure_no_auth:
+        raise InvalidInputError("--insecure-no-auth contradicts the tokens configured")

@@ -1,20 +1,23 @@
 """`mta user`: add a user, fuse their anchors, adapt a stack, export, show, list, delete.
 
-`add`, `fuse` and `adapt` take one user or many (a bulk job); they live in `user_bulk.py`.
+`add`, `fuse` and `adapt` take one user or many (a bulk job); they live in `user_add.py`,
+`user_fuse.py` and `user_adapt.py`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mta.cli.options import JsonOpt, registry_context
 from mta.cli.output import Output
-from mta.cli.user_bulk import user_adapt, user_add, user_fuse
+from mta.cli.user_adapt import user_adapt
+from mta.cli.user_add import user_add
+from mta.cli.user_fuse import user_fuse
+from mta.cli.user_render import render_recipe
 
 user_app = typer.Typer(
     help="Users: fuse the nearest anchors, train a tiny stack on top, export one PEFT LoRA.",
@@ -26,58 +29,6 @@ UserArg = Annotated[str, typer.Argument(help="User id.", show_default=False)]
 user_app.command("add")(user_add)
 user_app.command("fuse")(user_fuse)
 user_app.command("adapt")(user_adapt)
-
-
-def read_profile(source: str, user_id: str) -> dict[str, Any]:
-    """Read a user's profile JSON from a file or stdin (`-`).
-
-    Args:
-        source: a path, or `-` for stdin. The JSON is one per-user object
-            `{user_id, profile: [...], query: [...]}`, or a list of them, in which case
-            the entry whose user_id equals `user_id` is taken.
-        user_id: the id the profile is added under.
-
-    Returns:
-        The per-user object (schema checks are the service's job).
-
-    Raises:
-        DataFormatError: a missing, unreadable, non-UTF-8 or invalid JSON file (named).
-        InvalidInputError: JSON that is not one user, or a list without that user.
-    """
-    from mta.lamp_data import parse_json, read_json_file
-    from mta.registry.errors import InvalidInputError
-
-    name = "stdin" if source == "-" else source
-    data = parse_json(sys.stdin.read(), name) if source == "-" else read_json_file(source)
-    if isinstance(data, list):
-        matches = [d for d in data if isinstance(d, dict) and str(d.get("user_id")) == user_id]
-        if len(matches) != 1:
-            raise InvalidInputError(
-                f"profile {name} is a list without exactly one entry for user_id {user_id!r}"
-            )
-        return matches[0]
-    if not isinstance(data, dict):
-        raise InvalidInputError(
-            f"profile {name} must be a JSON object {{user_id, profile, query}}, "
-            f"not {type(data).__name__}"
-        )
-    return data
-
-
-def render_recipe(out: Output, recipe: dict[str, Any]) -> None:
-    """A table of the recipe's anchors with their scores and weights."""
-    out.table(
-        ["Anchor", "Score", "Weight"],
-        (
-            [a.get("anchor_id"), f"{a.get('score', 0.0):.4f}", f"{a.get('weight', 0.0):.4f}"]
-            for a in recipe.get("anchors") or []
-        ),
-        title=(
-            f"Recipe {recipe.get('recipe_id')} for {recipe.get('user_id')}: "
-            f"{recipe.get('method')} fusion, {recipe.get('weight_rule')} weights, "
-            f"bank {recipe.get('task')} v{recipe.get('bank_version')}"
-        ),
-    )
 
 
 @user_app.command("export")
@@ -106,13 +57,14 @@ def user_export(
 
         mta user export alice --out adapters/alice --max-rank 16
     """
-    from mta.registry.service import export_user
+    from mta.registry.service import adapter_identity, export_user
 
     check_out_dir(out_dir)
     out = Output(json_mode)
     with registry_context(ctx) as registry:
+        identity = adapter_identity(registry, user_id)
         export = export_user(
-            registry, user_id, out_dir, max_rank=max_rank, base_model_name=served_model_name
+            registry, identity, out_dir, max_rank=max_rank, base_model_name=served_model_name
         ).to_dict()
     if json_mode:
         out.emit_json(export)

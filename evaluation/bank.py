@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mta.errors import MtaError
 from mta.evaluation.options import BASELINE_RANK, EVAL_USER_PREFIX
 from mta.evaluation.protocol import EvalEntry
+from mta.evaluation.seed_state import SeedState
 from mta.evaluation.statistics import EvaluationError
 
 if TYPE_CHECKING:
-    from mta.evaluation.method import SeedRun
     from mta.registry.context import RegistryContext
 
 
@@ -27,17 +26,13 @@ class PoolBank:
     """A published bank version and the evaluation users registered against it."""
 
     def __init__(self, ctx: RegistryContext, bank: Any) -> None:
-        from mta.registry import service
-
         self.ctx = ctx
         self.bank = bank
-        detail = service.get_bank(ctx, bank.task, str(bank.version))
-        self.anchor_blobs = {a.anchor_id: a.adapter_blob for a in detail.anchors}
         # (entry index, user tag) -> (registry user id, its recipe)
         self._users: dict[tuple[int, str], tuple[str, Any]] = {}
 
     @classmethod
-    def build(cls, run: SeedRun) -> PoolBank:
+    def build(cls, run: SeedState) -> PoolBank:
         """Publish a bank built from the pool users (one entry each) through the registry."""
         from mta.registry.service import build_bank
 
@@ -77,7 +72,7 @@ class PoolBank:
                 )
         return cls(run.ctx, bank)
 
-    def user(self, run: SeedRun, index: int, tag: str, fusion: str) -> tuple[str, Any]:
+    def user(self, run: SeedState, index: int, tag: str, fusion: str) -> tuple[str, Any]:
         """The registry user of entry ``index`` for ``tag``: added and fused on first use."""
         from mta.registry import service
 
@@ -94,44 +89,36 @@ class PoolBank:
             )
             # Recorded before fusing, so close() deletes the user even if fusing fails.
             self._users[key] = (user_id, None)
-            recipe = service.fuse_user(
-                self.ctx,
-                user_id,
-                top_k=run.options.top_k,
-                method=fusion,
-                weight_rule=run.options.weight_rule,
+            request = service.FuseRequest(
+                top_k=run.options.top_k, method=fusion, weight_rule=run.options.weight_rule
             )
+            recipe = service.fuse_user(self.ctx, user_id, request)
             self._users[key] = (user_id, recipe)
         return self._users[key]
 
-    def fused(self, recipe: Any) -> Any:
-        """The fused adapter a recipe describes, rebuilt in memory from its adapter identity."""
-        from mta.registry.identity import identity_of
-        from mta.registry.service import materialize_fused
+    def fused(self, user_id: str) -> Any:
+        """The user's fused adapter, rebuilt in memory from their adapter identity."""
+        from mta.registry import service
 
-        identity = identity_of(recipe, None, self.anchor_blobs, base_model="")
-        return materialize_fused(
-            self.ctx, list(identity.anchors), identity.method, identity.params.get("rank")
-        )
+        return service.materialize_fused(self.ctx, service.adapter_identity(self.ctx, user_id))
 
-    def stacked(self, run: SeedRun, user_id: str, fused: Any, entry: EvalEntry) -> Any:
-        """Train the user's stack through the registry; the fused adapter with it stacked on."""
+    def stacked(self, run: SeedState, user_id: str, fused: Any, entry: EvalEntry) -> Any:
+        """Train the user's stack on the entry's shots; the fused adapter with it stacked on."""
         from mta.export import stack_onto
         from mta.peft_io import adapter_from_bytes
         from mta.registry import service
 
         options = run.options
-        stack = service.adapt_user(
-            self.ctx,
-            user_id,
-            shots=options.shots,
+        request = service.AdaptRequest(
+            shots=len(entry.shot_indices),
             rank=options.stack_rank,
             epochs=options.user_epochs,
             lr=options.user_lr,
             seed=run.seed,
             max_steps=options.max_steps,
+            shot_indices=tuple(entry.shot_indices),
         )
-        _check_shots(stack, entry)
+        stack = service.adapt_user(self.ctx, user_id, request)
         return stack_onto(fused, adapter_from_bytes(self.ctx.store.get_bytes(stack.blob)))
 
     def close(self) -> None:
@@ -141,13 +128,3 @@ class PoolBank:
         for user_id, _recipe in self._users.values():
             service.delete_user(self.ctx, user_id)
         self._users.clear()
-
-
-def _check_shots(stack: Any, entry: EvalEntry) -> None:
-    """Fail loudly if the registry trained the stack on other shots than the baselines."""
-    used = stack.train_config.get("shot_indices")
-    if used is not None and list(used) != list(entry.shot_indices):
-        raise MtaError(
-            f"user {entry.entry['user_id']}: the registry stack used shots {list(used)}, "
-            f"the evaluation expected {entry.shot_indices}"
-        )

@@ -5,7 +5,8 @@ The three are one class configured three ways (variants are instances, not subcl
 
 from __future__ import annotations
 
-from mta.evaluation.method import EvalMethod, SeedRun
+from mta.evaluation.method import EvalMethod
+from mta.evaluation.seed_run import SeedRun
 
 
 class BankMethod(EvalMethod):
@@ -40,7 +41,7 @@ class BankMethod(EvalMethod):
         with run.timer(self.name):
             for n, e in enumerate(run.entries):
                 user_id, recipe = bank.user(run, n, self.user_tag, fusion)
-                adapter = bank.fused(recipe)
+                adapter = bank.fused(user_id)
                 if self.stacked:
                     adapter = bank.stacked(run, user_id, adapter, e)
                 out.extend(run.model().predict(e.items, adapter))

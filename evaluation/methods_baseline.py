@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mta.evaluation.method import EvalMethod, SeedRun
+from mta.evaluation.method import EvalMethod
 from mta.evaluation.options import BASELINE_RANK, HISTORY_K
 from mta.evaluation.protocol import shot_examples
+from mta.evaluation.seed_run import SeedRun
 from mta.evaluation.statistics import EvaluationError
 
 

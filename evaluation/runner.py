@@ -15,14 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mta.evaluation.method import LogFn, ProgressFn, SeedRun, Timer
 from mta.evaluation.methods import execution_order, get_method, parse_methods
 from mta.evaluation.options import HISTORY_K, EvalOptions
 from mta.evaluation.predictor import Predictor
 from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
 from mta.evaluation.results import item_rows, summarize_predictions
+from mta.evaluation.seed_run import SeedRun
+from mta.evaluation.seed_state import LogFn, Timer
 from mta.evaluation.statistics import EvaluationError
 from mta.evaluation.summary import ScoredItem
+from mta.progress import ProgressFn
 from mta.registry.context import RegistryContext
 
 

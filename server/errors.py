@@ -24,6 +24,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mta.errors import one_line
+
 log = logging.getLogger("mta.server")
 
 
@@ -86,12 +88,6 @@ def error_mappings() -> list[ErrorMapping]:
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     """The JSON body of every error response."""
     return {"error": {"code": code, "message": message}}
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (KeyError's quotes removed)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
 
 
 def _json_error(

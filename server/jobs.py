@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from mta.errors import one_line
 from mta.progress import ProgressFn
 from mta.registry.errors import InvalidInputError
 
-from .errors import ApiError, error_mappings, one_line
+from .errors import ApiError, error_mappings
 
 log = logging.getLogger("mta.server")
 

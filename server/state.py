@@ -1,61 +1,25 @@
-"""What the routes share: auth dependencies, the user-id check, and the app's state."""
+"""The app's shared state: the registry, the job runner, caches and metrics."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, Path, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
 
 from mta.registry import service
 from mta.registry.context import RegistryContext
 from mta.registry.db import sqlite_path
 from mta.registry.identity import AdapterIdentity
-from mta.registry.names import validate_user_id
 
 from .archive import ArchiveCache, IdentityCache
-from .auth import Role, authorize
-from .jobs import Job, JobRunner
+from .jobs import JobRunner
 from .metrics import Labels, Metrics
-from .schemas import TASK_REGEX, USER_ID_REGEX, JobResponse
 from .settings import ServerSettings, default_lookup_threads
 
 T = TypeVar("T")
-
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="A read token (GET routes) or an admin token (every route).",
-)
-
-
-# Dependencies that do no I/O are `async def`: FastAPI runs a sync one on the threadpool,
-# a thread hop per dependency per request that costs more than the check itself.
-async def _user_id(
-    user_id: Annotated[str, Path(pattern=USER_ID_REGEX, description="The user's id.")],
-) -> str:
-    # The pattern lets "." and ".." through; the service's rule refuses them (422).
-    return validate_user_id(user_id)
-
-
-UserId = Annotated[str, Depends(_user_id)]
-Task = Annotated[str, Path(pattern=TASK_REGEX, description="LaMP task name, e.g. citation.")]
-
-
-def _require(role: Role) -> Callable[..., Awaitable[None]]:
-    async def check(
-        request: Request,
-        _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    ) -> None:
-        authorize(request.headers.get("authorization"), request.app.state.tokens, role)
-
-    return check
-
-
-ReadAuth = Depends(_require(Role.READ))
-AdminAuth = Depends(_require(Role.ADMIN))
 
 
 class AppState:
@@ -74,6 +38,16 @@ class AppState:
         self.lookups = ThreadPoolExecutor(threads, "mta-lookup") if threads else None
         db_file = sqlite_path(ctx.db_url)
         self.identities = IdentityCache(db_file) if db_file and db_file.exists() else None
+
+    def close(self, *, close_registry: bool) -> None:
+        """At shutdown: stop the job and lookup threads, close the caches (and the registry)."""
+        self.jobs.shutdown(wait=False)
+        if self.lookups is not None:
+            self.lookups.shutdown(wait=False, cancel_futures=True)
+        if self.identities is not None:
+            self.identities.close()
+        if close_registry:
+            self.ctx.close()
 
     def forget(self, user_id: str) -> None:
         """After a deletion: drop the user's archives (a racing fetch drops its own)."""
@@ -120,8 +94,3 @@ class AppState:
 def app_state(request: Request) -> AppState:
     """The app's shared state."""
     return request.app.state.mta
-
-
-def job_response(job: Job) -> JobResponse:
-    """A job as its API schema."""
-    return JobResponse.model_validate(job, from_attributes=True)

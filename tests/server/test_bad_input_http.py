@@ -259,9 +259,9 @@ def test_blob_gone_with_its_deleted_user_is_404(
     from mta.registry import service
     from mta.storage import BlobNotFoundError
 
-    def export_while_deleted(ctx: Any, user_id: str, *args: Any, **kwargs: Any) -> Any:
+    def export_while_deleted(ctx: Any, identity: Any, *args: Any, **kwargs: Any) -> Any:
         # The race: the user is deleted (rows, then blobs) while their export reads blobs.
-        service.delete_user(ctx, user_id)
+        service.delete_user(ctx, identity.user_id)
         raise BlobNotFoundError(f"blob {'0' * 64} not found")
 
     monkeypatch.setattr(service, "export_user", export_while_deleted)

@@ -1,0 +1,125 @@
+"""`mta user adapt`: train one user's stack, or many users' in one job (here or on Ray).
+
+One id and no selection flag keep the single-user behaviour and output; several ids or a
+selection flag make a bulk job: the base model and each bank's anchors load once, each
+user is committed on its own, users whose current stack already matches the request are
+skipped unless `--force`, failures are reported and the job goes on (exit 1 if any failed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mta.cli.bulk import (
+    AddressOpt,
+    AllOpt,
+    BankFilterOpt,
+    Execution,
+    Executor,
+    ExecutorOpt,
+    ForceOpt,
+    FromOpt,
+    IdsArg,
+    MissingOpt,
+    Selection,
+    StaleOpt,
+    WorkersOpt,
+    run_bulk,
+)
+from mta.cli.options import JsonOpt, registry_context
+from mta.cli.output import Output
+from mta.cli.progress import StageProgress
+
+if TYPE_CHECKING:
+    from mta.registry.requests import AdaptRequest
+
+
+def user_adapt(
+    ctx: typer.Context,
+    shots: Annotated[
+        int, typer.Option("--shots", min=1, help="History items to train the stack on.")
+    ],
+    user_ids: IdsArg = None,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="Rank of the stack LoRA.")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 3,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Storage dtype of the stack: fp16, bf16 or fp32.")
+    ] = "fp16",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 4,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")
+    ] = None,
+    from_file: FromOpt = None,
+    all_users: AllOpt = False,
+    stale: StaleOpt = False,
+    missing: MissingOpt = False,
+    bank: BankFilterOpt = None,
+    force: ForceOpt = False,
+    executor: ExecutorOpt = Executor.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = 2,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Train an ultra-low-rank stack on top of the frozen fused adapter and store it.
+
+    Fuses first when the user has no recipe yet. Only the stack's bytes persist. In bulk,
+    a user whose current stack was trained exactly as asked is skipped unless --force, and
+    --stale re-fuses users onto their task's latest bank before training.
+
+    Example:
+
+        mta user adapt alice --shots 5 --rank 1
+        mta user adapt --missing --bank movie_tagging --shots 5
+    """
+    from mta.registry.service import AdaptRequest, WorkSpec
+
+    request = AdaptRequest(
+        shots=shots,
+        rank=rank,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        dtype=dtype,
+        batch_size=batch_size,
+        max_steps=max_steps,
+    ).validate()
+    selection = Selection(user_ids or [], from_file, all_users, stale, missing, bank)
+    if selection.is_bulk() or executor is Executor.ray:
+        spec = WorkSpec.adapt_users(request, force=force, refresh=stale)
+        run_bulk(ctx, selection, spec, Execution(executor, address, workers), json_mode)
+        return
+    _adapt_one(ctx, selection.ids[0], request, json_mode)
+
+
+def _adapt_one(ctx: typer.Context, user_id: str, request: AdaptRequest, json_mode: bool) -> None:
+    """Today's single-user adapt: always trains, prints the stack."""
+    from mta.registry.service import adapt_user
+
+    out = Output(json_mode)
+    with registry_context(ctx) as registry, StageProgress() as progress:
+        stack = adapt_user(registry, user_id, request, progress=progress).to_dict()
+    if json_mode:
+        out.emit_json(stack)
+        return
+    config = stack.get("train_config") or {}
+    losses = config.get("losses") or []
+    out.record(
+        {
+            "stack": stack["stack_id"],
+            "recipe": stack["recipe_id"],
+            "bank": f"{stack['task']} v{stack['bank_version']}",
+            "rank / dtype": f"{stack['rank']} / {stack['dtype']}",
+            "stored bytes": stack["bytes"],
+            "shots (items)": f"{config.get('shots')} {config.get('shot_indices')}",
+            "epochs / steps": f"{config.get('epochs')} / {config.get('steps')}",
+            "loss first -> last": (
+                f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else stack.get("final_loss")
+            ),
+            "blob": stack["blob"],
+        },
+        title=f"Stack for {user_id}",
+    )
