@@ -169,10 +169,15 @@ def _cast_finite(
     return cast
 
 
+ADAPTER_FILE_MODE = 0o644  # adapter files: readable by an engine running as another user
+
+
 def _write_atomic(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` through a temp file in the same folder and a rename."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600; serving engines often run as another user and must read it.
+        os.fchmod(fd, ADAPTER_FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

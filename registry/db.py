@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, exc, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from mta.errors import one_line
 from mta.registry.errors import (
     AlreadyExistsError,
     InvalidInputError,
@@ -167,13 +168,13 @@ def session_scope(factory: sessionmaker[Session], *, read_only: bool = False) ->
     except exc.IntegrityError as error:
         session.rollback()
         if is_unique_violation(error):
-            raise AlreadyExistsError(_one_line(error)) from error
-        raise RegistryError(f"database refused the write: {_one_line(error)}") from error
+            raise AlreadyExistsError(one_line(error.orig)) from error
+        raise RegistryError(f"database refused the write: {one_line(error.orig)}") from error
     except (exc.OperationalError, exc.ProgrammingError) as error:
         session.rollback()
         if "no such table" in str(error.orig) or "does not exist" in str(error.orig):
             raise NotInitializedError("the registry has no schema; run `mta init`") from error
-        raise RegistryError(f"database error: {_one_line(error)}") from error
+        raise RegistryError(f"database error: {one_line(error.orig)}") from error
     except BaseException:
         session.rollback()
         raise
@@ -181,16 +182,24 @@ def session_scope(factory: sessionmaker[Session], *, read_only: bool = False) ->
         session.close()
 
 
-def _one_line(error: exc.DBAPIError) -> str:
-    """The driver's message on one line."""
-    return " ".join(str(error.orig).split())
+# The Alembic script folder ships beside this package: `migrations/` next to `registry/` in
+# the source tree (editable installs map both folders in place), `mta/migrations/` next to
+# `mta/registry/` in a wheel. Alembic loads env.py and the revisions from it by path, so the
+# registry never imports `mta.migrations`, which itself imports the registry (env.py).
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def migrations_dir() -> Path:
-    """The Alembic script directory, found through the installed `mta.migrations` package."""
-    import mta.migrations
+    """The Alembic script directory shipped with this code.
 
-    return Path(mta.migrations.__file__).resolve().parent
+    Raises:
+        RegistryError: the folder is missing (a broken install).
+    """
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise RegistryError(
+            f"the registry migrations are missing from {MIGRATIONS_DIR}; reinstall mta-registry"
+        )
+    return MIGRATIONS_DIR
 
 
 def alembic_config(connection: Any | None = None) -> Any:
@@ -239,7 +248,7 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
             command.upgrade(alembic_config(connection), revision)
     except exc.OperationalError as error:
         raise RegistryError(
-            f"cannot migrate the registry at {_redacted(engine)}: {_one_line(error)}"
+            f"cannot migrate the registry at {_redacted(engine)}: {one_line(error.orig)}"
         ) from error
     return current_revision(engine) or ""
 
@@ -258,7 +267,7 @@ def check_schema(engine: Engine) -> None:
     try:
         current = current_revision(engine)
     except exc.OperationalError as error:
-        raise NotInitializedError(f"cannot open the registry ({_one_line(error)})") from error
+        raise NotInitializedError(f"cannot open the registry ({one_line(error.orig)})") from error
     head = head_revision()
     if current is None:
         raise NotInitializedError(

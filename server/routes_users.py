@@ -19,6 +19,7 @@ from .schemas import TASK_REGEX, AddUserRequest, FuseBody, error_responses
 from .state import app_state
 
 
+# long: a route table (five user routes with their OpenAPI declarations), read top to bottom
 def users_router() -> APIRouter:
     """The user routes: GETs need a read token, the others an admin token."""
     router = APIRouter(prefix=V1)

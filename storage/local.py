@@ -36,8 +36,8 @@ def local_root_from_url(url: str) -> Path:
     return Path(path).expanduser().absolute()
 
 
-def _fsync_dir(path: Path) -> None:
-    # A rename is durable only once the directory entry itself reaches the disk.
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries: a rename is durable only once the entry reaches the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -121,7 +121,7 @@ class LocalBlobStore(BlobStore):
             path.unlink()
         except FileNotFoundError:
             raise self._not_found(digest) from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def check_deletable(self, digests: Iterable[str]) -> None:
         """Create and remove a probe file in each blob's folder (catches read-only mounts)."""
@@ -195,7 +195,7 @@ class LocalBlobStore(BlobStore):
             if hasher.hexdigest() == digest:
                 # Concurrent writers of the same blob race harmlessly: the bytes are equal.
                 os.replace(tmp_name, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)

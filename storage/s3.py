@@ -45,6 +45,25 @@ def _checksum_b64(digest: str) -> str:
     return base64.b64encode(bytes.fromhex(digest)).decode("ascii")
 
 
+def put_checked(client: Any, bucket: str, key: str, body: Any, digest: str) -> None:
+    """PUT one object with its SHA256 checksum, which the server verifies before storing.
+
+    Args:
+        body: bytes or a readable file.
+        digest: the sha256 hex of the body.
+
+    Raises:
+        botocore errors as they come (each caller maps them to its own messages).
+    """
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=_checksum_b64(digest),
+    )
+
+
 # The client is keyed on what boto3 reads from the env, so tests and tools that switch
 # credentials get a fresh one; and on the pid, as connection pools must not cross a fork.
 _CLIENT_ENV = (
@@ -120,7 +139,7 @@ class S3BlobStore(BlobStore):
             self.client.head_bucket(Bucket=self.bucket)
             return
         except Exception as exc:
-            if _error_code(exc) not in {"404", "NoSuchBucket", "NotFound"}:
+            if error_code(exc) not in {"404", "NoSuchBucket", "NotFound"}:
                 self._raise(exc, "checking bucket")
         region = self.client.meta.region_name
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
@@ -130,7 +149,7 @@ class S3BlobStore(BlobStore):
             self.client.create_bucket(**kwargs)
         except Exception as exc:
             # Another process may have created it in between.
-            if _error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            if error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 self._raise(exc, "creating bucket")
 
     def put_bytes(self, data: bytes) -> str:
@@ -227,13 +246,7 @@ class S3BlobStore(BlobStore):
 
     def _put(self, digest: str, body: Any) -> None:
         try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self.key_for(digest),
-                Body=body,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_checksum_b64(digest),
-            )
+            put_checked(self.client, self.bucket, self.key_for(digest), body, digest)
         except Exception as exc:
             self._raise(exc, "writing", digest)
 
@@ -252,7 +265,7 @@ class S3BlobStore(BlobStore):
                 MetadataDirective="REPLACE",
             )
         except Exception as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
+            if error_code(exc) in _NOT_FOUND_CODES:
                 return False
             self._raise(exc, "writing", digest)
         return True
@@ -269,7 +282,7 @@ class S3BlobStore(BlobStore):
 
         what = f"blob {digest} in {self.url}" if digest else self.url
         if isinstance(exc, ClientError):
-            code = _error_code(exc)
+            code = error_code(exc)
             message = exc.response.get("Error", {}).get("Message") or code
             if code in _NOT_FOUND_CODES and digest:
                 raise BlobNotFoundError(f"{what} not found") from exc
@@ -295,7 +308,8 @@ class S3BlobStore(BlobStore):
         return self.endpoint_url or "AWS S3"
 
 
-def _error_code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
+    """The S3 error code of a botocore ClientError ("NoSuchKey", "404", ...); "" otherwise."""
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return ""

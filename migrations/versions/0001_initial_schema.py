@@ -39,6 +39,7 @@ def _blob(name: str, table: str) -> tuple[sa.Column, sa.ForeignKeyConstraint]:
     )
 
 
+# long: a frozen revision, one create_table per table; revisions are never edited or split
 def upgrade() -> None:
     """Create every table."""
     op.create_table(

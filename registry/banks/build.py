@@ -1,17 +1,20 @@
 """Building bank versions: select anchors and train meta-LoRAs (`build_bank`), or publish
 externally trained PEFT LoRAs as anchors (`push_bank`). Both check every argument before
-any work, then hand the anchors to `service_bank.publish_bank`.
+any work, then hand the anchors to `versions.publish_bank`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mta.dtypes import torch_dtype
+from mta.registry.banks.anchor_training import train_anchors_local
 from mta.registry.banks.versions import (
     ANCHOR_DATA_MODES,
     BANK_ADAPTER_DTYPE,
@@ -22,14 +25,39 @@ from mta.registry.banks.versions import (
     publish_bank,
     report_progress,
 )
-from mta.registry.context import MODEL_LOCK, RegistryContext
+from mta.registry.context import RegistryContext
 from mta.registry.entities import BankVersion
 from mta.registry.errors import InvalidInputError
+from mta.registry.jobs.bank_ray import train_anchors_ray
 
 if TYPE_CHECKING:
+    from mta.anchors import AnchorSelection
+    from mta.lora import LoraAdapter
     from mta.training import TrainConfig
 
 EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class AnchorPlan:
+    """The selected anchors of a build, before training.
+
+    Attributes:
+        payloads: one per anchor, in order; `adapter_bytes` is empty until trained.
+        examples: each anchor's (prompt, target) training examples.
+        trained_on: anchor id -> the users whose history trained it (cluster mode), so
+            deleting a user finds every anchor they fed.
+    """
+
+    payloads: list[AnchorPayload]
+    examples: list[list[tuple[str, str]]]
+    trained_on: dict[str, list[str]]
+
+    def trained(self, blobs: Sequence[bytes]) -> list[AnchorPayload]:
+        """The payloads with their trained adapter blobs (in anchor order) filled in."""
+        for payload, adapter_bytes in zip(self.payloads, blobs, strict=True):
+            payload.adapter_bytes = adapter_bytes
+        return self.payloads
 
 
 def build_bank(
@@ -74,21 +102,15 @@ def build_bank(
     Returns:
         The new bank version.
     """
-    from mta.anchors import select_anchors
     from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
     from mta.lamp_data import load_users
     from mta.tasks import get_task
-    from mta.training import TrainConfig
 
     _check_choices(executor, anchor_data)
     task_obj = get_task(task)
     modules = list(target_modules or DEFAULT_TARGET_MODULES)
-    config = TrainConfig(
-        rank=rank, epochs=epochs, lr=lr, seed=seed, target_modules=modules, max_steps=max_steps
-    )
-    config.validate()
-    # Every argument is checked before the first user is embedded: a typo in --base-model
-    # must not cost an embedding pass, nor a missing schema a training run.
+    config = _train_config(modules, rank=rank, epochs=epochs, lr=lr, seed=seed, max_steps=max_steps)
+    # Every argument and the schema are checked before any embedding or training work.
     model_name = check_model_specs(base_model, embedder)
     with ctx.read_session():
         pass
@@ -96,30 +118,17 @@ def build_bank(
     check_enough_candidates(users, anchors, min_history)
     emb = ctx.embedder(embedder)
     matrix = _embed_users(emb, users, task_obj, progress)
-    lengths = [len(u["profile"]) for u in users]
-    try:
-        selection = select_anchors(matrix, lengths, anchors, min_history=min_history, seed=seed)
-    except ValueError as error:
-        raise InvalidInputError(str(error)) from error
-
+    selection = _select(matrix, users, anchors, min_history=min_history, seed=seed)
+    plan = _plan_anchors(selection, users, matrix, task_obj, anchor_data)
     model, tokenizer = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
-    payloads, examples_of, trained_on = _plan_anchors(
-        selection, users, matrix, lengths, task_obj, anchor_data
-    )
-    trained = _train_anchors(
-        ctx,
-        (model_name, model, tokenizer),
-        examples_of,
-        config,
-        shapes,
-        executor=executor,
-        address=address,
-        workers=workers,
-        progress=progress,
-    )
-    for payload, adapter_bytes in zip(payloads, trained, strict=True):
-        payload.adapter_bytes = adapter_bytes
+    if executor == "ray":
+        train = functools.partial(
+            train_anchors_ray, ctx, model_name, address=address, workers=workers
+        )
+    else:
+        train = functools.partial(train_anchors_local, model, tokenizer)
+    trained = train(plan.examples, config, shapes, progress=progress)
     return publish_bank(
         ctx,
         task=task,
@@ -128,17 +137,8 @@ def build_bank(
         target_modules=modules,
         rank=rank,
         anchor_data=anchor_data,
-        config={
-            "source": "build",
-            "anchor_members": trained_on,
-            "data_path": str(Path(data_path)),
-            "candidates": len(users),
-            "min_history": min_history,
-            "seed": seed,
-            "train": {"epochs": epochs, "lr": lr, "rank": rank, "max_steps": max_steps},
-            "linear_shapes": {p: list(s) for p, s in shapes.items()},
-        },
-        anchors=payloads,
+        config=_build_record(plan, data_path, len(users), min_history, config, shapes),
+        anchors=plan.trained(trained),
     )
 
 
@@ -150,6 +150,46 @@ def _check_choices(executor: str, anchor_data: str) -> None:
         raise InvalidInputError(
             f"unknown anchor data {anchor_data!r}; valid: {', '.join(ANCHOR_DATA_MODES)}"
         )
+
+
+def _train_config(modules: list[str], **options: Any) -> TrainConfig:
+    """The training config every anchor shares, validated (MtaError naming a bad field)."""
+    from mta.training import TrainConfig
+
+    config = TrainConfig(target_modules=modules, **options)
+    config.validate()
+    return config
+
+
+def _shapes_record(shapes: dict[str, tuple[int, int]]) -> dict[str, list[int]]:
+    """The base model's (out, in) per module as the bank row records them (JSON lists)."""
+    return {path: list(shape) for path, shape in shapes.items()}
+
+
+def _build_record(
+    plan: AnchorPlan,
+    data_path: Path,
+    candidates: int,
+    min_history: int,
+    config: TrainConfig,
+    shapes: dict[str, tuple[int, int]],
+) -> dict[str, Any]:
+    """The `config` a built bank version records: its inputs, training and shapes."""
+    return {
+        "source": "build",
+        "anchor_members": plan.trained_on,
+        "data_path": str(Path(data_path)),
+        "candidates": candidates,
+        "min_history": min_history,
+        "seed": config.seed,
+        "train": {
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "rank": config.rank,
+            "max_steps": config.max_steps,
+        },
+        "linear_shapes": _shapes_record(shapes),
+    }
 
 
 def _embed_users(
@@ -165,98 +205,55 @@ def _embed_users(
     return np.stack(vectors)
 
 
+def _select(
+    matrix: Any, users: Sequence[dict], anchors: int, *, min_history: int, seed: int
+) -> AnchorSelection:
+    """k-means anchor selection over the embedded candidates (InvalidInputError if impossible)."""
+    from mta.anchors import select_anchors
+
+    lengths = [len(u["profile"]) for u in users]
+    try:
+        return select_anchors(matrix, lengths, anchors, min_history=min_history, seed=seed)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from error
+
+
 def _plan_anchors(
-    selection: Any,
+    selection: AnchorSelection,
     users: Sequence[dict],
     matrix: Any,
-    lengths: Sequence[int],
     task_obj: Any,
     anchor_data: str,
-) -> tuple[list[AnchorPayload], list[list[tuple[str, str]]], dict[str, list[str]]]:
+) -> AnchorPlan:
     """Each selected anchor's payload (untrained), training examples and cluster members."""
     from mta.embedding import normalize_rows
     from mta.tasks import profile_examples
 
-    # Whose history trained which anchor: deleting a user must find every anchor they fed.
-    trained_on: dict[str, list[str]] = {}
-    payloads: list[AnchorPayload] = []
-    examples_of: list[list[tuple[str, str]]] = []
+    plan = AnchorPlan(payloads=[], examples=[], trained_on={})
     for row in selection.anchor_rows:
         members = selection.members(selection.cluster_of[row])
-        trained_on[str(users[row]["user_id"])] = (
-            [str(users[m]["user_id"]) for m in members] if anchor_data == "cluster" else []
-        )
+        anchor_id = str(users[row]["user_id"])
         if anchor_data == "cluster":
+            plan.trained_on[anchor_id] = [str(users[m]["user_id"]) for m in members]
             examples = [
                 ex for m in members for ex in profile_examples(task_obj, users[m]["profile"])
             ]
             embedding = normalize_rows(matrix[members].mean(axis=0))
         else:
+            plan.trained_on[anchor_id] = []
             examples = profile_examples(task_obj, users[row]["profile"])
             embedding = matrix[row]
-        examples_of.append(examples)
-        payloads.append(
+        plan.examples.append(examples)
+        plan.payloads.append(
             AnchorPayload(
-                anchor_id=str(users[row]["user_id"]),
+                anchor_id=anchor_id,
                 adapter_bytes=b"",  # filled in once trained
                 embedding=embedding,
-                history_length=lengths[row],
+                history_length=len(users[row]["profile"]),
                 cluster_size=len(members),
             )
         )
-    return payloads, examples_of, trained_on
-
-
-def _train_anchors(
-    ctx: RegistryContext,
-    base: tuple[str, Any, Any],
-    examples_of: Sequence[Sequence[tuple[str, str]]],
-    config: TrainConfig,
-    shapes: dict[str, tuple[int, int]],
-    *,
-    executor: str,
-    address: str | None,
-    workers: int,
-    progress: ProgressFn | None,
-) -> list[bytes]:
-    """Each anchor's blob, in order: trained here one by one, or as Ray tasks."""
-    model_name, model, tokenizer = base
-    if executor == "ray":
-        from mta.registry.jobs.bank_ray import train_anchors_ray
-
-        return train_anchors_ray(
-            ctx,
-            model_name,
-            examples_of,
-            config,
-            shapes,
-            address=address,
-            workers=workers,
-            progress=progress,
-        )
-    trained = []
-    for n, examples in enumerate(examples_of):
-        trained.append(train_anchor_bytes(model, tokenizer, examples, config, shapes))
-        report_progress(progress, "train", n + 1, len(examples_of))
-    return trained
-
-
-def train_anchor_bytes(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[tuple[str, str]],
-    config: TrainConfig,
-    shapes: dict[str, tuple[int, int]],
-) -> bytes:
-    """Train one anchor's meta-LoRA and return its checked fp16 blob (here or in a Ray task)."""
-    from mta.peft_io import adapter_to_bytes, validate_against_shapes
-    from mta.training import train_lora
-
-    with MODEL_LOCK:
-        adapter, _ = train_lora(model, tokenizer, examples, config, progress=False)
-    adapter.check_finite()
-    validate_against_shapes(adapter, shapes)
-    return adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE))
+    return plan
 
 
 def push_bank(
@@ -284,9 +281,6 @@ def push_bank(
         InvalidInputError: duplicate folder names or an anchor without a profile.
     """
     from mta.base_model import linear_shapes
-    from mta.embedding import user_embedding
-    from mta.errors import ShapeMismatchError
-    from mta.peft_io import adapter_to_bytes, load_peft_adapter, validate_against_shapes
     from mta.tasks import get_task
 
     task_obj = get_task(task)
@@ -295,46 +289,27 @@ def push_bank(
     model_name = check_model_specs(base_model, embedder)
     ids = [Path(d).resolve().name for d in adapter_dirs]
     profiles = _pushed_profiles(ids, profiles_path, task_obj)
-    adapters = [load_peft_adapter(d) for d in adapter_dirs]
-    for adapter in adapters:
-        adapter.check_finite()
+    adapters = _load_pushed(adapter_dirs)
     modules = sorted({m for a in adapters for m in a.target_modules()})
     model, _ = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
-    for anchor_id, adapter in zip(ids, adapters, strict=True):
-        try:
-            validate_against_shapes(adapter, shapes)
-        except ShapeMismatchError as error:
-            raise ShapeMismatchError(f"adapter {anchor_id!r}: {error}") from error
+    _check_pushed_shapes(ids, adapters, shapes)
     emb = ctx.embedder(embedder)
-    payloads = []
-    for anchor_id, adapter in zip(ids, adapters, strict=True):
-        profile = profiles[anchor_id]["profile"]
-        payloads.append(
-            AnchorPayload(
-                anchor_id=anchor_id,
-                adapter_bytes=adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE)),
-                embedding=user_embedding(emb, [task_obj.item_text(i) for i in profile]),
-                history_length=len(profile),
-                cluster_size=1,
-            )
-        )
-    rank = max(r for a in adapters for r in a.ranks().values())
     return publish_bank(
         ctx,
         task=task,
         base_model=model_name,
         embedder=emb.name,
         target_modules=modules,
-        rank=rank,
+        rank=max(r for a in adapters for r in a.ranks().values()),
         anchor_data="pushed",
         config={
             "source": "push",
             "adapter_dirs": [str(Path(d).resolve()) for d in adapter_dirs],
             "profiles_path": str(Path(profiles_path)),
-            "linear_shapes": {p: list(s) for p, s in shapes.items()},
+            "linear_shapes": _shapes_record(shapes),
         },
-        anchors=payloads,
+        anchors=_pushed_payloads(ids, adapters, profiles, emb, task_obj),
     )
 
 
@@ -354,3 +329,53 @@ def _pushed_profiles(ids: list[str], profiles_path: Path, task_obj: Any) -> dict
             f"{profiles_path} has no profile for anchor(s) {', '.join(missing)}"
         )
     return profiles
+
+
+def _load_pushed(adapter_dirs: Sequence[Path]) -> list[LoraAdapter]:
+    """Read each PEFT folder and refuse NaN or infinite weights (AdapterFormatError)."""
+    from mta.peft_io import load_peft_adapter
+
+    adapters = [load_peft_adapter(d) for d in adapter_dirs]
+    for adapter in adapters:
+        adapter.check_finite()
+    return adapters
+
+
+def _check_pushed_shapes(
+    ids: Sequence[str], adapters: Sequence[LoraAdapter], shapes: dict[str, tuple[int, int]]
+) -> None:
+    """ShapeMismatchError naming the first pushed adapter that does not fit the base model."""
+    from mta.errors import ShapeMismatchError
+    from mta.peft_io import validate_against_shapes
+
+    for anchor_id, adapter in zip(ids, adapters, strict=True):
+        try:
+            validate_against_shapes(adapter, shapes)
+        except ShapeMismatchError as error:
+            raise ShapeMismatchError(f"adapter {anchor_id!r}: {error}") from error
+
+
+def _pushed_payloads(
+    ids: Sequence[str],
+    adapters: Sequence[LoraAdapter],
+    profiles: dict[str, dict],
+    emb: Any,
+    task_obj: Any,
+) -> list[AnchorPayload]:
+    """One payload per pushed adapter: its fp16 blob and its profile's embedding."""
+    from mta.embedding import user_embedding
+    from mta.peft_io import adapter_to_bytes
+
+    payloads = []
+    for anchor_id, adapter in zip(ids, adapters, strict=True):
+        profile = profiles[anchor_id]["profile"]
+        payloads.append(
+            AnchorPayload(
+                anchor_id=anchor_id,
+                adapter_bytes=adapter_to_bytes(adapter, dtype=torch_dtype(BANK_ADAPTER_DTYPE)),
+                embedding=user_embedding(emb, [task_obj.item_text(i) for i in profile]),
+                history_length=len(profile),
+                cluster_size=1,
+            )
+        )
+    return payloads

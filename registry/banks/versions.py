@@ -1,4 +1,4 @@
-"""Bank versions: look up, list, alias, and publish a version (builds are in service_bank_build).
+"""Bank versions: look up, list, alias, and publish a version (builds are in `build`).
 
 Bank adapters are stored as fp16 safetensors blobs (half the bytes of fp32; fine-tuned LoRA
 factors lose nothing that matters at that precision). Fusion is exact with respect to the
@@ -240,6 +240,15 @@ def set_alias(ctx: RegistryContext, task: str, version: int, alias: str) -> Bank
 # --- publishing ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _StoredAnchor:
+    """An anchor whose blobs are in the store, waiting for its row."""
+
+    payload: AnchorPayload
+    adapter: PendingBlob
+    vector: PendingBlob
+
+
 def publish_bank(
     ctx: RegistryContext,
     *,
@@ -256,58 +265,95 @@ def publish_bank(
 
     Blobs go first; the bank, its anchors and the blob records are one transaction, so a
     reader sees a complete version or none.
-    """
-    from mta.index import AnchorIndex
 
+    Raises:
+        InvalidInputError: no anchors.
+        AlreadyExistsError: other publishers took the next version number every time.
+    """
     if not anchors:
         raise InvalidInputError("a bank needs at least one anchor")
-    ids = [a.anchor_id for a in anchors]
     vectors = np.stack([np.asarray(a.embedding, dtype=np.float32) for a in anchors])
-    index_blob = put_blob(ctx, AnchorIndex.build(ids, vectors).to_bytes(), KIND_BANK_INDEX)
-    stored: list[tuple[AnchorPayload, PendingBlob, PendingBlob]] = []
-    for anchor in anchors:
-        adapter = put_blob(ctx, anchor.adapter_bytes, KIND_ANCHOR_ADAPTER)
-        vector = np.ascontiguousarray(anchor.embedding, dtype=np.float32).tobytes()
-        stored.append((anchor, adapter, put_blob(ctx, vector, KIND_ANCHOR_EMBEDDING)))
-    config = {**config, "embedding_dim": int(vectors.shape[1]), "adapter_dtype": BANK_ADAPTER_DTYPE}
-    for attempt in range(_PUBLISH_RETRIES):
+    index_blob = _store_index(ctx, [a.anchor_id for a in anchors], vectors)
+    stored = [_store_anchor(ctx, anchor) for anchor in anchors]
+    columns = {
+        "task": task,
+        "base_model": base_model,
+        "embedder": embedder,
+        "target_modules": list(target_modules),
+        "rank": int(rank),
+        "anchor_data": anchor_data,
+        "config": {
+            **config,
+            "embedding_dim": int(vectors.shape[1]),
+            "adapter_dtype": BANK_ADAPTER_DTYPE,
+        },
+        "index_blob": index_blob.digest,
+    }
+    published = _insert_version(ctx, columns, index_blob, stored)
+    reassert_blobs(ctx, [index_blob, *(b for s in stored for b in (s.adapter, s.vector))])
+    return published
+
+
+def _store_index(ctx: RegistryContext, ids: list[str], vectors: np.ndarray) -> PendingBlob:
+    """Build the anchors' HNSW index and store it as a blob."""
+    from mta.index import AnchorIndex
+
+    return put_blob(ctx, AnchorIndex.build(ids, vectors).to_bytes(), KIND_BANK_INDEX)
+
+
+def _store_anchor(ctx: RegistryContext, anchor: AnchorPayload) -> _StoredAnchor:
+    """Store one anchor's adapter and embedding blobs."""
+    adapter = put_blob(ctx, anchor.adapter_bytes, KIND_ANCHOR_ADAPTER)
+    vector = np.ascontiguousarray(anchor.embedding, dtype=np.float32).tobytes()
+    return _StoredAnchor(anchor, adapter, put_blob(ctx, vector, KIND_ANCHOR_EMBEDDING))
+
+
+def _insert_version(
+    ctx: RegistryContext,
+    columns: dict[str, Any],
+    index_blob: PendingBlob,
+    stored: Sequence[_StoredAnchor],
+) -> BankVersion:
+    """Insert the version's rows in one transaction, numbered max + 1 of the task.
+
+    Another process publishing the same task at the same moment takes the number first;
+    then the insert is retried with the next number.
+    """
+    for attempt in range(1, _PUBLISH_RETRIES + 1):
         try:
             with ctx.session() as session:
-                record_blob(session, index_blob)
-                for _, adapter, vector in stored:
-                    record_blob(session, adapter)
-                    record_blob(session, vector)
-                row = SqlBank(
-                    task=task,
-                    version=latest_version(session, task) + 1,
-                    base_model=base_model,
-                    embedder=embedder,
-                    target_modules=list(target_modules),
-                    rank=int(rank),
-                    anchor_data=anchor_data,
-                    config=config,
-                    index_blob=index_blob.digest,
-                    created_at=utcnow(),
-                )
-                session.add(row)
-                session.flush()
-                for anchor, adapter, vector in stored:
-                    session.add(
-                        SqlAnchor(
-                            bank_id=row.id,
-                            anchor_id=anchor.anchor_id,
-                            adapter_blob=adapter.digest,
-                            embedding_blob=vector.digest,
-                            history_length=anchor.history_length,
-                            cluster_size=anchor.cluster_size,
-                        )
-                    )
-                session.flush()
-                published = bank_entity(session, row)
-            break
+                return _insert_rows(session, columns, index_blob, stored)
         except AlreadyExistsError:
-            # Another process published the same version number first; take the next one.
-            if attempt == _PUBLISH_RETRIES - 1:
+            if attempt == _PUBLISH_RETRIES:
                 raise
-    reassert_blobs(ctx, [index_blob, *(b for _, a, v in stored for b in (a, v))])
-    return published
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _insert_rows(
+    session: Session,
+    columns: dict[str, Any],
+    index_blob: PendingBlob,
+    stored: Sequence[_StoredAnchor],
+) -> BankVersion:
+    """The blob records, the bank row (`columns` + version) and its anchor rows."""
+    record_blob(session, index_blob)
+    for anchor in stored:
+        record_blob(session, anchor.adapter)
+        record_blob(session, anchor.vector)
+    version = latest_version(session, columns["task"]) + 1
+    row = SqlBank(**columns, version=version, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    for anchor in stored:
+        session.add(
+            SqlAnchor(
+                bank_id=row.id,
+                anchor_id=anchor.payload.anchor_id,
+                adapter_blob=anchor.adapter.digest,
+                embedding_blob=anchor.vector.digest,
+                history_length=anchor.payload.history_length,
+                cluster_size=anchor.payload.cluster_size,
+            )
+        )
+    session.flush()
+    return bank_entity(session, row)

@@ -3,7 +3,7 @@
 A task gets the anchor's examples and the training config and returns the adapter's fp16
 blob (~5 MB for a rank-8 SmolLM2 anchor; a bank has tens of anchors, so the object store
 carries little). The driver then stores every blob and publishes the version in one
-transaction (`service_bank.publish_bank`), exactly as a local build: a reader sees the
+transaction (`banks.versions.publish_bank`), exactly as a local build: a reader sees the
 whole version or none, and a build that dies midway leaves at most orphan blobs for `gc`.
 
 Tasks touch neither the database nor the store, so Ray's own task retry fits here: a task
@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mta.progress import ProgressFn
+from mta.registry.banks.anchor_training import train_anchor_bytes
 from mta.registry.banks.versions import report_progress
 from mta.registry.context import RegistryContext
-from mta.registry.jobs.ray_cluster import ray_session, worker_env
+from mta.registry.errors import InvalidInputError
+from mta.registry.jobs.ray_cluster import ray_session, reserve_worker_cpus, worker_env
 
 if TYPE_CHECKING:
     from mta.training import TrainConfig
@@ -37,9 +39,11 @@ def train_anchor_task(
     shapes: dict[str, tuple[int, int]],
 ) -> bytes:
     """One anchor on a Ray worker: the base model loads once per worker process (cached)."""
-    from mta.base_model import load_base_model
-    from mta.registry.banks.build import train_anchor_bytes
+    import ray
 
+    from mta.base_model import load_base_model
+
+    reserve_worker_cpus(ray)
     model, tokenizer = load_base_model(model_name)
     return train_anchor_bytes(model, tokenizer, examples, config, shapes)
 
@@ -69,8 +73,6 @@ def train_anchors_ray(
         InvalidInputError: Ray is not installed.
         Exception: an anchor's own error (e.g. NaN weights), after Ray's retries.
     """
-    from mta.registry.errors import InvalidInputError
-
     if workers < 1:
         raise InvalidInputError(f"--workers must be >= 1 (got {workers})")
     total = len(examples_of)

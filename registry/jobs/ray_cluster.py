@@ -177,3 +177,15 @@ def ray_session(
     finally:
         if started:
             ray.shutdown()
+
+
+def reserve_worker_cpus(ray: Any) -> int:
+    """Fit this Ray worker's torch threads to the CPUs Ray assigned it; returns the count.
+
+    Without this every worker starts one thread per core of the node: two 1-CPU actors
+    on two cores then run four spinning threads (see `mta.threads`).
+    """
+    from mta.threads import reserve_cpus
+
+    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return reserve_cpus(float(assigned) if assigned else None)

@@ -29,7 +29,12 @@ from typing import Any
 from mta.errors import one_line
 from mta.registry.context import RegistryContext
 from mta.registry.jobs.bulk import FAILED, BulkSummary, UserOutcome, WorkSpec, summarize
-from mta.registry.jobs.ray_cluster import ray_session, worker_env, worker_locations
+from mta.registry.jobs.ray_cluster import (
+    ray_session,
+    reserve_worker_cpus,
+    worker_env,
+    worker_locations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class BulkWorker:
         """
         import ray
 
+        reserve_worker_cpus(ray)
         self.ctx = RegistryContext.open(*self.locations)
         with self.ctx.read_session():
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, func, select
@@ -18,6 +19,16 @@ from mta.storage.cache import TEMP_PREFIX, TRASH_PREFIX, entry_problem
 
 # Superseded stacks and recipes are kept this long for rollback before `gc` reclaims them.
 DEFAULT_RETAIN_SUPERSEDED = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class _BlobSweep:
+    """What the blob pass of `gc` deleted (or, dry, would delete) and kept."""
+
+    deleted: dict[str, int]  # digest -> size
+    kept_in_grace: int
+    referenced: int
+    blob_rows_deleted: int
 
 
 def gc(
@@ -40,6 +51,9 @@ def gc(
         grace_seconds: keep unreferenced blobs modified less than this long ago.
         retain_superseded_seconds: keep superseded stacks and recipes this long (rollback).
         dry_run: report what would go, delete nothing.
+
+    Raises:
+        ValueError: a negative duration.
     """
     if grace_seconds < 0:
         raise ValueError(f"grace_seconds must be >= 0, got {grace_seconds}")
@@ -51,7 +65,27 @@ def gc(
         ctx, now - timedelta(seconds=retain_superseded_seconds), dry_run
     )
     cache_removed = _sweep_cache(ctx, dry_run)
-    cutoff = now - timedelta(seconds=grace_seconds)
+    blobs = _sweep_blobs(ctx, now - timedelta(seconds=grace_seconds), dry_run)
+    return GcResult(
+        deleted=tuple(sorted(blobs.deleted)),
+        bytes_freed=int(sum(blobs.deleted.values())),
+        kept_in_grace=blobs.kept_in_grace,
+        referenced=blobs.referenced,
+        blob_rows_deleted=blobs.blob_rows_deleted,
+        dry_run=dry_run,
+        superseded_stacks=stacks,
+        superseded_recipes=recipes,
+        cache_entries_removed=cache_removed,
+        deletions_finished=finished,
+    )
+
+
+def _sweep_blobs(ctx: RegistryContext, cutoff: datetime, dry_run: bool) -> _BlobSweep:
+    """Delete the blobs no row references and last written before `cutoff`, and their rows.
+
+    A `blobs` row is deleted when no row uses its blob any more (e.g. a delete interrupted
+    midway) and the blob is doomed or the row older than `cutoff`.
+    """
     with ctx.read_session() as session:
         referenced = referenced_digests(session)
         recorded = dict(session.execute(select(SqlBlob.digest, SqlBlob.created_at)).tuples().all())
@@ -64,42 +98,33 @@ def gc(
             young += 1
         else:
             doomed[info.digest] = info.size
-    # Rows recorded for blobs that no row uses any more (e.g. a delete interrupted midway).
     stale_rows = [
         d
         for d, created in recorded.items()
         if d not in referenced and (d in doomed or as_utc(created) <= cutoff)
     ]
-    rows_deleted = 0
-    if not dry_run:
-        if stale_rows:
-            with ctx.session() as session:
-                # Re-check inside the transaction: a writer may have referenced one meanwhile.
-                gone = unreferenced(session, stale_rows)
-                for digest in gone:
-                    session.delete(session.get_one(SqlBlob, digest))
-                rows_deleted = len(gone)
-            doomed = {d: s for d, s in doomed.items() if d not in set(stale_rows) - set(gone)}
-        still_old = {d: s for d, s in doomed.items() if _still_old(ctx, d, cutoff)}
-        young += len(doomed) - len(still_old)
-        doomed = still_old
-        for digest in doomed:
-            with contextlib.suppress(FileNotFoundError):
-                ctx.store.delete(digest)
-    else:
-        rows_deleted = len(stale_rows)
-    return GcResult(
-        deleted=tuple(sorted(doomed)),
-        bytes_freed=int(sum(doomed.values())),
-        kept_in_grace=young,
-        referenced=len(referenced),
-        blob_rows_deleted=rows_deleted,
-        dry_run=dry_run,
-        superseded_stacks=stacks,
-        superseded_recipes=recipes,
-        cache_entries_removed=cache_removed,
-        deletions_finished=finished,
-    )
+    if dry_run:
+        return _BlobSweep(doomed, young, len(referenced), len(stale_rows))
+    revived = _delete_blob_rows(ctx, stale_rows)
+    doomed = {d: s for d, s in doomed.items() if d not in revived}
+    still_old = {d: s for d, s in doomed.items() if _still_old(ctx, d, cutoff)}
+    young += len(doomed) - len(still_old)
+    for digest in still_old:
+        with contextlib.suppress(FileNotFoundError):
+            ctx.store.delete(digest)
+    return _BlobSweep(still_old, young, len(referenced), len(stale_rows) - len(revived))
+
+
+def _delete_blob_rows(ctx: RegistryContext, digests: list[str]) -> set[str]:
+    """Delete these `blobs` rows unless referenced now; returns the ones a writer took back."""
+    if not digests:
+        return set()
+    with ctx.session() as session:
+        # Re-check inside the transaction: a writer may have referenced one meanwhile.
+        gone = unreferenced(session, digests)
+        for digest in gone:
+            session.delete(session.get_one(SqlBlob, digest))
+    return set(digests) - set(gone)
 
 
 def _reclaim_superseded(ctx: RegistryContext, cutoff: datetime, dry_run: bool) -> tuple[int, int]:

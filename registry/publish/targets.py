@@ -2,8 +2,14 @@
 
 Unlike a blob store, a publish target holds plain, human-named keys that serving engines
 read: `<root>/<user_id>/adapter_config.json`, `<root>/<user_id>/adapter_model.safetensors`
-and the manifest `<root>/mta-manifest.json`. Targets are chosen by URL scheme (bare path or
-`file://` → `FolderTarget`, `s3://` → `S3Target`), like MLflow's artifact repositories.
+and the manifest `<root>/mta-manifest.json`.
+
+A target URL is read by the storage layer's one scheme registry (`mta.storage.open_store`:
+a bare path or `file://` → `LocalBlobStore`, `s3://` → `S3BlobStore`, plus any scheme
+added with `register_scheme`); the store it opens names the location (root folder, or
+bucket, prefix and client), and `TARGET_BACKENDS` says which target writes to each kind of
+store (`FolderTarget`, `S3Target`). Nothing here parses URLs. Only the location is shared:
+a target writes plain keys beside the store's `blobs/` layout, never blobs.
 """
 
 from __future__ import annotations
@@ -19,9 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mta.storage import StorageError, UnknownSchemeError
-from mta.storage.local import local_root_from_url
-from mta.storage.s3 import ENDPOINT_ENV, parse_s3_url, s3_client
+from mta.storage import (
+    STORE_SCHEMES,
+    BlobStore,
+    LocalBlobStore,
+    S3BlobStore,
+    StorageError,
+    UnknownSchemeError,
+    open_store,
+)
+from mta.storage.base import sha256_bytes
+from mta.storage.local import fsync_dir
+from mta.storage.s3 import error_code, put_checked
 from mta.storage.schemes import url_scheme
 
 MANIFEST_NAME = "mta-manifest.json"
@@ -77,15 +92,6 @@ class PublishTarget(abc.ABC):
             shutil.rmtree(staged, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    # A rename is durable only once the directory entry itself reaches the disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_files(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
@@ -102,15 +108,10 @@ class FolderTarget(PublishTarget):
     a reader never sees a half-written one.
     """
 
-    def __init__(self, root: str | Path) -> None:
-        """Publish under `root` (created by `prepare`)."""
-        self.root = Path(root).expanduser().absolute()
-        self.url = f"file://{self.root.as_posix()}"
-
-    @classmethod
-    def from_url(cls, url: str) -> FolderTarget:
-        """The target a `file://` URL or a bare path names."""
-        return cls(local_root_from_url(url))
+    def __init__(self, location: LocalBlobStore) -> None:
+        """Publish under the store's root folder (created by `prepare`)."""
+        self.root = location.root
+        self.url = location.url
 
     def prepare(self) -> None:
         """Create the root and sweep staging folders a killed publisher left behind."""
@@ -141,7 +142,7 @@ class FolderTarget(PublishTarget):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.root / MANIFEST_NAME)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def remove_folder(self, name: str) -> None:
         """Rename the folder aside (readers stop finding it at once), then delete it."""
@@ -169,7 +170,7 @@ class FolderTarget(PublishTarget):
             trash = self.root / f"{STAGING_PREFIX}old-{uuid.uuid4().hex}"
             os.rename(final, trash)
         os.rename(staged, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -184,23 +185,18 @@ class S3Target(PublishTarget):
     trusted: a folder deleted behind the publisher's back is not noticed.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
-        """Address `bucket`/`prefix`; no request is made until the first operation."""
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
-        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-
-    @classmethod
-    def from_url(cls, url: str) -> S3Target:
-        """The target `s3://bucket[/prefix]` names."""
-        bucket, prefix = parse_s3_url(url)
-        return cls(bucket, prefix)
+    def __init__(self, location: S3BlobStore) -> None:
+        """Publish under the store's bucket and prefix; no request is made until the first use."""
+        self.location = location
+        self.bucket = location.bucket
+        self.prefix = location.prefix
+        self.endpoint_url = location.endpoint_url
+        self.url = location.url
 
     @property
     def client(self) -> Any:
-        """The shared boto3 client of storage.s3 (boto3 is imported on first use)."""
-        return s3_client(self.endpoint_url)
+        """The store's boto3 client (boto3 is imported on first use)."""
+        return self.location.client
 
     def key(self, *parts: str) -> str:
         """Object key of a path below the prefix."""
@@ -216,7 +212,7 @@ class S3Target(PublishTarget):
             response = self.client.get_object(Bucket=self.bucket, Key=self.key(MANIFEST_NAME))
             return response["Body"].read()
         except Exception as exc:
-            if _error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
+            if error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
                 return None
             self._raise(exc, "reading the manifest of")
 
@@ -259,19 +255,10 @@ class S3Target(PublishTarget):
             self._raise(exc, "listing")
 
     def _put(self, key: str, data: bytes) -> None:
-        import base64
-        import hashlib
-
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-        self._call(
-            "writing",
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=checksum,
-        )
+        try:
+            put_checked(self.client, self.bucket, key, data, sha256_bytes(data))
+        except Exception as exc:
+            self._raise(exc, "writing")
 
     def _call(self, action: str, method: Callable[..., Any], **kwargs: Any) -> Any:
         try:
@@ -285,7 +272,7 @@ class S3Target(PublishTarget):
 
         where = self.endpoint_url or "AWS S3"
         if isinstance(exc, ClientError):
-            code = _error_code(exc)
+            code = error_code(exc)
             if code in {"NoSuchBucket", "404", "NotFound"}:
                 raise StorageError(
                     f"bucket {self.bucket!r} of publish target {self.url} does not exist "
@@ -298,16 +285,12 @@ class S3Target(PublishTarget):
         raise exc
 
 
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return ""
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-TARGET_SCHEMES: dict[str, Callable[[str], PublishTarget]] = {
-    "file": FolderTarget.from_url,
-    "s3": S3Target.from_url,
+# The store backend each target writes through. The URL schemes are not listed here: they
+# are storage's (`STORE_SCHEMES`); a scheme registered there publishes when its store is one
+# of these backends.
+TARGET_BACKENDS: dict[type[BlobStore], Callable[[Any], PublishTarget]] = {
+    LocalBlobStore: FolderTarget,
+    S3BlobStore: S3Target,
 }
 
 
@@ -315,16 +298,24 @@ def open_target(url: str) -> PublishTarget:
     """The publish target a URL names: a bare path, `file://PATH` or `s3://BUCKET[/PREFIX]`.
 
     Raises:
-        UnknownSchemeError: the URL's scheme has no target (the message lists the known ones).
+        UnknownSchemeError: the URL's scheme is not registered with the storage layer, or its
+            store has no publish target (the message lists the known schemes).
         ValueError: the URL is empty or names no folder / bucket.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("publish target is empty; use a folder, file://PATH or s3://BUCKET/PREFIX")
-    scheme = url_scheme(url)
-    factory = TARGET_SCHEMES.get(scheme)
-    if factory is None:
-        known = ", ".join(f"{name}://" for name in sorted(TARGET_SCHEMES))
-        raise UnknownSchemeError(f"unknown publish scheme {scheme!r} in {url!r}; known: {known}")
-    if "://" in url:
-        url = scheme + url[len(scheme) :]  # factories expect a lowercase scheme
-    return factory(url)
+    known = ", ".join(f"{name}://" for name in sorted(STORE_SCHEMES))
+    try:
+        location = open_store(url)
+    except UnknownSchemeError:
+        scheme = url_scheme(url)
+        raise UnknownSchemeError(
+            f"unknown publish scheme {scheme!r} in {url!r}; known: {known}"
+        ) from None
+    for backend, target in TARGET_BACKENDS.items():
+        if isinstance(location, backend):
+            return target(location)
+    raise UnknownSchemeError(
+        f"{url_scheme(url)}:// stores ({type(location).__name__}) cannot be publish targets; "
+        f"known: {known}"
+    )

@@ -26,6 +26,7 @@ from mta.registry.banks.versions import ProgressFn, list_banks
 from mta.registry.context import RegistryContext
 from mta.registry.entities import PublishResult
 from mta.registry.errors import InvalidInputError, NotFoundError, RegistryError
+from mta.registry.identity import AdapterIdentity
 from mta.registry.names import validate_user_id
 from mta.registry.publish.targets import MANIFEST_NAME, PublishTarget, open_target
 from mta.registry.users.export import adapter_identity, export_user
@@ -61,6 +62,7 @@ class _Planned:
     user_id: str
     identity: str
     served_model_name: str
+    adapter: AdapterIdentity  # read once here; the export is built from it
 
 
 def _read_manifest(target: PublishTarget) -> dict[str, dict[str, Any]] | None:
@@ -144,7 +146,7 @@ def _plan(
             continue
         served = served_model_name or default_served_name(identity.base_model)
         digest = identity.digest(max_rank=max_rank, dtype=dtype, base_model_name=served)
-        planned.append(_Planned(user_id, digest, served))
+        planned.append(_Planned(user_id, digest, served, identity))
     return planned, refused, skipped
 
 
@@ -196,21 +198,11 @@ def publish_users(
         max_rank=max_rank,
         dtype=dtype,
     )
-    chosen = set(selected)
     # Users outside the selection keep their folders and manifest entries as they are.
-    entries = {u: e for u, e in previous.items() if u in existing and u not in chosen}
-    written, unchanged, bytes_written = [], [], 0
-    for done, plan in enumerate(planned, start=1):
-        entry = previous.get(plan.user_id)
-        if entry and entry.get("identity") == plan.identity and target.has_folder(plan.user_id):
-            entries[plan.user_id] = entry
-            unchanged.append(plan.user_id)
-        else:
-            entries[plan.user_id] = _publish_one(ctx, target, plan, dtype=dtype, max_rank=max_rank)
-            written.append(plan.user_id)
-            bytes_written += entries[plan.user_id]["bytes"]
-        if progress is not None:
-            progress("publish", done, len(planned))
+    entries = {u: e for u, e in previous.items() if u in existing and u not in set(selected)}
+    written, unchanged = _sync_folders(
+        ctx, target, planned, previous, entries, dtype=dtype, max_rank=max_rank, progress=progress
+    )
     gone = set(skipped) | (set(previous) - existing)
     removed = sorted(u for u in previous if u in gone)
     for user_id in removed:
@@ -226,12 +218,42 @@ def publish_users(
         removed=tuple(removed),
         skipped=tuple(skipped),
         refused=tuple(refused),
-        bytes_written=bytes_written,
+        bytes_written=sum(int(entries[u]["bytes"]) for u in written),
         published_users=len(entries),
         published_bytes=sum(int(e.get("bytes", 0)) for e in entries.values()),
         manifest_written=manifest_written,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+def _sync_folders(
+    ctx: RegistryContext,
+    target: PublishTarget,
+    planned: Sequence[_Planned],
+    previous: Mapping[str, dict[str, Any]],
+    entries: dict[str, dict[str, Any]],
+    *,
+    dtype: str,
+    max_rank: int | None,
+    progress: ProgressFn | None,
+) -> tuple[list[str], list[str]]:
+    """Write the folder of each planned user whose identity changed; (written, unchanged).
+
+    A user whose previous manifest entry has the same identity digest, and whose folder is
+    still there, keeps entry and folder. `entries` gets every planned user's entry.
+    """
+    written, unchanged = [], []
+    for done, plan in enumerate(planned, start=1):
+        entry = previous.get(plan.user_id)
+        if entry and entry.get("identity") == plan.identity and target.has_folder(plan.user_id):
+            entries[plan.user_id] = entry
+            unchanged.append(plan.user_id)
+        else:
+            entries[plan.user_id] = _publish_one(ctx, target, plan, dtype=dtype, max_rank=max_rank)
+            written.append(plan.user_id)
+        if progress is not None:
+            progress("publish", done, len(planned))
+    return written, unchanged
 
 
 def _check_options(served_model_name: str | None, dtype: str, max_rank: int | None) -> None:
@@ -253,11 +275,9 @@ def _publish_one(
 ) -> dict[str, Any]:
     """Export one user into a staging folder, swap it in, and return their manifest entry."""
     with target.folder_writer(plan.user_id) as staging:
-        # export_user reads the identity again: if the user changed since the plan, the
-        # folder is newer than the recorded digest and the next round rewrites it. Harmless.
         export = export_user(
             ctx,
-            plan.user_id,
+            plan.adapter,
             staging,
             max_rank=max_rank,
             dtype=dtype,

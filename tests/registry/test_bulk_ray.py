@@ -236,3 +236,17 @@ def test_workers_that_cannot_open_the_registry_stop_the_job_with_their_error(loc
     empty = RegistryContext.in_folder(tmp_path / "empty")
     with empty, pytest.raises(NotInitializedError):
         run_ray(empty, ["u1", "u2"], WorkSpec.adapt_users(REQUEST), workers=2)
+
+
+def test_a_one_cpu_ray_worker_runs_torch_on_one_thread(local_ray):
+    import ray
+
+    from mta.registry.jobs.ray_cluster import reserve_worker_cpus
+
+    @ray.remote(num_cpus=1)
+    def threads_in_worker() -> tuple[int, int]:
+        import torch
+
+        return reserve_worker_cpus(ray), torch.get_num_threads()
+
+    assert ray.get(threads_in_worker.remote()) == (1, 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mta.registry.maintenance.storage import OPPU_RANK
+from mta.registry.maintenance.report import OPPU_RANK
 from mta.registry.service import (
     AdaptRequest,
     adapt_user,

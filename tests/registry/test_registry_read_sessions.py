@@ -14,7 +14,7 @@ from mta.registry.banks.versions import list_banks
 from mta.registry.context import RegistryContext
 from mta.registry.db import make_engine, make_session_factory, session_scope, upgrade
 from mta.registry.errors import RegistryError
-from mta.registry.maintenance.storage import storage_report
+from mta.registry.maintenance.report import storage_report
 from mta.registry.models import SqlBlob, utcnow
 
 # A writer that has to wait for the lock gives up after this long ("database is locked"),
