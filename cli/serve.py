@@ -73,7 +73,7 @@ def serve_command(
     import uvicorn
 
     from mta.registry.context import RegistryContext
-    from mta.registry.db import check_schema
+    from mta.registry.service import check_schema
     from mta.server.app import create_app
     from mta.server.auth import load_tokens
     from mta.server.settings import ServerSettings

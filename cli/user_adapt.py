@@ -33,7 +33,7 @@ from mta.cli.output import Output
 from mta.cli.progress import StageProgress
 
 if TYPE_CHECKING:
-    from mta.registry.requests import AdaptRequest
+    from mta.registry.service import AdaptRequest
 
 
 def user_adapt(

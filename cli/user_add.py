@@ -83,8 +83,7 @@ def _add_many(ctx: typer.Context, path: Path, bank: str | None, json_mode: bool)
 
     from mta.lamp_data import read_json_file
     from mta.registry.errors import InvalidInputError
-    from mta.registry.jobs.bulk import summarize
-    from mta.registry.users.add_many import add_users, only_task_with_bank
+    from mta.registry.service import add_users, only_task_with_bank, summarize
 
     records = read_json_file(path)
     if not isinstance(records, list):

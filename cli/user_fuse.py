@@ -31,7 +31,7 @@ from mta.cli.output import Output
 from mta.cli.user_render import render_recipe
 
 if TYPE_CHECKING:
-    from mta.registry.requests import FuseRequest
+    from mta.registry.service import FuseRequest
 
 
 def user_fuse(

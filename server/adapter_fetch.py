@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mta.registry import service
 from mta.registry.errors import NotFoundError
-from mta.registry.identity import AdapterIdentity
+from mta.registry.service import AdapterIdentity
 from mta.storage.errors import StorageError
 
 from .archive import ARCHIVE_MEDIA_TYPE, archive_etag, etag_matches, tar_adapter_folder

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mta.registry.identity import AdapterIdentity
+    from mta.registry.service import AdapterIdentity
 
 # Bump when the archive layout changes, so old ETags stop matching.
 ARCHIVE_FORMAT = "mta-peft-tar/1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from mta.errors import one_line
-from mta.registry.db import check_schema
+from mta.registry.service import check_schema
 
 from .auth_deps import ReadAuth
 from .metrics import CONTENT_TYPE

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path
 
-from mta.registry.names import validate_user_id
+from mta.registry.service import validate_user_id
 
 from .schemas import TASK_REGEX, USER_ID_REGEX
 

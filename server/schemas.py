@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mta.registry.names import USER_ID_PATTERN
-from mta.registry.requests import AdaptRequest, FuseRequest
+from mta.registry.service import USER_ID_PATTERN, AdaptRequest, FuseRequest
 
 # The service's own rule (registry/names.py), anchored for OpenAPI; "." and ".." pass the
 # pattern and are refused by the service with a 422.

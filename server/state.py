@@ -11,8 +11,7 @@ from fastapi import Request
 
 from mta.registry import service
 from mta.registry.context import RegistryContext
-from mta.registry.db import sqlite_path
-from mta.registry.identity import AdapterIdentity
+from mta.registry.service import AdapterIdentity, sqlite_path
 
 from .archive import ArchiveCache, IdentityCache
 from .jobs import JobRunner
