@@ -47,7 +47,7 @@ class EvalOptions:
     limit: int | None = None
     test_fraction: float = 0.5
     epochs: int = 1
-    lr: float = 2e-4
+    lr: float = 1e-3  # anchors and the task LoRA: one epoch at 2e-4 barely moves them
     user_epochs: int = 3
     user_lr: float = 1e-3
     max_steps: int | None = None

@@ -70,7 +70,7 @@ def build_bank(
     rank: int = 8,
     anchor_data: str = "cluster",
     min_history: int = 8,
-    lr: float = 2e-4,
+    lr: float = 1e-3,
     base_model: str | None = None,
     embedder: str | None = None,
     seed: int = 0,
