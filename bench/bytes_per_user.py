@@ -9,7 +9,8 @@ import torch
 
 from bench.report import Section
 from bench.shapes import LLAMA3_8B, SMOLLM2, LlamaShape, random_adapter
-from mta.peft_io import adapter_to_bytes, save_peft_adapter
+from mta.adapter_blob import adapter_to_bytes
+from mta.peft_io import save_peft_adapter
 
 EMBEDDING_BYTES = 384 * 4  # one float32 MiniLM user embedding, stored per user
 BANK_ANCHORS = 50

@@ -12,7 +12,8 @@ import torch
 from bench.report import Section
 from bench.shapes import random_adapter
 from bench.timing import median_time
-from mta.peft_io import adapter_to_bytes, save_peft_adapter
+from mta.adapter_blob import adapter_to_bytes
+from mta.peft_io import save_peft_adapter
 
 ANCHORS = 8
 TOP_K = 2
@@ -102,7 +103,7 @@ def bench_materialize(quick: bool) -> Section:
         t_warm = median_time(export, repeats)
         peft_dirs = []
         for i in range(TOP_K):
-            from mta.peft_io import adapter_from_bytes
+            from mta.adapter_blob import adapter_from_bytes
 
             adapter = adapter_from_bytes(anchors[i].adapter_bytes)
             peft_dirs.append(save_peft_adapter(adapter, root / f"peft{i}", dtype=torch.float16))

@@ -18,10 +18,11 @@ import torch
 
 from bench.report import Section
 from bench.shapes import random_adapter
+from mta.adapter_blob import adapter_to_bytes
 from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes, load_base_model
 from mta.fusion import fuse
 from mta.inference import apply_adapter
-from mta.peft_io import adapter_to_bytes, save_peft_adapter
+from mta.peft_io import save_peft_adapter
 from mta.tasks import get_task, profile_examples
 from mta.training import TrainConfig, train_lora
 

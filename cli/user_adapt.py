@@ -47,9 +47,22 @@ def user_adapt(
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="Storage dtype of the stack: fp16, bf16 or fp32.")
+        str,
+        typer.Option(
+            "--dtype",
+            help="Storage format of the stack: fp16, bf16, fp32, or quantized int8 "
+            "(per-component scales) or nf4 (4-bit, per-block scales).",
+        ),
     ] = "fp16",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 4,
+    stack_modules: Annotated[
+        str,
+        typer.Option(
+            "--stack-modules",
+            help="Modules the stack trains: all, attention, mlp, or a comma-separated list "
+            "(e.g. q_proj,v_proj).",
+        ),
+    ] = "all",
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")
     ] = None,
@@ -84,6 +97,7 @@ def user_adapt(
         lr=lr,
         seed=seed,
         dtype=dtype,
+        modules=stack_modules,
         batch_size=batch_size,
         max_steps=max_steps,
     ).validate()

@@ -104,8 +104,8 @@ class PoolBank:
 
     def stacked(self, run: SeedState, user_id: str, fused: Any, entry: EvalEntry) -> Any:
         """Train the user's stack on the entry's shots; the fused adapter with it stacked on."""
+        from mta.adapter_blob import adapter_from_bytes
         from mta.export import stack_onto
-        from mta.peft_io import adapter_from_bytes
         from mta.registry import service
 
         options = run.options

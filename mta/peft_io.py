@@ -21,7 +21,6 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -39,8 +38,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."
 
-BLOB_FORMAT = "mta-lora"
-BLOB_FORMAT_VERSION = 1
 
 # <path>.lora_A.weight or <path>.lora_A.<adapter name>.weight, as PEFT and its forks save them.
 _FACTOR_KEY = re.compile(r"^(?P<path>.+)\.lora_(?P<factor>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
@@ -89,7 +86,7 @@ def _group_factors(
     return factors
 
 
-def _make_module(
+def make_module(
     path: str, pair: Mapping[str, torch.Tensor], scale: float, where: str
 ) -> LoraModule:
     for factor in ("A", "B"):
@@ -144,7 +141,7 @@ def load_peft_adapter(path: str | Path) -> LoraAdapter:
     modules: dict[str, LoraModule] = {}
     for module_path in sorted(factors):
         r, scale = module_scale(config, module_path, where)
-        module = _make_module(module_path, factors[module_path], scale, where)
+        module = make_module(module_path, factors[module_path], scale, where)
         if module.r != r:
             raise AdapterFormatError(
                 f"{where}: {module_path} has rank {module.r} but the config gives r={r}"
@@ -159,7 +156,7 @@ def load_peft_adapter(path: str | Path) -> LoraAdapter:
     return adapter
 
 
-def _cast_finite(
+def cast_finite(
     tensor: torch.Tensor, dtype: torch.dtype, what: str, *, computed: bool = False
 ) -> torch.Tensor:
     """Cast for writing; re-check a narrowing cast or a ``computed`` tensor (they may overflow)."""
@@ -221,9 +218,9 @@ def save_peft_adapter(
     with one_thread():
         for module_path, module in sorted(adapter.modules.items()):
             key = f"{PEFT_PREFIX}{module_path}"
-            tensors[f"{key}.lora_A.weight"] = _cast_finite(module.A, dtype, f"{module_path} A")
+            tensors[f"{key}.lora_A.weight"] = cast_finite(module.A, dtype, f"{module_path} A")
             folded = module.B if module.scale == 1.0 else module.B.float() * module.scale
-            tensors[f"{key}.lora_B.weight"] = _cast_finite(
+            tensors[f"{key}.lora_B.weight"] = cast_finite(
                 folded, dtype, f"{module_path} B (scale folded in)", computed=folded is not module.B
             )
     from safetensors.torch import save
@@ -234,99 +231,6 @@ def save_peft_adapter(
     _write_atomic(folder / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
     _write_atomic(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
     return folder
-
-
-def adapter_to_bytes(adapter: LoraAdapter, *, dtype: torch.dtype = torch.float16) -> bytes:
-    """Serialize ``adapter`` to one deterministic safetensors blob for the blob store.
-
-    Args:
-        adapter: The adapter; at least one module, finite values.
-        dtype: Dtype of the stored factors (fp16 by default; scales are kept exactly
-            in the metadata, so rounding touches only the factors).
-
-    Returns:
-        The blob bytes; equal adapters give equal bytes.
-
-    Raises:
-        AdapterFormatError: empty adapter, NaN/inf, or values overflowing ``dtype``.
-    """
-    from safetensors.torch import save
-
-    if not adapter.modules:
-        raise AdapterFormatError("cannot serialize an adapter without modules")
-    adapter.check_finite()
-    tensors: dict[str, torch.Tensor] = {}
-    with one_thread():
-        for module_path, module in adapter.modules.items():
-            tensors[f"{module_path}.lora_A"] = _cast_finite(module.A, dtype, f"{module_path} A")
-            tensors[f"{module_path}.lora_B"] = _cast_finite(module.B, dtype, f"{module_path} B")
-    meta = {
-        "format": BLOB_FORMAT,
-        "version": BLOB_FORMAT_VERSION,
-        "base_model": adapter.base_model,
-        # repr() of a float round-trips exactly through JSON.
-        "scales": {path: module.scale for path, module in adapter.modules.items()},
-    }
-    return save(tensors, metadata={"mta": json.dumps(meta, sort_keys=True)})
-
-
-def _blob_header(data: bytes) -> dict[str, Any]:
-    if len(data) < 8:
-        raise AdapterFormatError("adapter blob is truncated (shorter than its header length)")
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        raise AdapterFormatError("adapter blob is truncated (header runs past the end)")
-    try:
-        header = json.loads(data[8 : 8 + size])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterFormatError(f"adapter blob header is not valid JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise AdapterFormatError("adapter blob header is not a JSON object")
-    return header
-
-
-def adapter_from_bytes(data: bytes) -> LoraAdapter:
-    """Parse a blob written by ``adapter_to_bytes``.
-
-    Raises:
-        AdapterFormatError: not a safetensors blob, not our format or version,
-            missing tensors or scales, rank mismatch, NaN/inf.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    header = _blob_header(data)
-    try:
-        meta = json.loads((header.get("__metadata__") or {}).get("mta", "null"))
-    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise AdapterFormatError(f"adapter blob metadata is garbled ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != BLOB_FORMAT:
-        raise AdapterFormatError(f"not an {BLOB_FORMAT} blob (no 'mta' metadata)")
-    if meta.get("version") != BLOB_FORMAT_VERSION:
-        raise AdapterFormatError(
-            f"unsupported {BLOB_FORMAT} version {meta.get('version')!r} "
-            f"(this build reads {BLOB_FORMAT_VERSION})"
-        )
-    scales = meta.get("scales")
-    if not isinstance(scales, dict) or not scales:
-        raise AdapterFormatError("adapter blob has no per-module scales")
-    try:
-        tensors = load(data)
-    except (SafetensorError, ValueError) as exc:
-        raise AdapterFormatError(f"adapter blob is not valid safetensors ({exc})") from exc
-    expected = {f"{p}.lora_{f}" for p in scales for f in ("A", "B")}
-    if set(tensors) != expected:
-        odd = sorted(set(tensors) ^ expected)
-        raise AdapterFormatError(f"adapter blob tensors do not match its scales (e.g. {odd[0]})")
-    modules: dict[str, LoraModule] = {}
-    for module_path, scale in scales.items():
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise AdapterFormatError(f"adapter blob: scale of {module_path} is not a number")
-        pair = {"A": tensors[f"{module_path}.lora_A"], "B": tensors[f"{module_path}.lora_B"]}
-        modules[module_path] = _make_module(module_path, pair, float(scale), "adapter blob")
-    adapter = LoraAdapter(modules=modules, base_model=meta.get("base_model"))
-    adapter.check_finite()
-    return adapter
 
 
 def validate_against_shapes(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, int]]) -> None:

@@ -182,7 +182,7 @@ class RegistryContext:
 
         Blobs are immutable and verified when first read, so the parsed copy stays right.
         """
-        from mta.peft_io import adapter_from_bytes
+        from mta.adapter_blob import adapter_from_bytes
 
         if digest not in self._anchors:
             if len(self._anchors) >= ANCHOR_CACHE_SIZE:

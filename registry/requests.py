@@ -16,10 +16,15 @@ from typing import Any
 
 from mta.registry.entities import Stack
 from mta.registry.errors import InvalidInputError
+from mta.stack_formats import STACK_FORMATS
 
 # torch.manual_seed and the stored JSON take 64-bit integers; a larger seed is a typo.
 MAX_SEED = 2**63 - 1
-STACK_DTYPES = ("fp16", "bf16", "fp32")
+# Named subsets of a bank's target modules a stack may train (or a comma-separated list).
+STACK_MODULE_SETS = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
 DEFAULT_TOP_K = 2
 
 
@@ -53,6 +58,7 @@ class AdaptRequest:
     batch_size: int = 4
     max_steps: int | None = None
     shot_indices: tuple[int, ...] | None = None
+    modules: str = "all"  # "all", "attention", "mlp" or a comma-separated list of leaf names
 
     def validate(self) -> AdaptRequest:
         """Return self, or raise InvalidInputError naming the first bad field."""
@@ -66,10 +72,11 @@ class AdaptRequest:
             raise InvalidInputError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if not (self.lr > 0 and self.lr < float("inf")):
             raise InvalidInputError(f"lr must be a positive number, got {self.lr}")
-        if self.dtype not in STACK_DTYPES:
+        if self.dtype not in STACK_FORMATS:
             raise InvalidInputError(
-                f"unknown stack dtype {self.dtype!r}; valid: {', '.join(STACK_DTYPES)}"
+                f"unknown stack dtype {self.dtype!r}; valid: {', '.join(STACK_FORMATS)}"
             )
+        _module_names(self.modules)
         if self.shot_indices is not None:
             chosen = list(self.shot_indices)
             if len(chosen) != self.shots or chosen != sorted(set(chosen)) or min(chosen) < 0:
@@ -89,6 +96,26 @@ class AdaptRequest:
             )
         return list(self.shot_indices)
 
+    def stack_modules(self, bank_modules: Sequence[str]) -> list[str]:
+        """The bank target modules this stack trains, in the bank's order.
+
+        Raises:
+            InvalidInputError: a named module the bank does not target, or none left.
+        """
+        names = _module_names(self.modules)
+        if names is None:
+            return list(bank_modules)
+        unknown = [n for n in names if n not in bank_modules]
+        if unknown and self.modules not in STACK_MODULE_SETS:
+            raise InvalidInputError(
+                f"stack modules {', '.join(unknown)} are not targets of the bank "
+                f"({', '.join(bank_modules)})"
+            )
+        chosen = [m for m in bank_modules if m in names]
+        if not chosen:
+            raise InvalidInputError(f"the bank targets none of the stack modules {self.modules!r}")
+        return chosen
+
     def train_config(self, target_modules: Sequence[str]) -> Any:
         """The method core's TrainConfig for this request on a bank's target modules."""
         from mta.training import TrainConfig
@@ -99,7 +126,7 @@ class AdaptRequest:
             lr=self.lr,
             seed=self.seed,
             batch_size=self.batch_size,
-            target_modules=list(target_modules),
+            target_modules=self.stack_modules(target_modules),
             max_steps=self.max_steps,
         )
         config.validate()
@@ -111,6 +138,7 @@ class AdaptRequest:
             **dict(vars(config)),
             "shots": self.shots,
             "shot_indices": list(chosen),
+            "stack_modules": self.modules,
             "examples": examples,
             "steps": len(losses),
             "losses": [float(x) for x in losses],
@@ -121,8 +149,9 @@ class AdaptRequest:
         """The request a stored stack was trained with (its row and `train_config`)."""
         config = stack.train_config or {}
         chosen = config.get("shot_indices")
-        known = {f.name for f in fields(cls)} - {"rank", "dtype", "shot_indices"}
+        known = {f.name for f in fields(cls)} - {"rank", "dtype", "shot_indices", "modules"}
         values = {name: config.get(name) for name in known}
+        values["modules"] = config.get("stack_modules", "all")  # older stacks trained all
         return cls(
             **values,
             rank=stack.rank,
@@ -178,6 +207,19 @@ class FuseRequest:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values."""
         return asdict(self)
+
+
+def _module_names(spec: str) -> tuple[str, ...] | None:
+    """The leaf names a `modules` spec names; None for "all" (InvalidInputError if empty)."""
+    if spec == "all":
+        return None
+    if spec in STACK_MODULE_SETS:
+        return STACK_MODULE_SETS[spec]
+    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    if not names:
+        choices = ", ".join(["all", *STACK_MODULE_SETS])
+        raise InvalidInputError(f"stack modules: give {choices} or a list, got {spec!r}")
+    return names
 
 
 def _at_least(name: str, value: int, low: int) -> None:

@@ -82,11 +82,17 @@ class AdaptBody(_Strict):
     epochs: int = Field(default=3, ge=1, le=100)
     lr: float = Field(default=1e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    dtype: Literal["fp16", "bf16", "fp32"] = Field(
-        default="fp16", description="Stored precision of the stack."
+    dtype: Literal["fp16", "bf16", "fp32", "int8", "nf4"] = Field(
+        default="fp16",
+        description="Stored format of the stack (int8/nf4: quantized; served dequantized).",
     )
     batch_size: int = Field(default=4, ge=1, le=256)
     max_steps: int | None = Field(default=None, ge=1, le=100_000)
+    modules: str = Field(
+        default="all",
+        max_length=256,
+        description="Modules the stack trains: all, attention, mlp, or a comma-separated list.",
+    )
 
     def to_request(self) -> AdaptRequest:
         """The service's training request with these values (the selection fields left out)."""
@@ -156,7 +162,6 @@ class HealthResponse(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for error statuses, all with the ErrorResponse body."""
     descriptions = {
-        400: "The body could not be parsed (e.g. not UTF-8)",
         401: "Missing or invalid bearer token",
         403: "Read token used on a write route",
         404: "Not found",

@@ -34,7 +34,8 @@ def train_anchor_bytes(
         AdapterFormatError: the trained adapter has NaN or infinite weights.
         ShapeMismatchError: the adapter does not fit `shapes`.
     """
-    from mta.peft_io import adapter_to_bytes, validate_against_shapes
+    from mta.adapter_blob import adapter_to_bytes
+    from mta.peft_io import validate_against_shapes
     from mta.training import train_lora
 
     with MODEL_LOCK:

@@ -363,8 +363,8 @@ def _pushed_payloads(
     task_obj: Any,
 ) -> list[AnchorPayload]:
     """One payload per pushed adapter: its fp16 blob and its profile's embedding."""
+    from mta.adapter_blob import adapter_to_bytes
     from mta.embedding import user_embedding
-    from mta.peft_io import adapter_to_bytes
 
     payloads = []
     for anchor_id, adapter in zip(ids, adapters, strict=True):

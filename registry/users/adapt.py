@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mta.dtypes import torch_dtype
 from mta.progress import ProgressFn
 from mta.registry.blobrefs import KIND_STACK, put_blob, reassert_blobs, record_blob
 from mta.registry.context import MODEL_LOCK, RegistryContext
@@ -122,9 +121,9 @@ def _commit_stack(
     train_config: dict[str, Any],
 ) -> Stack:
     """Store the stack's blob, then its row (the user's new current stack)."""
-    from mta.peft_io import adapter_to_bytes
+    from mta.adapter_blob import adapter_to_bytes
 
-    data = adapter_to_bytes(stack, dtype=torch_dtype(dtype))
+    data = adapter_to_bytes(stack, dtype=dtype)
     blob = put_blob(ctx, data, KIND_STACK)
     losses = train_config["losses"]
     with ctx.session() as session:

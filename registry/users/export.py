@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mta.dtypes import torch_dtype
+from mta.registry.blobrefs import load_adapter
 from mta.registry.context import RegistryContext
 from mta.registry.entities import Export
 from mta.registry.errors import InvalidInputError, NotFoundError
@@ -32,13 +33,12 @@ def materialize_fused(
     exports read them from the store each time, so every export re-verifies its inputs.
     """
     from mta.fusion import fuse
-    from mta.peft_io import adapter_from_bytes
 
     digests = [digest for digest, _ in identity.anchors]
     if reuse_anchors:
         adapters = [ctx.anchor_adapter(digest) for digest in digests]
     else:
-        adapters = [adapter_from_bytes(ctx.store.get_bytes(digest)) for digest in digests]
+        adapters = [load_adapter(ctx, digest) for digest in digests]
     weights = [weight for _, weight in identity.anchors]
     return fuse(adapters, weights, method=identity.method, rank=identity.params.get("rank"))
 
@@ -138,11 +138,11 @@ def _materialize_into_cache(
 ) -> tuple[Path, int]:
     """Fuse, stack and write the identity's PEFT folder into the export cache."""
     from mta.export import export_adapter
-    from mta.peft_io import adapter_from_bytes, save_peft_adapter
+    from mta.peft_io import save_peft_adapter
 
     del dtype  # part of the key; the tensors use tensor_dtype
     fused = materialize_fused(ctx, identity)
-    stack = adapter_from_bytes(ctx.store.get_bytes(identity.stack)) if identity.stack else None
+    stack = load_adapter(ctx, identity.stack) if identity.stack else None
     adapter = export_adapter(fused, stack, max_rank=max_rank)
     # Staged inside the cache under the key, so deleting the user finds a crashed build too.
     with ctx.adapter_cache.staging(key) as tmp:

@@ -11,17 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mta.adapter_blob import adapter_from_bytes, adapter_to_bytes
 from mta.errors import AdapterFormatError, ShapeMismatchError
 from mta.fusion import compress, fuse
 from mta.lora import LoraAdapter, LoraModule
 from mta.peft_config import match_pattern
-from mta.peft_io import (
-    adapter_from_bytes,
-    adapter_to_bytes,
-    load_peft_adapter,
-    save_peft_adapter,
-    validate_against_shapes,
-)
+from mta.peft_io import load_peft_adapter, save_peft_adapter, validate_against_shapes
 from tests.fixtures_model import fresh_tiny_model, random_adapter
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -28,7 +28,8 @@ def test_push_publishes_version_one_with_every_anchor(bank_registry, tiny_shapes
 
 
 def test_bank_adapters_are_stored_fp16_and_match_the_pushed_folders(bank_registry, tmp_path):
-    from mta.peft_io import adapter_from_bytes, load_peft_adapter
+    from mta.adapter_blob import adapter_from_bytes
+    from mta.peft_io import load_peft_adapter
 
     detail = get_bank(bank_registry, TASK)
     stored = adapter_from_bytes(bank_registry.store.get_bytes(detail.anchors[0].adapter_blob))

@@ -129,7 +129,8 @@ def test_shot_indices_are_seeded_and_in_profile_order():
 
 
 def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
-    from mta.peft_io import adapter_from_bytes, load_peft_adapter
+    from mta.adapter_blob import adapter_from_bytes
+    from mta.peft_io import load_peft_adapter
     from mta.registry.users.export import materialize_fused
 
     _add(bank_registry, "frank")
