@@ -33,6 +33,8 @@ from mta.cli.eval_options import (
     SeedOpt,
     SeedsOpt,
     ShotsOpt,
+    StackDtypeOpt,
+    StackModulesOpt,
     StackRankOpt,
     TaskOpt,
     TestDataOpt,
@@ -62,6 +64,8 @@ def eval_command(
     top_k: TopKOpt = DEFAULTS.top_k,
     shots: ShotsOpt = DEFAULTS.shots,
     stack_rank: StackRankOpt = DEFAULTS.stack_rank,
+    stack_dtype: StackDtypeOpt = DEFAULTS.stack_dtype,
+    stack_modules: StackModulesOpt = DEFAULTS.stack_modules,
     fusion: FusionOpt = DEFAULTS.fusion,
     seed: SeedOpt = DEFAULTS.seed,
     seeds: SeedsOpt = DEFAULTS.seeds,
@@ -107,6 +111,8 @@ def eval_command(
         top_k=top_k,
         shots=shots,
         stack_rank=stack_rank,
+        stack_dtype=stack_dtype,
+        stack_modules=stack_modules,
         fusion=fusion,
         seed=seed,
         seeds=seeds,
@@ -224,7 +230,12 @@ def _write_outputs(results: dict[str, Any], json_out: Path | None, plot: Path | 
 
 def render_results(out: Output, results: dict[str, Any]) -> None:
     """Print the per-method and paired-difference tables of every subset, then per user."""
-    from mta.evaluation.report import differences_table, per_user_table, results_table
+    from mta.evaluation.report import (
+        differences_table,
+        per_user_table,
+        results_table,
+        versus_line,
+    )
     from mta.evaluation.summary import SubsetSummary
 
     for name, data in results["subsets"].items():
@@ -246,6 +257,9 @@ def render_results(out: Output, results: dict[str, Any]) -> None:
     if per_user and per_user["users"]:
         columns, rows, title = per_user_table(per_user)
         out.table(columns, rows, title=title)
+        versus = versus_line(per_user)
+        if versus:
+            log(versus)
     timings = results.get("timings_s", {})
     if "eval_run_id" in results:
         log(

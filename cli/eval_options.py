@@ -38,6 +38,19 @@ AnchorsOpt = Annotated[int, typer.Option("--anchors", help="Anchors in the bank.
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Anchors fused per user.")]
 ShotsOpt = Annotated[int, typer.Option("--shots", help="Profile items each user trains on.")]
 StackRankOpt = Annotated[int, typer.Option("--stack-rank", help="Rank of the MTA stack.")]
+StackDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--stack-dtype", help="Storage format of the MTA stack: fp16, bf16, fp32, int8 or nf4."
+    ),
+]
+StackModulesOpt = Annotated[
+    str,
+    typer.Option(
+        "--stack-modules",
+        help="Modules the MTA stack trains: all, attention, mlp, or a comma-separated list.",
+    ),
+]
 FusionOpt = Annotated[
     str, typer.Option("--fusion", help="Fusion of the `mta` methods: cat, svd, factorwise.")
 ]

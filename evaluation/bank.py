@@ -108,16 +108,7 @@ class PoolBank:
         from mta.export import stack_onto
         from mta.registry import service
 
-        options = run.options
-        request = service.AdaptRequest(
-            shots=len(entry.shot_indices),
-            rank=options.stack_rank,
-            epochs=options.user_epochs,
-            lr=options.user_lr,
-            seed=run.seed,
-            max_steps=options.max_steps,
-            shot_indices=tuple(entry.shot_indices),
-        )
+        request = run.options.stack_request(seed=run.seed, shot_indices=entry.shot_indices)
         stack = service.adapt_user(self.ctx, user_id, request)
         return stack_onto(fused, adapter_from_bytes(self.ctx.store.get_bytes(stack.blob)))
 

@@ -15,6 +15,7 @@ from mta.evaluation.methods_baseline import (
     BaseModelMethod,
     OppuMethod,
     RetrievedMethod,
+    StackOnlyMethod,
     TaskLoraMethod,
     UserMajorityMethod,
 )
@@ -50,6 +51,7 @@ METHODS: dict[str, EvalMethod] = _register(
         MTA_FUSE,
         MTA,
         MTA_FACTORWISE,
+        StackOnlyMethod(),
         RetrievedMethod(),
         UserMajorityMethod(),
     )

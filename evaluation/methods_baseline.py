@@ -77,6 +77,44 @@ class OppuMethod(EvalMethod):
         return out
 
 
+class StackOnlyMethod(EvalMethod):
+    """The MTA stack without the merge: the same stack, shots and training on the base alone.
+
+    Rank `--stack-rank`, `--user-epochs`, `--user-lr`, `--stack-modules`, the seed, the
+    leave-one-out examples and the storage round trip (`--stack-dtype`) are the `mta`
+    method's; only the frozen fused anchors underneath are missing. Against `mta` it
+    measures what the merge half of Merge-then-Adapt contributes.
+    """
+
+    name = "stack-only"
+    summary = "the MTA stack trained on the base model alone (no fused anchors)"
+    trains = "per-user"
+
+    def predict(self, run: SeedRun) -> list[str]:
+        """Train each entry's stack on the base model, store-and-load it, generate."""
+        from mta.adapter_blob import adapter_from_bytes, adapter_to_bytes
+        from mta.base_model import DEFAULT_TARGET_MODULES
+
+        options = run.options
+        out: list[str] = []
+        with run.timer(self.name):
+            for n, e in enumerate(run.entries):
+                request = options.stack_request(seed=run.seed, shot_indices=e.shot_indices)
+                examples = shot_examples(run.task, e.entry["profile"], e.shot_indices, HISTORY_K)
+                stack = run.model().train(
+                    examples,
+                    rank=request.rank,
+                    epochs=request.epochs,
+                    lr=request.lr,
+                    seed=request.seed,
+                    target_modules=request.stack_modules(DEFAULT_TARGET_MODULES),
+                )
+                stored = adapter_from_bytes(adapter_to_bytes(stack, dtype=request.dtype))
+                out.extend(run.model().predict(e.items, stored))
+                run.report(self.name, n + 1, len(run.entries))
+        return out
+
+
 class RetrievedMethod(EvalMethod):
     """Copy the label or output of the BM25 top-1 history item."""
 

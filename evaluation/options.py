@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # The methods compared when --methods is not given: every registered one, in table order
 # (`mta.evaluation.methods` checks at import that each is registered).
@@ -14,6 +16,7 @@ DEFAULT_METHODS = (
     "mta-fuse",
     "mta",
     "mta-factorwise",
+    "stack-only",
     "retrieved",
     "user-majority",
 )
@@ -40,6 +43,9 @@ class EvalOptions:
     top_k: int = 2
     shots: int = 5
     stack_rank: int = 1
+    # How the MTA stack is stored and where it trains (`mta user adapt --dtype/--stack-modules`).
+    stack_dtype: str = "fp16"
+    stack_modules: str = "all"
     fusion: str = "cat"
     weight_rule: str = "proportional"
     seed: int = 0
@@ -96,8 +102,34 @@ class EvalOptions:
             raise EvaluationError(
                 f"unknown --decode {self.decode!r}; valid: {', '.join(DECODE_MODES)}"
             )
+        self._check_stack(EvaluationError)
         if not 0.0 < self.test_fraction < 1.0:
             raise EvaluationError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+
+    def stack_request(self, *, seed: int, shot_indices: Sequence[int]) -> Any:
+        """The registry's training request for a test user's stack (the `mta` method)."""
+        from mta.registry.requests import AdaptRequest
+
+        return AdaptRequest(
+            shots=len(shot_indices),
+            rank=self.stack_rank,
+            epochs=self.user_epochs,
+            lr=self.user_lr,
+            seed=seed,
+            dtype=self.stack_dtype,
+            max_steps=self.max_steps,
+            shot_indices=tuple(shot_indices),
+            modules=self.stack_modules,
+        )
+
+    def _check_stack(self, error: type[Exception]) -> None:
+        """The stack's storage format and module set, as `mta user adapt` checks them."""
+        from mta.registry.errors import InvalidInputError
+
+        try:
+            self.stack_request(seed=0, shot_indices=range(self.shots)).validate()
+        except InvalidInputError as exc:
+            raise error(str(exc).replace("stack dtype", "--stack-dtype")) from None
 
 
 # The defaults of every option; the task has none (the CLI requires it).

@@ -43,7 +43,9 @@ def per_user_breakdown(
         row per real user, in first-seen order: ``user``, ``entries``, ``n_items``,
         ``scores`` method -> metric -> value, ``gain`` metric -> value or None), and
         ``gain_counts`` (users where ``gain_of`` is better than, equal to or worse than
-        ``over`` on the first metric, in the metric's own direction).
+        ``over`` on the first metric, in the metric's own direction), and ``versus``:
+        the same counts for every other method against ``over`` (e.g. how many users
+        fusion alone leaves worse off than the base model).
     """
     if subset not in SUBSETS:
         raise EvaluationError(f"unknown subset {subset!r}; valid: {', '.join(SUBSETS)}")
@@ -67,6 +69,7 @@ def per_user_breakdown(
         "over": over if compare else None,
         "users": users,
         "gain_counts": _gain_counts(users, metrics[0]) if compare else None,
+        "versus": _versus(users, metrics[0], over) if over in predictions else None,
     }
 
 
@@ -103,6 +106,21 @@ def _metrics(
     """The task's metrics on one user's items, in ``metrics`` order."""
     values = score(list(preds), list(golds))
     return {m: float(values[m]) for m in metrics}
+
+
+def _versus(users: Sequence[dict], metric: str, over: str | None) -> dict[str, dict[str, int]]:
+    """For each method but `over`: users it is better, equal or worse for than `over`."""
+    methods = [m for m in users[0]["scores"] if m != over] if users else []
+    return {
+        method: _gain_counts(
+            [
+                {"gain": {metric: u["scores"][method][metric] - u["scores"][over][metric]}}
+                for u in users
+            ],
+            metric,
+        )
+        for method in methods
+    }
 
 
 def _gain_counts(users: Sequence[dict], metric: str) -> dict[str, int]:

@@ -67,13 +67,24 @@ class Predictor:
             return outputs
         return [self.task.parse(t, it.query_input) for t, it in zip(outputs, items, strict=True)]
 
-    def train(self, examples: Sequence, *, rank: int, epochs: int, lr: float, seed: int) -> Any:
-        """A LoRA trained from scratch on ``examples`` (task-lora and OPPU baselines)."""
+    def train(
+        self,
+        examples: Sequence,
+        *,
+        rank: int,
+        epochs: int,
+        lr: float,
+        seed: int,
+        target_modules: Sequence[str] | None = None,
+    ) -> Any:
+        """A LoRA trained from scratch on ``examples`` (task-lora, OPPU, stack-only)."""
         from mta.training import TrainConfig, train_lora
 
         config = TrainConfig(
             rank=rank, epochs=epochs, lr=lr, seed=seed, max_steps=self.options.max_steps
         )
+        if target_modules is not None:
+            config.target_modules = list(target_modules)
         with MODEL_LOCK:
             adapter, _ = train_lora(self.model, self.tokenizer, examples, config, progress=False)
         return adapter

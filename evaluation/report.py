@@ -64,6 +64,15 @@ def per_user_table(per_user: dict) -> tuple[list[str], list[list[str]], str]:
     return columns, rows, title
 
 
+def versus_line(per_user: dict) -> str | None:
+    """One line: per method, real users better / equal / worse than the compared method."""
+    versus, over = per_user.get("versus"), per_user.get("over")
+    if not versus:
+        return None
+    parts = [f"{m} {c['better']}/{c['tie']}/{c['worse']}" for m, c in versus.items()]
+    return f"real users better/equal/worse than {over}: " + ", ".join(parts)
+
+
 def _subset_words(subset: str) -> str:
     """How a subset is named in a title."""
     return "queries only" if subset == "query" else "all scored items"

@@ -147,3 +147,34 @@ def test_eval_records_into_a_given_registry(tmp_path):
         (run,) = service.list_eval_runs(ctx)
         assert run["id"] == summary["eval_run_id"] and run["task"] == "product_rating"
         assert run["config"]["methods"] == ["retrieved", "user-majority"]
+
+
+def test_stack_only_isolates_the_merge_and_the_stack_format_reaches_the_registry(
+    tmp_path, tiny_model_dir
+):
+    # `stack-only` trains the very stack `mta` trains (same request, shots and storage
+    # format), on the base model alone; with fusion switched off the two would agree.
+    res = _run(
+        "movie_tagging", tmp_path, tiny_model_dir,
+        "--methods", "base,mta-fuse,mta,stack-only",
+        "--stack-dtype", "nf4", "--stack-modules", "attention",
+    )  # fmt: skip
+    assert res["methods"] == ["base", "mta-fuse", "mta", "stack-only"]
+    assert res["config"]["stack_dtype"] == "nf4"
+    assert res["config"]["stack_modules"] == "attention"
+    assert all("stack-only" in item["predictions"] for item in res["items"])
+    versus = res["per_user"]["versus"]
+    assert set(versus) == {"mta-fuse", "mta", "stack-only"}
+    for counts in versus.values():
+        assert counts["better"] + counts["tie"] + counts["worse"] == len(res["per_user"]["users"])
+
+
+def test_a_bad_stack_format_is_refused_before_any_work(tmp_path, tiny_model_dir):
+    args = ["--task", "movie_tagging", "--base-model", str(tiny_model_dir)]
+    for flag, value, message in (
+        ("--stack-dtype", "int3", "unknown --stack-dtype 'int3'"),
+        ("--stack-modules", " , ", "stack modules: give all, attention, mlp or a list"),
+    ):
+        result = CliRunner().invoke(eval_app, [*args, flag, value])
+        assert result.exit_code == 1 and message in str(result.exception)
+        assert not (tmp_path / "reg").exists()

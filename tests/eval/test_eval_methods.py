@@ -25,6 +25,7 @@ def test_every_documented_method_is_registered():
         "mta-fuse",
         "mta",
         "mta-factorwise",
+        "stack-only",
         "retrieved",
         "user-majority",
     }
