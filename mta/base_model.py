@@ -38,7 +38,8 @@ _STALE_TMP_SECONDS = 3600.0
 
 log = logging.getLogger(__name__)
 
-_LOADED: dict[tuple[str, str], tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+# (model, dtype, device) -> the loaded pair
+_LOADED: dict[tuple[str, str, str], tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -92,6 +93,7 @@ def load_base_model(
     *,
     cache_dir: Path | None = None,
     dtype: torch.dtype | None = None,
+    device: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer in eval mode, once per process.
 
@@ -102,22 +104,24 @@ def load_base_model(
         spec: see ``resolve_base_model``.
         cache_dir: root of the converted-model cache (default ``default_cache_dir()``); only
             GGUF models use it.
-        dtype: weight dtype (default float32).
+        dtype: weight dtype (default: fp32 on the CPU, bf16 on CUDA; `mta.devices`).
+        device: "auto", "cpu", "cuda" or "cuda:N" (default `MTA_DEVICE`, else "auto").
 
     Returns:
         ``(model, tokenizer)``; the tokenizer has a pad token and pads on the left.
     """
-    import torch
-
+    from mta.devices import model_dtype, resolve_device
     from mta.threads import fit_threads
 
     fit_threads()  # every process that runs a model: threads for the CPUs it may use
-    dtype = dtype or torch.float32
+    where = resolve_device(device)
+    dtype = dtype or model_dtype(where)
     resolved = resolve_base_model(spec)
-    key = (resolved, str(dtype))
+    key = (resolved, str(dtype), where)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load_uncached(resolved, cache_dir or default_cache_dir(), dtype)
+            model, tokenizer = _load_uncached(resolved, cache_dir or default_cache_dir(), dtype)
+            _LOADED[key] = (model.to(where) if where != "cpu" else model, tokenizer)
         return _LOADED[key]
 
 

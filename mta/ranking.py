@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mta.errors import MtaError
+from mta.examples import continuation_ids
 from mta.inference import device_of, padding_id
-from mta.training import continuation_ids
 
 if TYPE_CHECKING:
     import torch

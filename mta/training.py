@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mta.base_model import DEFAULT_TARGET_MODULES, linear_shapes
 from mta.errors import MtaError
+from mta.examples import encode_example
 from mta.inference import apply_adapter, device_of, padding_id
 
 if TYPE_CHECKING:
@@ -126,7 +127,9 @@ def train_lora(
     if not examples:
         raise MtaError("no training examples")
     shapes = linear_shapes(model, config.target_modules)
-    encoded = [_encode(tokenizer, prompt, target, config.max_length) for prompt, target in examples]
+    encoded = [
+        encode_example(tokenizer, prompt, target, config.max_length) for prompt, target in examples
+    ]
     init_gen = torch.Generator().manual_seed(config.seed)
     order_gen = torch.Generator().manual_seed(config.seed + 1)
     factors = _init_factors(model, shapes, config.rank, init_gen)
@@ -136,10 +139,9 @@ def train_lora(
     pad_id = padding_id(tokenizer)
     losses: list[float] = []
 
-    merged = apply_adapter(model, frozen) if frozen is not None else nullcontext()
     with (
         _frozen_base(model),
-        merged,
+        _frozen_adapter(model, frozen),
         _lora_hooks(model, factors, config.scale),
         _progress(progress, total_steps) as bar,
     ):
@@ -237,45 +239,6 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def _encode(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int
-) -> tuple[list[int], list[int]]:
-    """Tokenize one example into (prompt ids, target ids + EOS), fitted to ``max_length``."""
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    target_ids = continuation_ids(tokenizer, prompt, prompt_ids, target)
-    if tokenizer.eos_token_id is not None:
-        target_ids.append(tokenizer.eos_token_id)
-    if not target_ids:
-        raise MtaError(f"training example with an empty target (prompt {prompt[:40]!r})")
-    if len(target_ids) >= max_length:
-        # The first target token needs one token of context to be predicted.
-        return prompt_ids[-1:], target_ids[: max_length - 1]
-    # Cut the prompt from the left: the query sits at its end, right before the target.
-    room = max_length - len(target_ids)
-    return prompt_ids[-room:], target_ids
-
-
-def continuation_ids(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_ids: Sequence[int], target: str
-) -> list[int]:
-    """The target's tokens as they follow the prompt in running text (no EOS).
-
-    A prompt ending in "Answer:" is continued by " comedy", not "comedy": tokenizing the
-    target alone gives the no-space token, which the base model almost never emits there,
-    so a few training steps spent on it mostly teach an early EOS (fused anchors trained
-    that way named no tag on half the movie-tagging items). Tokenizing prompt and target
-    together and keeping the tokens past the prompt matches generation without assuming
-    how the tokenizer marks spaces.
-    """
-    sep = "" if not prompt or prompt[-1].isspace() or target[:1].isspace() else " "
-    full = list(tokenizer(prompt + sep + target, add_special_tokens=True)["input_ids"])
-    n = len(prompt_ids)
-    if len(full) > n and full[:n] == list(prompt_ids):
-        return full[n:]
-    # A merge across the boundary: fall back to the target on its own, space included.
-    return list(tokenizer(sep + target, add_special_tokens=False)["input_ids"])
-
-
 def _init_factors(
     model: torch.nn.Module,
     shapes: dict[str, tuple[int, int]],
@@ -316,15 +279,51 @@ def _frozen_base(model: torch.nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def _frozen_adapter(model: torch.nn.Module, frozen: LoraAdapter | None) -> Iterator[None]:
+    """Hold `frozen` (the fused adapter) fixed under the stack while training.
+
+    In fp32 its delta is merged into the weights (a step then costs what a plain LoRA
+    step costs) and the weights are restored bit-exactly afterwards. In bf16/fp16 (a GPU)
+    merging would round a small delta away against the weights, so it runs unmerged as a
+    frozen fp32 LoRA branch instead.
+    """
+    import torch
+
+    if frozen is None:
+        yield
+        return
+    if next(model.parameters()).dtype == torch.float32:
+        with apply_adapter(model, frozen):
+            yield
+        return
+    device = device_of(model)
+    branches = {
+        path: (m.A.to(device, torch.float32), m.B.to(device, torch.float32), m.scale)
+        for path, m in frozen.modules.items()
+    }
+    with _branch_hooks(model, branches):
+        yield
+
+
+@contextmanager
 def _lora_hooks(
     model: torch.nn.Module,
     factors: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]],
     scale: float,
 ) -> Iterator[None]:
     """Add ``scale · x Aᵀ Bᵀ`` to each targeted Linear's output via forward hooks."""
+    with _branch_hooks(model, {path: (a, b, scale) for path, (a, b) in factors.items()}):
+        yield
+
+
+@contextmanager
+def _branch_hooks(
+    model: torch.nn.Module, branches: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+) -> Iterator[None]:
+    """One LoRA branch hook per module path (A, B, scale); all removed on exit."""
     handles = []
     try:
-        for path, (a, b) in factors.items():
+        for path, (a, b, scale) in branches.items():
             handles.append(model.get_submodule(path).register_forward_hook(_lora_hook(a, b, scale)))
         yield
     finally:
@@ -332,7 +331,7 @@ def _lora_hooks(
             handle.remove()
 
 
-def _lora_hook(a: torch.nn.Parameter, b: torch.nn.Parameter, scale: float) -> Callable:
+def _lora_hook(a: torch.Tensor, b: torch.Tensor, scale: float) -> Callable:
     """Forward hook computing a LoRA branch in fp32 on top of the layer's output."""
 
     def hook(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ def reference_scores(
     """Mean label-token log-prob from one unpadded forward pass per (prompt, label)."""
     import torch
 
-    from mta.training import continuation_ids
+    from mta.examples import continuation_ids
 
     out = []
     for prompt in prompts:

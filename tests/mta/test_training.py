@@ -358,7 +358,7 @@ def test_smollm2_rank1_stack_over_fused_leaves_weights_unchanged() -> None:
 def test_targets_are_tokenized_as_the_prompt_continues(
     tiny_model: tuple, prompt: str, target: str, text: str
 ) -> None:
-    from mta.training import continuation_ids
+    from mta.examples import continuation_ids
 
     _, tokenizer = tiny_model
     prompt_ids = tokenizer(prompt)["input_ids"]
@@ -372,7 +372,7 @@ def test_targets_are_tokenized_as_the_prompt_continues(
 @pytest.mark.slow
 def test_smollm2_targets_start_with_the_space_token_after_an_answer_cue() -> None:
     from mta.base_model import load_base_model
-    from mta.training import continuation_ids
+    from mta.examples import continuation_ids
 
     _, tokenizer = load_base_model(None)
     prompt = "Which tag fits this movie?\nAnswer:"
