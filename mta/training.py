@@ -132,7 +132,7 @@ def train_lora(
     ]
     init_gen = torch.Generator().manual_seed(config.seed)
     order_gen = torch.Generator().manual_seed(config.seed + 1)
-    factors = _init_factors(model, shapes, config.rank, init_gen)
+    factors = init_factors(model, shapes, config.rank, init_gen)
     params = [p for pair in factors.values() for p in pair]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = planned_steps(len(encoded), config)
@@ -140,14 +140,14 @@ def train_lora(
     losses: list[float] = []
 
     with (
-        _frozen_base(model),
+        frozen_base(model),
         _frozen_adapter(model, frozen),
         _lora_hooks(model, factors, config.scale),
         _progress(progress, total_steps) as bar,
     ):
         for _ in range(config.epochs):
             order = torch.randperm(len(encoded), generator=order_gen).tolist()
-            for group_ids in _step_groups(order, config.batch_size, config.grad_accum):
+            for group_ids in step_groups(order, config.batch_size, config.grad_accum):
                 if len(losses) >= total_steps:
                     break
                 group = [[encoded[i] for i in ids] for ids in group_ids]
@@ -168,7 +168,7 @@ def train_lora(
     return LoraAdapter(modules=modules, base_model=base_name), losses
 
 
-def _step_groups(order: list[int], batch_size: int, grad_accum: int) -> list[list[list[int]]]:
+def step_groups(order: list[int], batch_size: int, grad_accum: int) -> list[list[list[int]]]:
     """Split example indices into optimizer steps of ``grad_accum`` micro-batches each."""
     micro = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return [micro[i : i + grad_accum] for i in range(0, len(micro), grad_accum)]
@@ -220,7 +220,7 @@ def _batch_loss_sum(
         "position_ids": position_ids.to(device),
         "use_cache": False,
     }
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits[:, -keep:, :]
     shifted_labels = labels[:, length - keep + 1 :].to(device)
@@ -232,14 +232,14 @@ def _batch_loss_sum(
     )
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the model's forward can skip the LM head for most positions."""
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def _init_factors(
+def init_factors(
     model: torch.nn.Module,
     shapes: dict[str, tuple[int, int]],
     rank: int,
@@ -262,7 +262,7 @@ def _init_factors(
 
 
 @contextmanager
-def _frozen_base(model: torch.nn.Module) -> Iterator[None]:
+def frozen_base(model: torch.nn.Module) -> Iterator[None]:
     """Freeze every base parameter and switch to eval mode; restore both afterwards."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training

@@ -18,6 +18,7 @@ from .auth_deps import AdminAuth
 from .auth_gate import AuthGateMiddleware
 from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
+from .header_limit import HeaderLimitMiddleware
 from .metrics import MetricsMiddleware
 from .routes_adapter import adapter_router
 from .routes_banks import banks_router
@@ -92,9 +93,10 @@ def create_app(settings: ServerSettings, *, ctx: RegistryContext | None = None) 
     install_error_handlers(app)
     for router in _routers(state):
         app.include_router(router)
-    # The last added is outermost: metrics wrap the auth gate and the size check, so their
-    # 401s and 413s are counted too.
+    # The last added is outermost: metrics wrap the header bound, the auth gate and the body
+    # bound, so their 431s, 401s and 413s are counted too; headers are bounded before auth.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthGateMiddleware, tokens=settings.tokens, router=app.router)
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -17,6 +17,7 @@ statuses are kept for faults on the server's side:
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -105,8 +106,26 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _describe_unparsable(exc: StarletteHTTPException) -> str:
+    """Why a body that is not JSON text failed to parse, as one line.
+
+    FastAPI answers 400 to a body whose parse fails with anything but a JSONDecodeError,
+    keeping the cause: a RecursionError (nested too deeply), a UnicodeDecodeError (not
+    UTF-8), a ValueError (an integer of more digits than Python converts).
+    """
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return "body: invalid JSON: nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"body: invalid JSON: not UTF-8 ({one_line(cause)})"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"body: invalid JSON: an integer over {sys.get_int_max_str_digits()} digits"
+    if cause is not None:
+        return f"body: invalid JSON: {one_line(cause)}"
+    return f"body: invalid JSON: {exc.detail}"
+
+
 _STATUS_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -153,6 +172,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # Only FastAPI's body parse raises a 400 here; a body that is not JSON is a 422
+            # like any other, as the error table documents.
+            return _json_error(422, "validation_error", _describe_unparsable(exc))
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return _json_error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

@@ -10,7 +10,7 @@ from mta.registry import service
 from mta.registry.entities import BankDetail, BankVersion
 
 from .auth_deps import ReadAuth
-from .routes_params import V1, Task
+from .routes_params import V1, BankRef, Task
 from .schemas import TASK_REGEX, error_responses
 from .state import app_state
 
@@ -38,14 +38,7 @@ def banks_router() -> APIRouter:
         dependencies=[ReadAuth],
         responses=error_responses(401, 403, 404, 422, 503),
     )
-    def get_bank(
-        request: Request,
-        task: Task,
-        ref: Annotated[
-            str | None,
-            Query(max_length=64, description="Version number or alias (default: latest)."),
-        ] = None,
-    ) -> BankDetail:
+    def get_bank(request: Request, task: Task, ref: BankRef = None) -> BankDetail:
         """One bank version with its anchors."""
         return service.get_bank(app_state(request).ctx, task, ref)
 

@@ -14,7 +14,7 @@ from mta.registry import service
 from mta.registry.entities import DeleteResult, Recipe, User, UserDetail
 
 from .auth_deps import AdminAuth, ReadAuth
-from .routes_params import V1, UserId
+from .routes_params import V1, UserId, checked_bank_ref
 from .schemas import TASK_REGEX, AddUserRequest, FuseBody, error_responses
 from .state import app_state
 
@@ -42,7 +42,7 @@ def users_router() -> APIRouter:
         tags=["users"],
         status_code=201,
         dependencies=[AdminAuth],
-        responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
+        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
     )
     def add_user(request: Request, body: AddUserRequest) -> User:
         """Register a user: embed their profile and pin their task's bank version."""
@@ -51,7 +51,7 @@ def users_router() -> APIRouter:
             user_id=body.user_id,
             task=body.task,
             profile=body.profile,
-            bank_ref=body.bank_ref,
+            bank_ref=checked_bank_ref(body.bank_ref),
         )
 
     @router.get(
@@ -81,11 +81,12 @@ def users_router() -> APIRouter:
         "/users/{user_id}/fuse",
         tags=["users"],
         dependencies=[AdminAuth],
-        responses=error_responses(400, 401, 403, 404, 413, 422, 503),
+        responses=error_responses(401, 403, 404, 413, 422, 503),
     )
     def fuse_user(request: Request, user_id: UserId, body: FuseBody | None = None) -> Recipe:
         """Retrieve the user's nearest anchors and store the fusion recipe."""
         body = body or FuseBody()
+        checked_bank_ref(body.bank_ref)
         return service.fuse_user(app_state(request).ctx, user_id, body.to_request())
 
     return router

@@ -9,6 +9,7 @@ from .auth import TokenSet
 
 DEFAULT_MEMORY_CACHE_BYTES = 256 * 1024**2
 DEFAULT_MAX_BODY_BYTES = 16 * 1024**2
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # uvicorn's own bound before `listener` raised it
 POSTGRES_LOOKUP_THREADS = 4  # within SQLAlchemy's default pool of 5
 
 
@@ -25,6 +26,7 @@ class ServerSettings:
         max_queued_jobs: jobs allowed to wait for a worker before submissions get 429.
         memory_cache_bytes: bound of the in-process LRU of adapter archives (0 disables it).
         max_body_bytes: largest accepted request body (profiles), else 413.
+        max_header_bytes: largest accepted sum of header names and values, else 431.
         lookup_threads: threads reading the registry for adapter fetches (None: see
             `default_lookup_threads`).
     """
@@ -37,6 +39,7 @@ class ServerSettings:
     max_queued_jobs: int = 16
     memory_cache_bytes: int = DEFAULT_MEMORY_CACHE_BYTES
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     lookup_threads: int | None = None
 
 

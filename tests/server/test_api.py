@@ -205,7 +205,7 @@ def test_malformed_json_and_oversized_bodies(registry: Registry) -> None:
         ("/v1/users/%2E/adapter", 422, "invalid_input"),
         ("/v1/users/bad%20id", 422, "validation_error"),
         ("/v1/users/ghost/adapter", 404, "not_found"),
-        ("/v1/jobs/nothex", 422, "validation_error"),
+        ("/v1/jobs/nothex", 404, "not_found"),
         ("/v1/jobs/" + "a" * 32, 404, "not_found"),
         ("/v1/nowhere", 404, "not_found"),
     ],

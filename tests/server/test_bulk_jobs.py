@@ -58,14 +58,41 @@ def test_bulk_job_adapts_the_selection_then_skips_it(client: TestClient) -> None
     assert again["result"]["skipped"] == ["bob"] and again["result"]["done"] == []
 
 
-def test_a_failing_user_is_in_the_summary_and_the_job_goes_on(client: TestClient) -> None:
-    job = _submit(client, {"user_ids": ["ghost", "alice"], "force": True, **TRAIN})
+def test_a_failing_user_is_in_the_summary_and_the_job_goes_on(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mta.server.routes_bulk as routes_bulk
+
+    bob = {"user_id": "bob", "task": TASK, "profile": movie_user("bob", 5, 2)}
+    assert client.post("/v1/users", json=bob, headers=ADMIN).status_code == 201
+    release = threading.Event()
+    real_run_local = routes_bulk.run_local
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        release.wait(60)
+        return real_run_local(*args, **kwargs)
+
+    monkeypatch.setattr(routes_bulk, "run_local", held)
+    job = _submit(client, {"user_ids": ["bob", "alice"], "force": True, **TRAIN})
+    # Known when submitted, deleted before the job reaches them: bob fails, alice is adapted.
+    assert client.delete("/v1/users/bob", headers=ADMIN).status_code == 200
+    release.set()
     finished = _wait_job(client, job["id"])
     assert finished["status"] == "succeeded"
     assert finished["result"]["done"] == ["alice"]
     assert finished["result"]["failed"] == [
-        {"user_id": "ghost", "reason": "no user 'ghost'; add one with `mta user add`"}
+        {"user_id": "bob", "reason": "no user 'bob'; add one with `mta user add`"}
     ]
+
+
+def test_named_unknown_users_are_a_404_and_flags_still_select(client: TestClient) -> None:
+    ghost = {"user_ids": ["ghost", "alice"], "force": True, **TRAIN}
+    response = client.post("/v1/jobs/adapt", json=ghost, headers=ADMIN)
+    _error(response, 404, "not_found")
+    assert response.json()["error"]["message"] == "no user 'ghost'; nothing was queued"
+    job = _submit(client, {"missing": True, "bank": TASK, **TRAIN})
+    assert job["params"]["users"] == 1
+    assert _wait_job(client, job["id"])["result"]["done"] == ["alice"]
 
 
 def test_bulk_job_needs_admin_and_a_valid_selection(client: TestClient) -> None:

@@ -34,10 +34,11 @@ def test_a_fetch_that_races_the_delete_caches_nothing(registry: Registry, monkey
     with make_client(registry) as client:
         state = client.app.state.mta
 
-        def export_then_deleted(ctx, user_id, *args, **kwargs):
-            export = real_export(ctx, user_id, *args, **kwargs)
+        def export_then_deleted(ctx, identity, *args, **kwargs):
+            export = real_export(ctx, identity, *args, **kwargs)
             # The whole DELETE completes between the export and the archive's caching.
-            assert client.delete(f"/v1/users/{user_id}", headers=ADMIN).status_code == 200
+            deleted = client.delete(f"/v1/users/{identity.user_id}", headers=ADMIN)
+            assert deleted.status_code == 200
             return export
 
         monkeypatch.setattr(service, "export_user", export_then_deleted)
@@ -70,3 +71,30 @@ def test_concurrent_fetches_during_a_delete_leave_nothing(registry: Registry) ->
         assert set(statuses) <= {200, 404}  # never a 500 while the user disappears
         assert len(state.archives) == 0
         assert not _user_cache_entries(registry, "alice")
+
+
+def test_delete_erases_the_id_from_the_sqlite_files_while_the_server_runs(
+    registry: Registry,
+) -> None:
+    from pathlib import Path
+
+    from mta.registry import service
+    from mta.registry.context import RegistryContext
+    from tests.support import TASK, movie_user
+
+    secret = "zq7-http-erase-4711"
+    with RegistryContext.open(registry.db_url, registry.store_url, registry.cache_dir) as ctx:
+        service.add_user(ctx, user_id=secret, task=TASK, profile=movie_user(secret, 6))
+        service.fuse_user(ctx, secret)
+    db = Path(registry.db_url.removeprefix("sqlite:///"))
+    files = (db, db.with_name(db.name + "-wal"))
+
+    def holding() -> list[str]:
+        return [f.name for f in files if f.exists() and secret.encode() in f.read_bytes()]
+
+    with make_client(registry) as client:
+        assert client.get(f"/v1/users/{secret}/adapter", headers=READ).status_code == 200
+        assert holding()  # the check can see the id
+        assert client.delete(f"/v1/users/{secret}", headers=ADMIN).status_code == 200
+        assert holding() == []  # with the server still holding its connections
+        assert client.get(f"/v1/users/{secret}", headers=READ).status_code == 404
