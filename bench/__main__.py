@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sections() -> dict[str, Callable[[bool], Section]]:
+    from bench.batched import bench_batched
     from bench.bulk import bench_bulk
     from bench.bytes_per_user import bench_bytes
     from bench.fusion import bench_fusion
@@ -34,6 +35,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
         "materialize": bench_materialize,
         "http": bench_http,
         "bulk": bench_bulk,
+        "batched": bench_batched,
         "reads": bench_registry_reads,
     }
 
