@@ -169,7 +169,7 @@ class PublishResult(_Entity):
     unchanged: tuple[str, ...]  # identity equal to the manifest's: nothing written
     removed: tuple[str, ...]  # folders of deleted users (or users left without an adapter)
     skipped: tuple[str, ...]  # selected users without a recipe yet (nothing to serve)
-    refused: tuple[str, ...]  # ids that cannot be folder names (see service_publish)
+    refused: tuple[str, ...]  # ids that cannot be folder names (see publish.users)
     bytes_written: int
     published_users: int  # users the manifest lists after the round
     published_bytes: int  # their folders' bytes, per the manifest

@@ -17,7 +17,7 @@ from mta.registry.entities import Recipe
 from mta.registry.errors import NotFoundError
 
 # Bump when the export's byte layout changes, so every cache entry and ETag turns over.
-IDENTITY_FORMAT = 1
+IDENTITY_FORMAT = 2  # 2: every exported module at one rank (zero-padded)
 
 
 @dataclass(frozen=True)

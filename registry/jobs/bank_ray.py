@@ -66,7 +66,7 @@ def train_anchors_ray(
     Args:
         model_name: the base model as the bank records it (each worker resolves it).
         examples_of: each anchor's (prompt, target) examples.
-        address: as for `bulk_ray.run_ray` (None/"local": a private Ray here).
+        address: as for `ray_runner.run_ray` (None/"local": a private Ray here).
         progress: called as ("train", done, total) as anchors finish.
 
     Raises:

@@ -6,7 +6,7 @@ The order makes every crash recoverable and every error clean:
    unless the caller asked to drop those anchors, and the store accepts deletes.
 2. One transaction writes the tombstone (`deletions` row, naming the blobs to remove) and
    deletes the user's rows. From then on the user is "not found" everywhere, and an export
-   that races the deletion discards what it cached (see `service_export.export_user`).
+   that races the deletion discards what it cached (see `users.export.export_user`).
 3. The user's export-cache entries and staging folders go, then each blob that no row
    references any more (a blob already missing is nothing to remove, not an error).
 4. The tombstone goes last. A re-run of `delete_user`, or `gc`, finishes a deletion that a
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable
 
 from sqlalchemy import delete, select
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 from mta.progress import ProgressFn
 from mta.registry.blobrefs import unreferenced
 from mta.registry.context import RegistryContext
+from mta.registry.db import erase_freed_pages
 from mta.registry.entities import DeleteResult
 from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.models import SqlBlob, SqlDeletion, SqlRecipe, SqlStack, SqlUser, utcnow
@@ -36,6 +38,8 @@ from mta.registry.users.anchor_redaction import (
     plan_drops,
 )
 from mta.storage import BlobNotFoundError
+
+log = logging.getLogger("mta.registry.delete")
 
 
 def user_cache_prefix(user_id: str) -> str:
@@ -97,7 +101,7 @@ def delete_user(
     rows, refit = (0, ()) if user is None else _tombstone(ctx, user_id, candidates, drops)
     step = _stepper(progress)
     step()
-    return _finish(ctx, user_id, rows, refit, drops, step)
+    return _finish(ctx, user_id, rows, refit, drops, step, resumed=user is None)
 
 
 def finish_pending_deletions(ctx: RegistryContext) -> list[str]:
@@ -105,7 +109,7 @@ def finish_pending_deletions(ctx: RegistryContext) -> list[str]:
     with ctx.read_session() as session:
         pending = list(session.scalars(select(SqlDeletion.user_id)))
     for user_id in pending:
-        _finish(ctx, user_id, 0, (), [], _stepper(None))
+        _finish(ctx, user_id, 0, (), [], _stepper(None), resumed=True)
     return pending
 
 
@@ -137,7 +141,7 @@ def _tombstone(
         if user is None:  # deleted by a concurrent call meanwhile: finish its job
             return 0, ()
         candidates = candidates | _user_blobs(session, user_id)
-        refit, stack_blobs = apply_drops(session, drops)
+        refit, stack_blobs = apply_drops(session, drops, user_id)
         candidates |= stack_blobs
         rows = 1
         for model in (SqlStack, SqlRecipe):
@@ -160,13 +164,20 @@ def _finish(
     refit: tuple[str, ...],
     drops: list[AnchorDrop],
     step: Callable[[], None],
+    *,
+    resumed: bool = False,
 ) -> DeleteResult:
-    """Steps 3 and 4: cache, blobs, then the tombstone."""
-    removed = ctx.adapter_cache.discard_prefix(user_cache_prefix(user_id))
-    step()
+    """Steps 3 and 4: cache, blobs, then the tombstone; then the database's free pages."""
     with ctx.read_session() as session:
         tomb = session.get(SqlDeletion, user_id)
         candidates = list(tomb.blobs) if tomb is not None else []
+    cache = ctx.adapter_cache
+    removed = cache.discard_prefix(user_cache_prefix(user_id))
+    if drops or resumed:
+        # Other users' exports fused from an erased anchor hold its weights: they go too (a
+        # resumed deletion cannot tell whether it erased anchors, so it assumes it did).
+        removed += cache.discard_derived_from(candidates, unrecorded=True)
+    step()
     freed, bytes_freed = [], 0
     for digest in candidates:
         size = _forget_blob(ctx, digest)
@@ -176,6 +187,11 @@ def _finish(
         step()
     with ctx.session() as session:
         session.execute(delete(SqlDeletion).where(SqlDeletion.user_id == user_id))
+    if not erase_freed_pages(ctx.engine):
+        log.warning(
+            "Warning: a reader kept the registry's WAL from being checkpointed; the deleted "
+            "rows leave its file at the next complete checkpoint (any later deletion or `mta gc`)"
+        )
     step()
     return DeleteResult(
         user_id=user_id,

@@ -88,3 +88,30 @@ def test_stack_of_another_model_is_refused(fused) -> None:
         export_adapter(fused, wrong)
     with pytest.raises(ValueError, match="positive integer"):
         export_adapter(fused, None, max_rank=0)
+
+
+def test_an_export_has_one_rank_and_no_rank_pattern(tiny_shapes, tmp_path) -> None:
+    import json
+
+    from mta.export import export_adapter
+    from mta.fusion import fuse
+    from mta.lora import LoraAdapter
+    from mta.peft_io import load_peft_adapter, save_peft_adapter
+    from tests.fixtures_model import random_adapter
+
+    fused = fuse([random_adapter(tiny_shapes, 8, 1), random_adapter(tiny_shapes, 8, 2)], [0.6, 0.4])
+    full = random_adapter(tiny_shapes, 1, 3)
+    # A stack on the attention modules only: the MLP modules have rank 16, the others 17.
+    stack = LoraAdapter({p: m for p, m in full.modules.items() if "self_attn" in p})
+    exported = export_adapter(fused, stack)
+    assert set(exported.ranks().values()) == {17}
+    for path, module in exported.modules.items():
+        expected = fused.modules[path].delta()
+        if path in stack.modules:
+            expected = expected + stack.modules[path].delta()
+        torch.testing.assert_close(module.delta(), expected, rtol=1e-5, atol=1e-6)
+    folder = save_peft_adapter(exported, tmp_path / "out")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["rank_pattern"]) == (17, 17, {})
+    assert set(load_peft_adapter(folder).ranks().values()) == {17}
+    assert set(export_adapter(fused, stack, max_rank=16).ranks().values()) == {16}
