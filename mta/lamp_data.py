@@ -22,6 +22,12 @@ from mta.errors import DataFormatError
 LAMP_DIR_ENV = "MTA_LAMP_DIR"
 USERS_FILE = "users.json"
 
+# The largest value a profile item or query field may hold, in UTF-8 bytes. The embedder and
+# training read ~256 tokens (about 1-2 KB) of an item, and real LaMP fields stay under a few
+# KB; a multi-megabyte field only costs time (the tokenizers encode all of it first: a 5 MB
+# description took minutes in `mta user add`), so it is refused in one line up front.
+MAX_FIELD_BYTES = 64 * 1024
+
 # Entries of one real LaMP user repeat the same items with a different one held out;
 # unrelated users rarely share this many (see ../shared/lamp/PROVENANCE.md).
 SAME_USER_MIN_SHARED = 5
@@ -44,6 +50,26 @@ def _normalize_id(value: Any, what: str) -> str:
     return text
 
 
+def _field_bytes(value: Any) -> int:
+    """Size of a field value: UTF-8 bytes of a string, of its JSON otherwise."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, (dict, list)):
+        return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return 0
+
+
+def _check_field_sizes(label: str, where: str, record: dict) -> None:
+    """DataFormatError naming the user, the field and the limit when a field is too large."""
+    for name, value in record.items():
+        size = _field_bytes(value)
+        if size > MAX_FIELD_BYTES:
+            raise DataFormatError(
+                f"{label}: {where} field {str(name)[:64]!r} holds {size} bytes, over the "
+                f"limit of {MAX_FIELD_BYTES} bytes per field"
+            )
+
+
 def validate_user(
     obj: Any,
     *,
@@ -64,7 +90,8 @@ def validate_user(
         A copy with `user_id` and item/query ids as strings and `query` always present.
 
     Raises:
-        DataFormatError: with a one-line message naming the user and the problem.
+        DataFormatError: with a one-line message naming the user and the problem (e.g. a
+            field over `MAX_FIELD_BYTES`).
     """
     label = _user_label(obj, position)
     if not isinstance(obj, dict):
@@ -77,20 +104,7 @@ def validate_user(
     profile = obj.get("profile")
     if not isinstance(profile, list) or not profile:
         raise DataFormatError(f"{label}: 'profile' must be a non-empty list of items")
-    checker = _task_checker(task)
-    items: list[dict] = []
-    for n, item in enumerate(profile):
-        if not isinstance(item, dict):
-            raise DataFormatError(f"{label}: profile item #{n} is not a JSON object")
-        item = dict(item)
-        if "id" in item:
-            item["id"] = _normalize_id(item["id"], f"{label}: profile item #{n} 'id'")
-        if checker is not None:
-            try:
-                checker(item)
-            except ValueError as exc:
-                raise DataFormatError(f"{label}: profile item #{n}: {exc}") from None
-        items.append(item)
+    items = _validate_items(label, profile, _task_checker(task))
 
     queries = obj.get("query", [])
     if queries is None:
@@ -104,6 +118,7 @@ def validate_user(
         if not isinstance(query, dict):
             raise DataFormatError(f"{label}: query #{n} is not a JSON object")
         query = dict(query)
+        _check_field_sizes(label, f"query #{n}", query)
         for field in ("id", "input"):
             if field not in query:
                 raise DataFormatError(f"{label}: query #{n} has no {field!r}")
@@ -119,6 +134,25 @@ def validate_user(
     record = dict(obj)
     record.update(user_id=user_id, profile=items, query=normalized_queries)
     return record
+
+
+def _validate_items(label: str, profile: list, checker: Any) -> list[dict]:
+    """Normalized copies of the profile items (DataFormatError naming the item)."""
+    items: list[dict] = []
+    for n, item in enumerate(profile):
+        if not isinstance(item, dict):
+            raise DataFormatError(f"{label}: profile item #{n} is not a JSON object")
+        item = dict(item)
+        _check_field_sizes(label, f"profile item #{n}", item)
+        if "id" in item:
+            item["id"] = _normalize_id(item["id"], f"{label}: profile item #{n} 'id'")
+        if checker is not None:
+            try:
+                checker(item)
+            except ValueError as exc:
+                raise DataFormatError(f"{label}: profile item #{n}: {exc}") from None
+        items.append(item)
+    return items
 
 
 def _task_checker(task: Any) -> Any:

@@ -1,6 +1,7 @@
 """Engines, managed sessions and schema migration for the registry database.
 
-SQLite (the default) is opened in WAL mode with a busy timeout and foreign keys on. A
+SQLite (the default) is opened in WAL mode with a busy timeout, foreign keys and
+`secure_delete` on (`erase_freed_pages` ends a user's deletion with a WAL checkpoint). A
 writing transaction begins with `BEGIN IMMEDIATE`, so several `mta user adapt` processes can
 write to one file: a writer waits for the lock instead of failing on a read-to-write lock
 upgrade. A read-only session (`session_scope(..., read_only=True)`) begins a deferred
@@ -115,7 +116,37 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Deleted rows are overwritten with zeros, not merely unlinked: a forgotten user's id and
+    # rows must not survive in free space of the file (see `erase_freed_pages`).
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def erase_freed_pages(engine: Engine) -> bool:
+    """Make deleted rows unrecoverable from the SQLite files; PostgreSQL: nothing (see README).
+
+    With `secure_delete` the deleting transaction writes zeroed pages, but into the WAL; the
+    older page images there (and the database file's copies until checkpointed) still hold
+    the rows. `wal_checkpoint(TRUNCATE)` copies the zeroed pages into the database file and
+    truncates the WAL to zero bytes. It waits (busy timeout) for readers of older snapshots.
+
+    Returns:
+        False when a reader in another process kept the checkpoint from completing (the old
+        page images stay in the WAL until the next complete checkpoint); True otherwise.
+    """
+    if engine.dialect.name != "sqlite" or sqlite_path(str(engine.url)) is None:
+        return True
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        # A pooled connection may come from a read session, which left query_only on.
+        cursor.execute("PRAGMA query_only=OFF")
+        # Outside any transaction (isolation_level None): a checkpoint cannot run inside one.
+        busy, _log, _done = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cursor.close()
+    finally:
+        connection.close()
+    return not busy
 
 
 def _sqlite_on_begin(connection: Any) -> None:

@@ -214,7 +214,7 @@ class FsckProblem(_Entity):
     row: str
     column: str
     digest: str
-    problem: str  # "missing" | "corrupt" | "size_mismatch"
+    problem: str  # "missing" | "corrupt" | "size_mismatch" | "erased_source" (cache entries)
     detail: str = ""
 
 

@@ -321,6 +321,26 @@ class SqlDeletion(Base):
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SqlClaim(Base):
+    """A bulk job's claim on one user while it fuses or adapts them (`jobs/claims.py`).
+
+    A lease: the holder renews `expires_at` while it works and deletes the row when the
+    user is done; another job skips a claimed user until the claim expires. No foreign
+    key: a claim is a lock on a user id, taken before the user's rows are read.
+    """
+
+    __tablename__ = "claims"
+    __table_args__ = (PrimaryKeyConstraint("user_id", name="pk_claims"),)
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LEN))
+    job_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # (table, column) pairs that reference blobs; gc, fsck and delete_user walk exactly these.
 BLOB_REFERENCES: tuple[tuple[type[Base], str], ...] = (
     (SqlBank, "index_blob"),

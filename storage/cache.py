@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger("mta.storage.cache")
@@ -75,6 +75,21 @@ def entry_problem(path: Path) -> str | None:
         )
         return f"content differs from its manifest: {', '.join(changed)}"
     return None
+
+
+def entry_sources(path: Path) -> list[str] | None:
+    """The blob digests an entry records it was derived from; None when it records none.
+
+    Entries written before sources were recorded (or with an unreadable manifest) answer
+    None: nothing can say what they were built from.
+    """
+    try:
+        sources = json.loads((path / ENTRY_MANIFEST).read_text()).get("sources")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(sources, list) or not all(isinstance(d, str) for d in sources):
+        return None
+    return sources
 
 
 def _fsync_tree(path: Path) -> None:
@@ -143,6 +158,23 @@ class AdapterCache:
                 shutil.rmtree(self.root / name, ignore_errors=True)
         return removed
 
+    def discard_derived_from(self, digests: Iterable[str], *, unrecorded: bool = False) -> int:
+        """Remove every entry whose manifest names one of these blobs among its sources.
+
+        Args:
+            digests: blobs being erased; a copy derived from one must not outlive it.
+            unrecorded: also remove entries that record no sources (written before sources
+                were recorded): nothing can say they were not derived from these blobs.
+        """
+        doomed = set(digests)
+        removed = 0
+        for key in self.keys():  # noqa: SIM118 - AdapterCache is not a dict
+            sources = entry_sources(self.root / key)
+            if (sources is None and unrecorded) or doomed.intersection(sources or ()):
+                self._remove(key)
+                removed += 1
+        return removed
+
     def names(self) -> list[str]:
         """Every name under the root: entries, and temp, staging and trash folders."""
         try:
@@ -164,12 +196,15 @@ class AdapterCache:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def put(self, key: str, src_dir: str | Path) -> Path:
+    def put(self, key: str, src_dir: str | Path, *, sources: Collection[str] = ()) -> Path:
         """Copy `src_dir` into the cache as `key`, then evict old entries down to `max_bytes`.
 
         Args:
             key: cache key, e.g. a content digest; an existing entry is kept, not replaced.
             src_dir: folder to copy (e.g. a PEFT adapter folder).
+            sources: digests of the blobs the folder was derived from, recorded in the
+                manifest (`entry_sources`), so that erasing one of them finds its derived
+                copies (`discard_derived_from`).
 
         Returns:
             The cached folder. It is never evicted by this call, even if alone it
@@ -184,7 +219,7 @@ class AdapterCache:
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{TEMP_PREFIX}{key}-"))
             try:
                 shutil.copytree(source, tmp, dirs_exist_ok=True)
-                manifest = {"files": _file_digests(tmp)}
+                manifest = {"files": _file_digests(tmp), "sources": sorted(set(sources))}
                 (tmp / ENTRY_MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
                 _fsync_tree(tmp)
                 os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide entries from other users

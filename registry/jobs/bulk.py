@@ -5,7 +5,11 @@ them) and goes through the users; each user is fused if needed, trained and comm
 its own (blob first, then its row), so an interruption loses at most the user in flight
 and a re-run skips every user whose current stack already matches the request. A user
 that fails is reported with a one-line reason and the job goes on. The same per-user
-functions run inside Ray actors (`bulk_ray.py`).
+functions run inside Ray actors (`ray_runner.py`) and HTTP bulk jobs.
+
+Each user is claimed for the job before its state is read (`claims.py`) and released when
+done, so two jobs over the same users work each user once: the other job reports it
+`busy` (while claimed) or `skipped` (once committed). A busy user is not a failure.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from mta.errors import one_line
 from mta.registry.banks.versions import latest_version
 from mta.registry.context import RegistryContext
 from mta.registry.errors import InvalidInputError
+from mta.registry.jobs.claims import Claimant, claimed, new_job_id
 from mta.registry.models import SqlBank, SqlUser
 from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.users.adapt import adapt_user
 from mta.registry.users.records import fuse_user, get_user
 
 ADAPTED, SKIPPED, FAILED, FUSED, ADDED = "adapted", "skipped", "failed", "fused", "added"
+BUSY = "busy"  # claimed by another job at the time: left to it, not a failure
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,9 @@ class UserOutcome:
     """What happened to one user of a bulk job."""
 
     user_id: str
-    status: str  # "adapted" | "fused" | "added" | "skipped" | "failed"
+    status: str  # "adapted" | "fused" | "added" | "skipped" | "busy" | "failed"
     seconds: float
-    reason: str = ""  # one line, for "failed" and "skipped"
+    reason: str = ""  # one line, for "failed", "skipped" and "busy"
     stack_id: int | None = None
     phases: dict[str, float] = field(default_factory=dict)  # fuse / train / commit seconds
 
@@ -49,7 +55,7 @@ class UserOutcome:
 
 @dataclass(frozen=True)
 class BulkSummary:
-    """A bulk job's result: who was done, skipped or failed, and how fast."""
+    """A bulk job's result: who was done, skipped, busy (another job's) or failed, how fast."""
 
     done: tuple[str, ...]
     skipped: tuple[str, ...]
@@ -59,6 +65,7 @@ class BulkSummary:
     seconds_p99: float
     users_per_minute: float
     phase_means: dict[str, float]
+    busy: tuple[str, ...] = ()  # claimed by another job while this one ran: re-run for them
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (`failed` as a list of {user_id, reason})."""
@@ -69,7 +76,7 @@ class BulkSummary:
 
 def summarize(outcomes: Sequence[UserOutcome], wall_seconds: float) -> BulkSummary:
     """Aggregate per-user outcomes: seconds per worked user (p50, p99) and users per minute."""
-    worked = [o.seconds for o in outcomes if o.status not in (SKIPPED, FAILED)]
+    worked = [o.seconds for o in outcomes if o.status not in (SKIPPED, BUSY, FAILED)]
     phases: dict[str, list[float]] = {}
     for outcome in outcomes:
         for phase, seconds in outcome.phases.items():
@@ -83,6 +90,7 @@ def summarize(outcomes: Sequence[UserOutcome], wall_seconds: float) -> BulkSumma
         seconds_p99=float(np.percentile(worked, 99)) if worked else 0.0,
         users_per_minute=(60.0 * len(worked) / wall_seconds) if wall_seconds > 0 else 0.0,
         phase_means={p: float(np.mean(v)) for p, v in sorted(phases.items())},
+        busy=tuple(o.user_id for o in outcomes if o.status == BUSY),
     )
 
 
@@ -169,6 +177,7 @@ def adapt_one(
     *,
     force: bool = False,
     refresh: bool = False,
+    job: str | None = None,
 ) -> UserOutcome:
     """Fuse (if needed) and train one user's stack; a failure is an outcome, not an exception.
 
@@ -177,10 +186,12 @@ def adapt_one(
         force: train even when the current stack already matches the request.
         refresh: first re-fuse a user whose recipe is on an older bank version than the
             task's latest (what `--stale` asks for).
+        job: the bulk job's id (`WorkSpec.job`), under which the user is claimed; a fresh
+            one when None. A user another job has claimed comes back `busy`.
     """
-    start = time.perf_counter()
-    phases: dict[str, float] = {}
-    try:
+
+    def work(start: float) -> UserOutcome:
+        phases: dict[str, float] = {}
         detail = get_user(ctx, user_id)
         if refresh and detail.recipe is not None:
             latest = _latest_version(ctx, detail.task)
@@ -192,11 +203,11 @@ def adapt_one(
                 user_id, SKIPPED, time.perf_counter() - start, "current stack matches"
             )
         stack = adapt_user(ctx, user_id, request, timings=phases)
-    except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
-        return UserOutcome(user_id, FAILED, time.perf_counter() - start, one_line(error))
-    return UserOutcome(
-        user_id, ADAPTED, time.perf_counter() - start, stack_id=stack.stack_id, phases=phases
-    )
+        return UserOutcome(
+            user_id, ADAPTED, time.perf_counter() - start, stack_id=stack.stack_id, phases=phases
+        )
+
+    return _claimed_work(ctx, user_id, Claimant(job or new_job_id(), "adapt"), work)
 
 
 def fuse_one(
@@ -206,25 +217,46 @@ def fuse_one(
     *,
     force: bool = False,
     refresh: bool = False,
+    job: str | None = None,
 ) -> UserOutcome:
     """Store a recipe for one user unless they have one (or `force`); failures are outcomes.
 
     With `refresh` (what `--stale` asks for), a user whose recipe is on an older bank
     version than the task's latest is fused again onto the latest; others are skipped.
+    The user is claimed under `job` as in `adapt_one` (`busy` when another job holds it).
     """
-    start = time.perf_counter()
-    try:
+
+    def work(start: float) -> UserOutcome:
+        fuse = request
         detail = get_user(ctx, user_id)
         if refresh and detail.recipe is not None:
             latest = _latest_version(ctx, detail.task)
             if detail.recipe.bank_version < latest:
-                request = request.on_bank(str(latest))
-        if not force and detail.recipe is not None and request.bank_ref is None:
+                fuse = fuse.on_bank(str(latest))
+        if not force and detail.recipe is not None and fuse.bank_ref is None:
             return UserOutcome(user_id, SKIPPED, time.perf_counter() - start, "has a recipe")
-        fuse_user(ctx, user_id, request)
+        fuse_user(ctx, user_id, fuse)
+        return UserOutcome(user_id, FUSED, time.perf_counter() - start)
+
+    return _claimed_work(ctx, user_id, Claimant(job or new_job_id(), "fuse"), work)
+
+
+def _claimed_work(
+    ctx: RegistryContext,
+    user_id: str,
+    claimant: Claimant,
+    work: Callable[[float], UserOutcome],
+) -> UserOutcome:
+    """Run `work(start)` holding the user's claim: `busy` if another job holds it, and any
+    error (the claim's included) as a `failed` outcome; the claim is released either way."""
+    start = time.perf_counter()
+    try:
+        with claimed(ctx, user_id, claimant) as holder:
+            if holder is not None:
+                return UserOutcome(user_id, BUSY, time.perf_counter() - start, holder.describe())
+            return work(start)
     except Exception as error:  # noqa: BLE001 - one user's failure must not stop the job
         return UserOutcome(user_id, FAILED, time.perf_counter() - start, one_line(error))
-    return UserOutcome(user_id, FUSED, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
@@ -236,6 +268,8 @@ class WorkSpec:
     fuse: FuseRequest | None = None
     force: bool = False
     refresh: bool = False  # re-fuse users on an older bank version first (`--stale`)
+    # The job's id: each user is claimed under it (a Ray retry re-takes its own claims).
+    job: str = field(default_factory=new_job_id, compare=False)
 
     @classmethod
     def adapt_users(
@@ -257,11 +291,15 @@ class WorkSpec:
         return ADAPTED if self.kind == "adapt" else FUSED
 
     def run(self, ctx: RegistryContext, user_id: str) -> UserOutcome:
-        """Do the work for one user; failures come back as outcomes."""
+        """Do the work for one user under the job's claim; failures come back as outcomes."""
         if self.adapt is not None:
-            return adapt_one(ctx, user_id, self.adapt, force=self.force, refresh=self.refresh)
+            return adapt_one(
+                ctx, user_id, self.adapt, force=self.force, refresh=self.refresh, job=self.job
+            )
         if self.fuse is not None:
-            return fuse_one(ctx, user_id, self.fuse, force=self.force, refresh=self.refresh)
+            return fuse_one(
+                ctx, user_id, self.fuse, force=self.force, refresh=self.refresh, job=self.job
+            )
         raise InvalidInputError(f"a {self.kind!r} work spec without its request")
 
 

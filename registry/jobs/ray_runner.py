@@ -15,6 +15,11 @@ current stack already matches, so the retry only trains the users that had not c
 A user killed between its commit and the report is skipped on the retry; a retry racing a
 still-running attempt (a partitioned, not dead, actor) can leave one extra *superseded*
 stack, never two current ones, and `mta gc` reclaims it.
+
+Every actor works under the job's id (`WorkSpec.job`, shipped with the spec): a user is
+claimed for the job (`claims.py`) while an actor works on it, so another job (local, HTTP
+or Ray) reports it `busy` instead of training it too. The claim a dead actor left belongs
+to this job, so the unit's retry takes it over at once; a dead *job*'s claims expire.
 """
 
 from __future__ import annotations

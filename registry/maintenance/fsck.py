@@ -1,7 +1,8 @@
 """`mta fsck`: every blob a row references is in the store, intact and of its recorded size.
 
-Also lists orphan blobs (in the store, recorded nowhere: `gc`'s business, not an error)
-and export-cache entries whose files no longer match their manifest.
+Also lists orphan blobs (in the store, recorded nowhere: `gc`'s business, not an error),
+export-cache entries whose files no longer match their manifest, and entries derived from
+a blob that no row holds any more (an erased anchor's weights still inside them).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mta.errors import one_line
+from mta.registry.blobrefs import referenced_digests
 from mta.registry.context import RegistryContext
 from mta.registry.entities import FsckProblem, FsckReport
 from mta.registry.models import BLOB_REFERENCES, SqlBlob
 from mta.storage import BlobCorruptedError, BlobNotFoundError
-from mta.storage.cache import entry_problem
+from mta.storage.cache import entry_problem, entry_sources
 
 # One blob reference: (table, row key, column, digest).
 BlobRef = tuple[str, str, str, str]
@@ -93,11 +95,21 @@ def _check_blob(
 
 
 def _check_cache(ctx: RegistryContext) -> list[FsckProblem]:
-    """Export-cache entries whose files no longer match their manifest."""
+    """Export-cache entries whose files no longer match their manifest, or that were derived
+    from a blob no registry row holds any more (e.g. an anchor erased by `delete --drop-anchor`:
+    the entry still holds its weights; `mta gc` removes it)."""
     cache = ctx.adapter_cache
+    keys = cache.keys()
+    with ctx.read_session() as session:  # after the listing: no entry is newer than this read
+        held = referenced_digests(session)
     problems = []
-    for key in cache.keys():  # noqa: SIM118 - AdapterCache is not a dict
-        problem = entry_problem(cache.path_for(key))
+    for key in keys:
+        path = cache.path_for(key)
+        problem = entry_problem(path)
         if problem is not None:
             problems.append(FsckProblem("cache", key, "files", "", "corrupt", problem))
+            continue
+        for digest in sorted(set(entry_sources(path) or ()) - held):
+            detail = "derived from a blob no registry row holds (erased); `mta gc` removes it"
+            problems.append(FsckProblem("cache", key, "sources", digest, "erased_source", detail))
     return problems

@@ -6,16 +6,18 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from sqlalchemy import delete, func, select
 
 from mta.registry.blobrefs import referenced_digests, unreferenced
 from mta.registry.context import RegistryContext
+from mta.registry.db import erase_freed_pages
 from mta.registry.entities import GcResult
 from mta.registry.models import SqlBlob, SqlRecipe, SqlStack, SqlUser, as_utc
 from mta.registry.users.delete import finish_pending_deletions, user_cache_prefix
 from mta.storage import BlobNotFoundError
-from mta.storage.cache import TEMP_PREFIX, TRASH_PREFIX, entry_problem
+from mta.storage.cache import TEMP_PREFIX, TRASH_PREFIX, entry_problem, entry_sources
 
 # Superseded stacks and recipes are kept this long for rollback before `gc` reclaims them.
 DEFAULT_RETAIN_SUPERSEDED = 7 * 24 * 3600
@@ -43,9 +45,11 @@ def gc(
     In order: finish user deletions a crash interrupted; delete superseded stacks (not the
     user's current one) and recipes (not the user's latest, with no stack left) created
     longer than `retain_superseded_seconds` ago; remove export-cache entries and temp
-    folders of users that no longer exist, and entries failing their manifest; then delete
-    blobs no registry row references, once older than the grace period, which protects
-    blobs a running command has written but not yet recorded (blob first, row second).
+    folders of users that no longer exist, entries failing their manifest, and entries
+    derived from a blob no row holds (an erased anchor) or not recording their sources;
+    then delete blobs no registry row references, once older than the grace period, which
+    protects blobs a running command has written but not yet recorded (blob first, row
+    second). Last, on SQLite, checkpoint the WAL so deleted rows leave the files.
 
     Args:
         grace_seconds: keep unreferenced blobs modified less than this long ago.
@@ -66,6 +70,8 @@ def gc(
     )
     cache_removed = _sweep_cache(ctx, dry_run)
     blobs = _sweep_blobs(ctx, now - timedelta(seconds=grace_seconds), dry_run)
+    if not dry_run:
+        erase_freed_pages(ctx.engine)  # deleted rows leave the SQLite files too
     return GcResult(
         deleted=tuple(sorted(blobs.deleted)),
         bytes_freed=int(sum(blobs.deleted.values())),
@@ -165,18 +171,23 @@ def _reclaim_superseded(ctx: RegistryContext, cutoff: datetime, dry_run: bool) -
 
 
 def _sweep_cache(ctx: RegistryContext, dry_run: bool) -> int:
-    """Remove export-cache entries and temp folders of deleted users, and damaged entries."""
+    """Remove export-cache entries and temp folders of deleted users, damaged entries, and
+    entries derived from blobs no row holds any more (an erased anchor, a reclaimed stack)
+    or that do not record what they were derived from (written by an older version)."""
+    cache = ctx.adapter_cache
+    names = cache.names()
+    # Read after listing: an entry listed was built from rows committed before the listing.
     with ctx.read_session() as session:
         live = {user_cache_prefix(u) for u in session.scalars(select(SqlUser.id))}
-    cache = ctx.adapter_cache
+        held = referenced_digests(session)
     removed = 0
-    for name in cache.names():
+    for name in names:
         if name.startswith(TRASH_PREFIX):
             continue
         key = name.removeprefix(TEMP_PREFIX)
         owned = key.split("--", 1)[0] + "--"
         ours = not owned.startswith("u") or owned in live
-        if ours and (name.startswith(TEMP_PREFIX) or entry_problem(cache.path_for(name)) is None):
+        if ours and (name.startswith(TEMP_PREFIX) or _entry_is_sound(cache.path_for(name), held)):
             continue  # a live user's entry, or a build in progress (swept after an hour)
         removed += 1
         if not dry_run:
@@ -185,6 +196,12 @@ def _sweep_cache(ctx: RegistryContext, dry_run: bool) -> int:
             else:
                 cache.discard(name)
     return removed
+
+
+def _entry_is_sound(path: Path, held: set[str]) -> bool:
+    """Whether an entry's files match its manifest and every blob it was derived from is held."""
+    sources = entry_sources(path)
+    return entry_problem(path) is None and sources is not None and held.issuperset(sources)
 
 
 def _still_old(ctx: RegistryContext, digest: str, cutoff: datetime) -> bool:

@@ -42,7 +42,11 @@ from mta.storage.schemes import url_scheme
 MANIFEST_NAME = "mta-manifest.json"
 # Staging and trash entries start with this; user ids starting with "." are never published.
 STAGING_PREFIX = ".mta-"
-# Staging folders left by a killed publisher are swept after this long.
+# A publisher holds an flock on each staging entry it writes; the kernel drops it when the
+# process dies, however it dies. The next round's sweep removes unlocked entries older than
+# the grace (which covers the instant between creating an entry and locking it) ...
+STAGING_GRACE_SECONDS = 30.0
+# ... and, on a filesystem without flock, any entry older than this.
 _STALE_STAGING_SECONDS = 3600.0
 # Engines check for adapter_config.json before loading, so it is written last and removed first.
 CONFIG_FILE = "adapter_config.json"
@@ -83,13 +87,84 @@ class PublishTarget(abc.ABC):
 
     @contextmanager
     def folder_writer(self, name: str) -> Iterator[Path]:
-        """Yield a local folder to fill; on success it replaces the published folder `name`."""
+        """Yield a local folder to fill; on success it replaces the published folder `name`.
+
+        The folder is locked (`lock_staging`) while this process fills it, so a concurrent
+        round's sweep leaves it alone, and a killed process's folder is swept at once.
+        """
         staged = self._stage(name)
+        lock = lock_staging(staged)
         try:
             yield staged
             self._commit(name, staged)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)  # after the removal: never seen unlocked while it exists
+
+
+def lock_staging(path: Path) -> int | None:
+    """Hold an exclusive flock on a staging entry; the descriptor, None without flock."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_staging(folder: Path, prefix: str = STAGING_PREFIX) -> list[str]:
+    """Remove staging entries under `folder` that no live process holds; their names.
+
+    An entry is a leftover when no process holds its flock (a killed publisher's lock died
+    with it) and it is older than `STAGING_GRACE_SECONDS`; where flock is unavailable, when
+    it is older than an hour. Removal happens while holding the lock, so a publisher never
+    loses an entry it is writing.
+    """
+    import fcntl
+
+    removed = []
+    now = time.time()
+    for entry in folder.glob(f"{prefix}*"):
+        try:
+            age = now - entry.lstat().st_mtime
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, or not ours to open
+        try:
+            grace = STAGING_GRACE_SECONDS
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process is writing it
+            except OSError:
+                grace = _STALE_STAGING_SECONDS  # no flock on this filesystem: age alone
+            if age < grace:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _rmtree_gone_ok(path: Path) -> None:
+    """rmtree that accepts a concurrent sweep removing the same files."""
+
+    def onerror(_func: Any, _path: str, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    shutil.rmtree(path, onerror=onerror)
 
 
 def _fsync_files(folder: Path) -> None:
@@ -114,18 +189,11 @@ class FolderTarget(PublishTarget):
         self.url = location.url
 
     def prepare(self) -> None:
-        """Create the root and sweep staging folders a killed publisher left behind."""
+        """Create the root and sweep staging entries a killed publisher left behind."""
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"publish target {self.root} exists and is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        cutoff = time.time() - _STALE_STAGING_SECONDS
-        for entry in self.root.glob(f"{STAGING_PREFIX}*"):
-            if entry.stat().st_mtime >= cutoff:
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        sweep_staging(self.root)
 
     def read_manifest(self) -> bytes | None:
         """The manifest file's bytes, or None."""
@@ -138,10 +206,15 @@ class FolderTarget(PublishTarget):
         """Temp file, fsync, rename over the manifest."""
         tmp = self.root / f"{STAGING_PREFIX}manifest-{uuid.uuid4().hex}"
         with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.root / MANIFEST_NAME)
+            lock = lock_staging(tmp)  # a concurrent sweep must not take it mid-write
+            try:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+                os.replace(tmp, self.root / MANIFEST_NAME)
+            finally:
+                if lock is not None:
+                    os.close(lock)
         fsync_dir(self.root)
 
     def remove_folder(self, name: str) -> None:
@@ -151,7 +224,7 @@ class FolderTarget(PublishTarget):
             return
         trash = self.root / f"{STAGING_PREFIX}old-{uuid.uuid4().hex}"
         os.rename(folder, trash)
-        shutil.rmtree(trash)
+        _rmtree_gone_ok(trash)  # a concurrent round may sweep it (it holds no lock)
 
     def has_folder(self, name: str) -> bool:
         """Whether the folder's adapter_config.json exists (a stat, cheap)."""
@@ -203,7 +276,11 @@ class S3Target(PublishTarget):
         return "/".join([self.prefix, *parts] if self.prefix else parts)
 
     def prepare(self) -> None:
-        """HEAD the bucket: publishing never creates one (a typo should not make a bucket)."""
+        """HEAD the bucket: publishing never creates one (a typo should not make a bucket).
+
+        Also sweeps the local staging folders (in the temp folder) of killed publishers.
+        """
+        sweep_staging(Path(tempfile.gettempdir()), f"{STAGING_PREFIX}stage-")
         self._call("checking bucket", self.client.head_bucket, Bucket=self.bucket)
 
     def read_manifest(self) -> bytes | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -109,26 +111,35 @@ def plan_drops(ctx: RegistryContext, trained: list[TrainedAnchor]) -> list[Ancho
     return drops
 
 
-def apply_drops(session: Session, drops: list[AnchorDrop]) -> tuple[set[str], set[str]]:
-    """Apply the planned drops in the caller's transaction.
+def apply_drops(
+    session: Session, drops: list[AnchorDrop], user_id: str
+) -> tuple[set[str], set[str]]:
+    """Apply the planned drops, for the deletion of `user_id`, in the caller's transaction.
+
+    Every bank version's config also forgets the user (`redacted_config`), dropped or not.
 
     Returns:
         (users whose recipes were dropped and must fuse again, their dropped stack blobs).
     """
     refit: set[str] = set()
     stack_blobs: set[str] = set()
-    for drop in drops:
-        record_blob(session, drop.new_index)
-        bank = session.get_one(SqlBank, drop.bank_id)
+    dropped = {drop.bank_id: drop for drop in drops}
+    for bank in session.scalars(select(SqlBank)).all():
+        drop = dropped.get(bank.id)
+        config = redacted_config(bank.config or {}, drop.anchor_ids if drop else (), user_id)
+        if drop is None and config == bank.config:
+            continue
+        if drop is not None:
+            record_blob(session, drop.new_index)
         session.info[REDACTING] = True
         try:
-            redactions = [*bank.config.get("redactions", [])]
-            redactions.append({"anchors": list(drop.anchor_ids), "at": utcnow().isoformat()})
-            bank.config = {**bank.config, "redactions": redactions}
-            bank.index_blob = drop.new_index.digest
+            bank.config = config
+            if drop is not None:
+                bank.index_blob = drop.new_index.digest
             session.flush()
         finally:
             session.info.pop(REDACTING, None)
+    for drop in drops:
         session.execute(
             delete(SqlAnchor).where(
                 SqlAnchor.bank_id == drop.bank_id, SqlAnchor.anchor_id.in_(drop.anchor_ids)
@@ -145,3 +156,45 @@ def apply_drops(session: Session, drops: list[AnchorDrop]) -> tuple[set[str], se
             session.delete(recipe)
         session.flush()
     return refit, stack_blobs
+
+
+def redacted_config(
+    config: dict[str, Any], dropped: tuple[str, ...], user_id: str
+) -> dict[str, Any]:
+    """A bank config without the dropped anchors' members and without `user_id` anywhere.
+
+    `anchor_members` loses the dropped anchors' entries and the user from every other list,
+    `adapter_dirs` (a pushed version's provenance) the folders named after them, and
+    earlier redaction records lose the user's id. A new drop is recorded without the
+    user's own id (an anchor named after them is counted, not named): the bank row keeps
+    no trace of whom it forgot.
+    """
+    updated = dict(config)
+    if "anchor_members" in config:
+        updated["anchor_members"] = {
+            anchor: [m for m in names if m != user_id]
+            for anchor, names in (config.get("anchor_members") or {}).items()
+            if anchor not in dropped and anchor != user_id
+        }
+    if isinstance(config.get("adapter_dirs"), list):  # a pushed anchor's folder is its id
+        forgotten = {*dropped, user_id}
+        updated["adapter_dirs"] = [
+            d for d in config["adapter_dirs"] if PurePath(str(d)).name not in forgotten
+        ]
+    redactions = [
+        {**r, "anchors": [a for a in r.get("anchors", []) if a != user_id]}
+        if isinstance(r, dict)
+        else r
+        for r in config.get("redactions", [])
+    ]
+    if dropped:
+        redactions.append(
+            {
+                "anchors": sorted(a for a in dropped if a != user_id),
+                "count": len(dropped),
+                "at": utcnow().isoformat(),
+            }
+        )
+    if redactions or "redactions" in config:
+        updated["redactions"] = redactions
+    return updated

@@ -7,10 +7,12 @@ The order makes every crash recoverable and every error clean:
 2. One transaction writes the tombstone (`deletions` row, naming the blobs to remove) and
    deletes the user's rows. From then on the user is "not found" everywhere, and an export
    that races the deletion discards what it cached (see `users.export.export_user`).
-3. The user's export-cache entries and staging folders go, then each blob that no row
-   references any more (a blob already missing is nothing to remove, not an error).
-4. The tombstone goes last. A re-run of `delete_user`, or `gc`, finishes a deletion that a
-   crash interrupted anywhere after step 2.
+3. The user's export-cache entries and staging folders go (with `--drop-anchor`, every
+   entry fused from a dropped anchor too: entries record their source blobs), then each
+   blob that no row references any more (a blob already missing is nothing to remove).
+4. The tombstone goes last, and a WAL checkpoint moves the zeroed pages (SQLite runs with
+   `secure_delete`) into the database file. A re-run of `delete_user`, or `gc`, finishes a
+   deletion that a crash interrupted anywhere after step 2.
 """
 
 from __future__ import annotations

@@ -152,13 +152,19 @@ def _materialize_into_cache(
             dtype=tensor_dtype,
             base_model=base_model_name or identity.base_model,
         )
-        cached = ctx.adapter_cache.put(key, folder)
+        # The sources let an erased anchor (`delete --drop-anchor`) find what was fused from it.
+        cached = ctx.adapter_cache.put(key, folder, sources=_source_digests(identity))
     return cached, max(adapter.ranks().values())
+
+
+def _source_digests(identity: AdapterIdentity) -> list[str]:
+    """The blobs an export is built from: the anchor adapters and the stack."""
+    return [d for d, _ in identity.anchors] + ([identity.stack] if identity.stack else [])
 
 
 def _verify_sources(ctx: RegistryContext, identity: AdapterIdentity) -> None:
     """Re-hash the blobs a cached export was built from: a warm cache must not hide damage."""
-    for digest in [d for d, _ in identity.anchors] + ([identity.stack] if identity.stack else []):
+    for digest in _source_digests(identity):
         ctx.store.verify(digest)
 
 

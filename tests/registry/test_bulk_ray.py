@@ -112,7 +112,11 @@ def test_fuse_stale_on_ray_refuses_onto_the_latest_bank_like_the_local_runner(
 
 
 class CrashingWorker(BulkWorker):
-    """Dies like `kill -9` on a unit holding `crash`, while `marker` says how often to die."""
+    """Dies like `kill -9` on a unit holding `crash`, while `marker` says how often to die.
+
+    It dies holding the claim on `crash`, as a worker killed mid-training does, and as one
+    on another machine (its pid cannot be checked from here): only the job may retake it.
+    """
 
     def __init__(self, *args: Any, marker: str) -> None:
         super().__init__(*args)
@@ -124,9 +128,38 @@ class CrashingWorker(BulkWorker):
             left = int(self.marker.read_text()) if self.marker.exists() else 0
             if user_id == "crash" and left > 0:
                 self.marker.write_text(str(left - 1))
+                _leave_claim(self.ctx, user_id, self.spec.job)
                 os._exit(9)  # mid-unit: the users before it have committed
             results.extend(super().run_unit([user_id]))
         return results
+
+
+def _leave_claim(ctx: Any, user_id: str, job: str) -> None:
+    """The claim a worker on another machine holds on `user_id` for `job` (a 10-min lease)."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete
+
+    from mta.registry.models import SqlClaim, utcnow
+
+    now = utcnow()
+    with ctx.session() as session:
+        session.execute(delete(SqlClaim).where(SqlClaim.user_id == user_id))
+        session.add(
+            SqlClaim(
+                user_id=user_id, job_id=job, kind="adapt", host="node-2/0123456789ab",
+                pid=4242, claimed_at=now, expires_at=now + timedelta(minutes=10),
+            )
+        )  # fmt: skip
+
+
+def _claimed_users(ctx: Any) -> list[str]:
+    from sqlalchemy import select
+
+    from mta.registry.models import SqlClaim
+
+    with ctx.read_session() as session:
+        return sorted(session.scalars(select(SqlClaim.user_id)))
 
 
 def _drive(ray: Any, ctx: Any, units: list[list[str]], marker: Path, workers: int) -> list:
@@ -143,11 +176,13 @@ def test_a_unit_whose_worker_dies_is_retried_elsewhere(bank_registry, local_ray,
     marker.write_text("1")
     outcomes = _drive(local_ray, bank_registry, [["k1", "crash"], ["k2", "k3"]], marker, 2)
     statuses = {o.user_id: o.status for o in outcomes}
-    # k1 committed before the crash, so the retry skips it; nobody is trained twice.
+    # k1 committed before the crash, so the retry skips it; nobody is trained twice. The
+    # dead worker's claim on `crash` is the job's own: the retry takes it over at once.
     assert statuses == {"k1": SKIPPED, "crash": ADAPTED, "k2": ADAPTED, "k3": ADAPTED}
     assert "retrying a unit of 2 users (try 2 of 3)" in caplog.text
     for user_id in statuses:
         assert get_user(bank_registry, user_id).num_stacks == 1
+    assert _claimed_users(bank_registry) == []
 
 
 def test_a_unit_that_kills_every_worker_fails_after_three_tries(bank_registry, local_ray, tmp_path):
@@ -158,6 +193,11 @@ def test_a_unit_that_kills_every_worker_fails_after_three_tries(bank_registry, l
     assert [(o.user_id, o.status) for o in outcomes] == [("crash", FAILED)]
     assert outcomes[0].reason.startswith("worker died 3 times on this unit")
     assert get_user(bank_registry, "crash").stack is None
+    # The last dead worker's claim outlives the job until its lease ends: another job
+    # (here a local one) leaves the user alone meanwhile, as it would a live job's.
+    assert _claimed_users(bank_registry) == ["crash"]
+    later = run_local(bank_registry, ["crash"], WorkSpec.adapt_users(REQUEST))
+    assert later.busy == ("crash",) and later.failed == ()
 
 
 def _fake_ctx(db_url: str, store_url: str) -> Any:

@@ -239,6 +239,51 @@ def test_folder_target_sweeps_stale_staging_and_rejects_bad_urls(tmp_path):
         open_target(str(tmp_path / "file")).prepare()
 
 
+# Stages a folder as `mta publish` does, prints its name, then waits (to be killed or kept).
+STAGING_CHILD = """
+import sys, time
+from mta.registry.publish.targets import open_target
+with open_target(sys.argv[1]).folder_writer("someone") as staged:
+    (staged / "adapter_model.safetensors").write_bytes(b"half an adapter")
+    print(staged.name, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_round_sweeps_a_killed_publishers_staging_but_not_a_live_ones(bank_registry, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "loras"
+    out.mkdir()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", STAGING_CHILD, str(out)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        killed, live = (out / child.stdout.readline().strip() for child in children)
+        children[0].send_signal(signal.SIGKILL)  # `kill -9` mid-publish: no cleanup runs
+        assert children[0].wait(timeout=60) == -signal.SIGKILL
+        assert killed.is_dir() and live.is_dir()
+        os.utime(killed, (time.time() - 300, time.time() - 300))  # minutes, not hours, old
+        os.utime(live, (time.time() - 7200, time.time() - 7200))  # a slow, live publisher
+        add_users(bank_registry, ids=("alice",))
+        result = publish_users(bank_registry, str(out))
+        assert result.written == ("alice",)
+        assert not killed.exists()  # the next round removes the leftover
+        assert live.is_dir() and (live / "adapter_model.safetensors").exists()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(timeout=60)
+    assert publish_users(bank_registry, str(out)).unchanged == ("alice",)
+    assert not live.exists()  # that publisher died too: its folder is a leftover now
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".mta-")]
+
+
 def s3_folder(s3_client, bucket: str, prefix: str) -> dict[str, bytes]:
     """Key (below `prefix`) -> bytes of every object under `prefix`."""
     pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
