@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from mta.cli.options import registry_context
+from mta.cli.options import MAX_INT, registry_context
 from mta.cli.output import Output, log, stderr_console
 
 if TYPE_CHECKING:
@@ -113,7 +113,10 @@ def outcome_line(outcome: UserOutcome) -> str:
 def render_summary(
     out: Output, summary: BulkSummary, outcomes: Sequence[UserOutcome], verb: str
 ) -> None:
-    """The job's summary: JSON (summary + per-user outcomes), or failures and one line."""
+    """The job's summary: JSON (summary + per-user outcomes), or failures and one line.
+
+    Users another job held (`busy`) are counted, and noted on a line of their own.
+    """
     if out.json_mode:
         out.emit_json({**summary.to_dict(), "users": [o.to_dict() for o in outcomes]})
         return
@@ -122,8 +125,10 @@ def render_summary(
         return
     if summary.failed:
         out.table(["User", "Reason"], summary.failed, title="Failed users")
+    # Busy users (claimed by another job at the time) are counted only when there are some.
+    busy = f"busy {len(summary.busy)}, " if summary.busy else ""
     line = (
-        f"{verb} {len(summary.done)}, skipped {len(summary.skipped)}, "
+        f"{verb} {len(summary.done)}, skipped {len(summary.skipped)}, {busy}"
         f"failed {len(summary.failed)} in {summary.wall_seconds:.1f} s"
     )
     if summary.done:
@@ -135,6 +140,11 @@ def render_summary(
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in summary.phase_means.items())
         line += f"; mean {phases}"
     out.result(line)
+    if summary.busy:
+        out.result(
+            f"{len(summary.busy)} user(s) busy in another job, left to it: "
+            "re-run this command once it ends for any it did not finish"
+        )
 
 
 class Executor(str, Enum):
@@ -161,9 +171,16 @@ class Selection:
         return bool(flags) or len(self.ids) != 1
 
     def resolve(self, ctx: RegistryContext) -> list[str]:
-        """The selected user ids (arguments first, then `--from`, then the flags)."""
+        """The selected user ids (arguments first, then `--from`, then the flags).
+
+        Raises:
+            NotFoundError: `--bank` names a task without a bank (before anything else, so
+                a typo there is named rather than reported as an empty selection).
+        """
         from mta.registry.service import read_id_file, select_users
 
+        if self.task is not None:
+            check_bank_filter(ctx, self.task)
         ids = list(self.ids) + (read_id_file(self.from_file) if self.from_file else [])
         return select_users(
             ctx,
@@ -173,6 +190,17 @@ class Selection:
             missing=self.missing,
             task=self.task,
         )
+
+
+def check_bank_filter(ctx: RegistryContext, task: str) -> None:
+    """NotFoundError unless some bank version exists for `task` (the `--bank` filter)."""
+    from mta.registry.errors import NotFoundError
+    from mta.registry.service import list_banks
+
+    tasks = sorted({bank.task for bank in list_banks(ctx)})
+    if task not in tasks:
+        known = ", ".join(tasks) if tasks else "none yet"
+        raise NotFoundError(f"--bank {task!r}: no bank for that task; tasks with a bank: {known}")
 
 
 @dataclass(frozen=True)
@@ -232,7 +260,7 @@ def _run_ray(
 
 
 def finish(out: Output, summary: BulkSummary, outcomes: list[UserOutcome], verb: str) -> None:
-    """Render the summary; exit 1 when any user failed."""
+    """Render the summary; exit 1 when any user failed (busy users are not failures)."""
     render_summary(out, summary, outcomes, verb)
     if summary.failed:
         raise typer.Exit(1)
@@ -286,5 +314,5 @@ AddressOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    int, typer.Option("--workers", min=1, help="Ray workers.", rich_help_panel=_RUN)
+    int, typer.Option("--workers", min=1, max=MAX_INT, help="Ray workers.", rich_help_panel=_RUN)
 ]

@@ -156,6 +156,7 @@ def take_claim(ctx: RegistryContext, user_id: str, claimant: Claimant) -> Holder
                 and_(
                     SqlClaim.user_id == user_id,
                     SqlClaim.job_id == row.job_id,
+                    SqlClaim.host == row.host,
                     SqlClaim.pid == row.pid,
                 ),
                 values,

@@ -1,4 +1,5 @@
-"""Bulk `mta user add|fuse|adapt`: selections, skips, failures, --json, and kill -9 + re-run."""
+"""Bulk `mta user add|fuse|adapt`: selections, skips, failures, --json, kill -9 + re-run, and
+per-user claims: two jobs at once train each user once, other jobs' users are `busy`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support import TASK, CliEnv, Mta, movie_user, mta_command, ok, write_users
+from tests.support import (
+    TASK,
+    CliEnv,
+    Mta,
+    movie_user,
+    mta_command,
+    ok,
+    run_together,
+    write_users,
+)
 
 TRAIN = ("--shots", "2", "--max-steps", "1")
 
@@ -133,6 +143,8 @@ def test_a_killed_bulk_job_resumes_with_the_remaining_users(
     committed = _stacked_users(db_file)
     assert 2 <= len(committed) < len(user_ids), "the job finished before the kill"
     rerun = ok(mta("user", "adapt", "--all", "--shots", "4", "--epochs", "3", "--json"))
+    # The user in flight at the kill is still claimed by the dead process: taken over at once.
+    assert rerun["busy"] == []
     assert sorted(rerun["skipped"]) == sorted(committed)
     assert sorted(rerun["done"]) == sorted(set(user_ids) - committed)
     with sqlite3.connect(db_file) as connection:
@@ -140,6 +152,81 @@ def test_a_killed_bulk_job_resumes_with_the_remaining_users(
     assert counts == dict.fromkeys(user_ids, 1)
     assert ok(mta("fsck", "--json"))["ok"] is True
     assert rerun["failed"] == []
+
+
+def _stack_counts(db_file: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=5) as connection:
+        return dict(connection.execute("SELECT user_id, COUNT(*) FROM stacks GROUP BY user_id"))
+
+
+def _claim_rows(db_file: Path) -> list[tuple]:
+    with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=5) as connection:
+        return connection.execute("SELECT user_id, job_id FROM claims").fetchall()
+
+
+def test_two_bulk_adapts_at_once_train_each_user_once(
+    cli_env: CliEnv, mta: Mta, pushed_bank: dict
+) -> None:
+    """Issue #22: `mta user adapt --all & mta user adapt --all` stored two stacks per user."""
+    user_ids = [f"c{i}" for i in range(8)]
+    _add_users(cli_env, mta, *user_ids)
+    argv = mta_command("user", "adapt", "--all", *TRAIN, "--json")
+    outputs = run_together([argv, argv], cli_env.env())  # both exit 0: busy is no failure
+    first, second = (json.loads(out) for out in outputs)
+    db_file = Path(cli_env.db_url.removeprefix("sqlite:///"))
+    assert _stack_counts(db_file) == dict.fromkeys(user_ids, 1)
+    assert not set(first["done"]) & set(second["done"])
+    assert sorted(first["done"] + second["done"]) == user_ids
+    for report, other in ((first, second), (second, first)):
+        assert report["failed"] == []
+        # Each user the other job trained was busy here (claimed) or skipped (committed).
+        assert sorted(report["busy"] + report["skipped"]) == sorted(other["done"])
+        statuses = {u["user_id"]: u["status"] for u in report["users"]}
+        assert {statuses[u] for u in report["busy"]} <= {"busy"}
+    assert _claim_rows(db_file) == []  # every claim was released
+    assert ok(mta("fsck", "--json"))["ok"] is True
+
+
+def _plant_claim(env: CliEnv, user_id: str, expires_in: float) -> None:
+    """A claim as a job on another machine holds it (or left it, when expired)."""
+    from datetime import timedelta
+
+    from mta.registry.context import RegistryContext
+    from mta.registry.models import SqlClaim, utcnow
+
+    now = utcnow()
+    with RegistryContext.open(env.db_url, env.store_url, env.cache_dir) as ctx, ctx.session() as s:
+        s.add(
+            SqlClaim(
+                user_id=user_id, job_id="e" * 32, kind="adapt", host="gpu-7/0123456789ab",
+                pid=31337, claimed_at=now, expires_at=now + timedelta(seconds=expires_in),
+            )
+        )  # fmt: skip
+
+
+def test_users_of_another_job_are_busy_and_a_dead_jobs_claims_expire(
+    cli_env: CliEnv, mta: Mta, pushed_bank: dict
+) -> None:
+    _add_users(cli_env, mta, "u1", "u2", "u3")
+    _plant_claim(cli_env, "u2", expires_in=600)  # a live job elsewhere is on u2
+    _plant_claim(cli_env, "u3", expires_in=-1)  # a job killed more than a lease ago
+    report = ok(mta("user", "adapt", "--all", *TRAIN, "--json"))  # exit 0: busy is no failure
+    assert report["done"] == ["u1", "u3"] and report["busy"] == ["u2"]
+    assert report["failed"] == [] and report["skipped"] == []
+    busy = next(u for u in report["users"] if u["user_id"] == "u2")
+    assert busy["status"] == "busy" and busy["reason"].startswith("claimed by another adapt job")
+    assert "gpu-7" in busy["reason"] and "\n" not in busy["reason"]
+    text = mta("user", "adapt", "--all", *TRAIN)
+    assert text.code == 0, text.stderr
+    assert "adapted 0, skipped 2, busy 1, failed 0 in" in text.stdout
+    assert "u2 busy in" in text.stderr  # the per-user log line names the holder
+    assert "busy in another job" in text.stdout
+    fused = ok(mta("user", "fuse", "--all", "--json"))  # fuse jobs claim users too
+    assert fused["busy"] == ["u2"] and fused["skipped"] == ["u1", "u3"]
+    assert ok(mta("fsck", "--json"))["ok"] is True
+    assert mta("gc", "--grace", "0", "--json").code == 0
+    db_file = Path(cli_env.db_url.removeprefix("sqlite:///"))
+    assert [u for u, _ in _claim_rows(db_file)] == ["u2"]  # the live job's claim stays
 
 
 def test_add_needs_a_profile_or_a_file_but_not_both(cli_env: CliEnv, mta: Mta) -> None:

@@ -159,12 +159,12 @@ def test_a_dead_process_of_this_machine_loses_its_claim_at_once(bank_registry):
 
 
 def test_a_claim_is_renewed_while_its_user_is_worked_on(bank_registry):
-    holder = Claimant("c" * 32, "adapt", lease_seconds=0.4)
+    holder = Claimant("c" * 32, "adapt", lease_seconds=3.0)
     with claimed(bank_registry, "slow", holder) as busy:
         assert busy is None
         with bank_registry.read_session() as session:
             first = as_utc(session.get_one(SqlClaim, "slow").expires_at)
-        time.sleep(1.0)  # past the first lease: only renewals keep it
+        time.sleep(3.5)  # past the first lease: only renewals keep it
         with bank_registry.read_session() as session:
             later = as_utc(session.get_one(SqlClaim, "slow").expires_at)
         assert later > first
