@@ -14,6 +14,7 @@ from mta.registry.blobrefs import referenced_digests, unreferenced
 from mta.registry.context import RegistryContext
 from mta.registry.db import erase_freed_pages
 from mta.registry.entities import GcResult
+from mta.registry.jobs.claims import drop_expired_claims
 from mta.registry.models import SqlBlob, SqlRecipe, SqlStack, SqlUser, as_utc
 from mta.registry.users.delete import finish_pending_deletions, user_cache_prefix
 from mta.storage import BlobNotFoundError
@@ -71,6 +72,7 @@ def gc(
     cache_removed = _sweep_cache(ctx, dry_run)
     blobs = _sweep_blobs(ctx, now - timedelta(seconds=grace_seconds), dry_run)
     if not dry_run:
+        drop_expired_claims(ctx)  # a killed bulk job's leases, long run out
         erase_freed_pages(ctx.engine)  # deleted rows leave the SQLite files too
     return GcResult(
         deleted=tuple(sorted(blobs.deleted)),

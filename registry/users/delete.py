@@ -31,7 +31,15 @@ from mta.registry.context import RegistryContext
 from mta.registry.db import erase_freed_pages
 from mta.registry.entities import DeleteResult
 from mta.registry.errors import InvalidInputError, NotFoundError
-from mta.registry.models import SqlBlob, SqlDeletion, SqlRecipe, SqlStack, SqlUser, utcnow
+from mta.registry.models import (
+    SqlBlob,
+    SqlClaim,
+    SqlDeletion,
+    SqlRecipe,
+    SqlStack,
+    SqlUser,
+    utcnow,
+)
 from mta.registry.names import validate_user_id
 from mta.registry.users.anchor_redaction import (
     AnchorDrop,
@@ -149,6 +157,8 @@ def _tombstone(
         for model in (SqlStack, SqlRecipe):
             result = session.execute(delete(model).where(model.user_id == user_id))
             rows += int(result.rowcount or 0)
+        # A claim left by a killed bulk job would keep the id in the database.
+        session.execute(delete(SqlClaim).where(SqlClaim.user_id == user_id))
         session.delete(user)
         previous = session.get(SqlDeletion, user_id)
         if previous is not None:
