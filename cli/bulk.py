@@ -316,3 +316,14 @@ AddressOpt = Annotated[
 WorkersOpt = Annotated[
     int, typer.Option("--workers", min=1, max=MAX_INT, help="Ray workers.", rich_help_panel=_RUN)
 ]
+BatchUsersOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-users",
+        min=1,
+        max=4096,
+        help="Users trained per forward/backward pass (bulk adapt). 1 on the CPU, where "
+        "batching was measured slower; larger on a GPU.",
+        rich_help_panel=_RUN,
+    ),
+]

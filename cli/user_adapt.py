@@ -16,6 +16,7 @@ from mta.cli.bulk import (
     AddressOpt,
     AllOpt,
     BankFilterOpt,
+    BatchUsersOpt,
     Execution,
     Executor,
     ExecutorOpt,
@@ -28,7 +29,7 @@ from mta.cli.bulk import (
     WorkersOpt,
     run_bulk,
 )
-from mta.cli.options import JsonOpt, registry_context
+from mta.cli.options import MAX_INT, JsonOpt, registry_context
 from mta.cli.output import Output
 from mta.cli.progress import StageProgress
 
@@ -39,13 +40,18 @@ if TYPE_CHECKING:
 def user_adapt(
     ctx: typer.Context,
     shots: Annotated[
-        int, typer.Option("--shots", min=1, help="History items to train the stack on.")
+        int,
+        typer.Option("--shots", min=1, max=MAX_INT, help="History items to train the stack on."),
     ],
     user_ids: IdsArg = None,
-    rank: Annotated[int, typer.Option("--rank", min=1, help="Rank of the stack LoRA.")] = 1,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 3,
+    rank: Annotated[
+        int, typer.Option("--rank", min=1, max=MAX_INT, help="Rank of the stack LoRA.")
+    ] = 1,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, max=MAX_INT, help="Training epochs.")
+    ] = 3,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_INT, help="Training seed.")] = 0,
     dtype: Annotated[
         str,
         typer.Option(
@@ -54,7 +60,9 @@ def user_adapt(
             "(per-component scales) or nf4 (4-bit, per-block scales).",
         ),
     ] = "fp16",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=MAX_INT, help="Batch size.")
+    ] = 4,
     stack_modules: Annotated[
         str,
         typer.Option(
@@ -64,7 +72,8 @@ def user_adapt(
         ),
     ] = "all",
     max_steps: Annotated[
-        int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")
+        int | None,
+        typer.Option("--max-steps", min=1, max=MAX_INT, help="Stop after this many steps."),
     ] = None,
     from_file: FromOpt = None,
     all_users: AllOpt = False,
@@ -75,6 +84,7 @@ def user_adapt(
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
     workers: WorkersOpt = 2,
+    batch_users: BatchUsersOpt = 1,
     json_mode: JsonOpt = False,
 ) -> None:
     """Train an ultra-low-rank stack on top of the frozen fused adapter and store it.
@@ -103,7 +113,7 @@ def user_adapt(
     ).validate()
     selection = Selection(user_ids or [], from_file, all_users, stale, missing, bank)
     if selection.is_bulk() or executor is Executor.ray:
-        spec = WorkSpec.adapt_users(request, force=force, refresh=stale)
+        spec = WorkSpec.adapt_users(request, force=force, refresh=stale, batch_users=batch_users)
         run_bulk(ctx, selection, spec, Execution(executor, address, workers), json_mode)
         return
     _adapt_one(ctx, selection.ids[0], request, json_mode)

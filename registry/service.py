@@ -15,15 +15,8 @@ from mta.registry.banks.versions import ProgressFn, get_bank, list_banks, set_al
 from mta.registry.db import check_schema, sqlite_path
 from mta.registry.eval_runs import list_eval_runs, record_eval_run
 from mta.registry.identity import AdapterIdentity
-from mta.registry.jobs.bulk import (
-    BulkSummary,
-    UserOutcome,
-    WorkSpec,
-    read_id_file,
-    run_local,
-    select_users,
-    summarize,
-)
+from mta.registry.jobs.bulk import WorkSpec, read_id_file, run_local, select_users
+from mta.registry.jobs.outcomes import BulkSummary, UserOutcome, summarize
 from mta.registry.jobs.ray_runner import run_ray
 from mta.registry.maintenance.fsck import fsck
 from mta.registry.maintenance.gc import gc

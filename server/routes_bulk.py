@@ -70,7 +70,9 @@ def bulk_router(admin_auth: Any) -> APIRouter:
             missing=body.missing,
             task=body.bank,
         )
-        spec = WorkSpec.adapt_users(body.to_request(), force=body.force, refresh=body.stale)
+        spec = WorkSpec.adapt_users(
+            body.to_request(), force=body.force, refresh=body.stale, batch_users=body.batch_users
+        )
         params = {**body.model_dump(exclude={"user_ids"}), "users": len(user_ids)}
 
         def run(progress: ProgressFn) -> dict[str, Any]:

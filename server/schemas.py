@@ -119,6 +119,9 @@ class BulkAdaptBody(AdaptBody):
     missing: bool = Field(default=False, description="Users without a current stack.")
     bank: str | None = Field(default=None, pattern=TASK_REGEX, description="Only this task.")
     force: bool = Field(default=False, description="Retrain users whose stack already matches.")
+    batch_users: int = Field(
+        default=1, ge=1, le=4096, description="Users trained per forward/backward pass."
+    )
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -152,6 +155,28 @@ class JobResponse(BaseModel):
     error: ErrorDetail | None = None
 
 
+class AdapterNameResponse(BaseModel):
+    """The name an engine loads a user's current adapter under, and what a fetch returns."""
+
+    user_id: str
+    name: str = Field(
+        description="<user_id>@<version>: changes whenever the adapter changes.",
+        examples=["alice@3f2a9c01b7de"],
+    )
+    version: str = Field(
+        description="12 hex of the adapter identity's digest (default export options); the "
+        "adapter route's ?version= takes it.",
+        examples=["3f2a9c01b7de"],
+    )
+    etag: str = Field(description="The ETag a fetch with the same max_rank and dtype returns.")
+    rank: int = Field(description="Largest module rank of the archive (vLLM --max-lora-rank).")
+    dtype: Literal["fp32", "fp16", "bf16"]
+    max_rank: int | None
+    bytes: int = Field(description="Size of the archive.")
+    sha256: str = Field(description="sha256 hex of the archive (its Repr-Digest header).")
+    base_model: str = Field(description="The bank's base model, as the registry records it.")
+
+
 class HealthResponse(BaseModel):
     """Liveness and dependencies."""
 
@@ -166,6 +191,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "Read token used on a write route",
         404: "Not found",
         409: "Conflict (already exists, or a job already running)",
+        410: "The requested adapter version is no longer the user's current one",
         413: "Request body too large",
         422: "Invalid input",
         429: "Job queue full",

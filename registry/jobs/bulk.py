@@ -15,83 +15,32 @@ done, so two jobs over the same users work each user once: the other job reports
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 
 from mta.errors import one_line
 from mta.registry.banks.versions import latest_version
 from mta.registry.context import RegistryContext
 from mta.registry.errors import InvalidInputError
+from mta.registry.jobs.batched import adapt_group, current_detail
 from mta.registry.jobs.claims import Claimant, claimed, new_job_id
+from mta.registry.jobs.outcomes import (
+    ADAPTED,
+    BUSY,
+    FAILED,
+    FUSED,
+    SKIPPED,
+    BulkSummary,
+    UserOutcome,
+    summarize,
+)
 from mta.registry.models import SqlBank, SqlUser
 from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.users.adapt import adapt_user
 from mta.registry.users.records import fuse_user, get_user
-
-ADAPTED, SKIPPED, FAILED, FUSED, ADDED = "adapted", "skipped", "failed", "fused", "added"
-BUSY = "busy"  # claimed by another job at the time: left to it, not a failure
-
-
-@dataclass(frozen=True)
-class UserOutcome:
-    """What happened to one user of a bulk job."""
-
-    user_id: str
-    status: str  # "adapted" | "fused" | "added" | "skipped" | "busy" | "failed"
-    seconds: float
-    reason: str = ""  # one line, for "failed", "skipped" and "busy"
-    stack_id: int | None = None
-    phases: dict[str, float] = field(default_factory=dict)  # fuse / train / commit seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class BulkSummary:
-    """A bulk job's result: who was done, skipped, busy (another job's) or failed, how fast."""
-
-    done: tuple[str, ...]
-    skipped: tuple[str, ...]
-    failed: tuple[tuple[str, str], ...]  # (user id, one-line reason)
-    wall_seconds: float
-    seconds_p50: float
-    seconds_p99: float
-    users_per_minute: float
-    phase_means: dict[str, float]
-    busy: tuple[str, ...] = ()  # claimed by another job while this one ran: re-run for them
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (`failed` as a list of {user_id, reason})."""
-        data = asdict(self)
-        data["failed"] = [{"user_id": u, "reason": r} for u, r in self.failed]
-        return data
-
-
-def summarize(outcomes: Sequence[UserOutcome], wall_seconds: float) -> BulkSummary:
-    """Aggregate per-user outcomes: seconds per worked user (p50, p99) and users per minute."""
-    worked = [o.seconds for o in outcomes if o.status not in (SKIPPED, BUSY, FAILED)]
-    phases: dict[str, list[float]] = {}
-    for outcome in outcomes:
-        for phase, seconds in outcome.phases.items():
-            phases.setdefault(phase, []).append(seconds)
-    return BulkSummary(
-        done=tuple(o.user_id for o in outcomes if o.status in (ADAPTED, FUSED, ADDED)),
-        skipped=tuple(o.user_id for o in outcomes if o.status == SKIPPED),
-        failed=tuple((o.user_id, o.reason) for o in outcomes if o.status == FAILED),
-        wall_seconds=wall_seconds,
-        seconds_p50=float(np.percentile(worked, 50)) if worked else 0.0,
-        seconds_p99=float(np.percentile(worked, 99)) if worked else 0.0,
-        users_per_minute=(60.0 * len(worked) / wall_seconds) if wall_seconds > 0 else 0.0,
-        phase_means={p: float(np.mean(v)) for p, v in sorted(phases.items())},
-        busy=tuple(o.user_id for o in outcomes if o.status == BUSY),
-    )
 
 
 def read_id_file(path: Path) -> list[str]:
@@ -192,12 +141,7 @@ def adapt_one(
 
     def work(start: float) -> UserOutcome:
         phases: dict[str, float] = {}
-        detail = get_user(ctx, user_id)
-        if refresh and detail.recipe is not None:
-            latest = _latest_version(ctx, detail.task)
-            if detail.recipe.bank_version < latest:
-                fuse_user(ctx, user_id, FuseRequest(bank_ref=str(latest)))
-                detail = get_user(ctx, user_id)
+        detail = current_detail(ctx, user_id, refresh)
         if not force and detail.stack is not None and request.matches(detail.stack):
             return UserOutcome(
                 user_id, SKIPPED, time.perf_counter() - start, "current stack matches"
@@ -270,13 +214,23 @@ class WorkSpec:
     refresh: bool = False  # re-fuse users on an older bank version first (`--stale`)
     # The job's id: each user is claimed under it (a Ray retry re-takes its own claims).
     job: str = field(default_factory=new_job_id, compare=False)
+    batch_users: int = 1  # users trained per forward/backward pass (`mta.batched_training`)
 
     @classmethod
     def adapt_users(
-        cls, request: AdaptRequest, *, force: bool = False, refresh: bool = False
+        cls,
+        request: AdaptRequest,
+        *,
+        force: bool = False,
+        refresh: bool = False,
+        batch_users: int = 1,
     ) -> WorkSpec:
-        """Train each user's stack as `request` says (`adapt_one`)."""
-        return cls("adapt", adapt=request.validate(), force=force, refresh=refresh)
+        """Train each user's stack as `request` says (`adapt_one`; B users per pass)."""
+        if isinstance(batch_users, bool) or not isinstance(batch_users, int) or batch_users < 1:
+            raise InvalidInputError(f"batch_users must be at least 1, got {batch_users!r}")
+        return cls(
+            "adapt", adapt=request.validate(), force=force, refresh=refresh, batch_users=batch_users
+        )
 
     @classmethod
     def fuse_users(
@@ -302,6 +256,19 @@ class WorkSpec:
             )
         raise InvalidInputError(f"a {self.kind!r} work spec without its request")
 
+    def run_many(self, ctx: RegistryContext, user_ids: Sequence[str]) -> Iterator[UserOutcome]:
+        """Each user's outcome in order: one by one, or `batch_users` per training pass."""
+        if self.adapt is None or self.batch_users == 1:
+            for user_id in user_ids:
+                yield self.run(ctx, user_id)
+            return
+        ids = list(user_ids)
+        for first in range(0, len(ids), self.batch_users):
+            group = ids[first : first + self.batch_users]
+            yield from adapt_group(
+                ctx, group, self.adapt, force=self.force, refresh=self.refresh, job=self.job
+            )
+
 
 def run_local(
     ctx: RegistryContext,
@@ -312,12 +279,11 @@ def run_local(
 ) -> BulkSummary:
     """Run `spec` on each user in this process, reporting each outcome as it lands."""
     start = time.perf_counter()
-    outcomes = []
-    for n, user_id in enumerate(user_ids, start=1):
-        outcome = spec.run(ctx, user_id)
+    outcomes: list[UserOutcome] = []
+    for outcome in spec.run_many(ctx, user_ids):
         outcomes.append(outcome)
         if on_outcome is not None:
-            on_outcome(outcome, n, len(user_ids))
+            on_outcome(outcome, len(outcomes), len(user_ids))
     return summarize(outcomes, time.perf_counter() - start)
 
 

@@ -33,7 +33,8 @@ from typing import Any
 
 from mta.errors import one_line
 from mta.registry.context import RegistryContext
-from mta.registry.jobs.bulk import FAILED, BulkSummary, UserOutcome, WorkSpec, summarize
+from mta.registry.jobs.bulk import WorkSpec
+from mta.registry.jobs.outcomes import FAILED, BulkSummary, UserOutcome, summarize
 from mta.registry.jobs.ray_cluster import (
     ray_session,
     reserve_worker_cpus,
@@ -77,7 +78,7 @@ class BulkWorker:
         """Work through one unit, committing user by user; only the outcomes come back."""
         ctx = self.ctx or RegistryContext.open(*self.locations)
         self.ctx = ctx
-        return [self.spec.run(ctx, user_id).to_dict() for user_id in user_ids]
+        return [outcome.to_dict() for outcome in self.spec.run_many(ctx, user_ids)]
 
 
 @dataclass

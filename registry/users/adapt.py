@@ -14,7 +14,7 @@ from mta.progress import ProgressFn
 from mta.registry.blobrefs import KIND_STACK, put_blob, reassert_blobs, record_blob
 from mta.registry.context import MODEL_LOCK, RegistryContext
 from mta.registry.entities import Stack
-from mta.registry.errors import NotFoundError
+from mta.registry.errors import InvalidInputError, NotFoundError
 from mta.registry.identity import AdapterIdentity
 from mta.registry.models import SqlBank, SqlRecipe, SqlStack, utcnow
 from mta.registry.requests import AdaptRequest, FuseRequest
@@ -53,6 +53,49 @@ def _adapt_inputs(ctx: RegistryContext, user_id: str) -> _AdaptInputs | None:
         )
 
 
+@dataclass(frozen=True)
+class PreparedAdapt:
+    """A user's training, read and set up: what `train_lora` needs and what the commit records."""
+
+    user_id: str
+    request: AdaptRequest
+    inputs: _AdaptInputs
+    chosen: list[int]
+    examples: list[tuple[str, str]]
+    config: Any  # mta.training.TrainConfig
+    fused: Any  # the frozen fused adapter (LoraAdapter), in memory only
+
+
+def prepare_adapt(ctx: RegistryContext, user_id: str, request: AdaptRequest) -> PreparedAdapt:
+    """Read the user (fusing first when they have no recipe), pick the shots, build the fused
+    adapter: everything before training."""
+    from mta.tasks import get_task, profile_examples
+
+    request.validate()
+    inputs = _adapt_inputs(ctx, user_id)
+    if inputs is None:
+        fuse_user(ctx, user_id, FuseRequest(), if_absent=True)
+        inputs = _adapt_inputs(ctx, user_id)
+    if inputs is None:  # the recipe went with a deletion that ran meanwhile
+        raise NotFoundError(f"user {user_id!r} has no recipe; run `mta user fuse`")
+    items = load_profile(ctx, inputs.profile_blob)["profile"]
+    chosen = request.choose_shots(len(items))
+    examples = profile_examples(get_task(inputs.task), [items[i] for i in chosen])
+    config = request.train_config(inputs.modules)
+    fused = materialize_fused(ctx, inputs.identity, reuse_anchors=True)
+    return PreparedAdapt(user_id, request, inputs, chosen, examples, config, fused)
+
+
+def commit_adapt(ctx: RegistryContext, prepared: PreparedAdapt, stack: Any, losses: list) -> Stack:
+    """Store a trained stack: its blob, then its row (the user's new current stack)."""
+    record = prepared.request.record(
+        prepared.config, prepared.chosen, len(prepared.examples), losses
+    )
+    return _commit_stack(
+        ctx, prepared.user_id, prepared.inputs, stack, prepared.request.dtype, record
+    )
+
+
 def adapt_user(
     ctx: RegistryContext,
     user_id: str,
@@ -77,25 +120,13 @@ def adapt_user(
     Returns:
         The stored (now current) stack.
     """
-    from mta.tasks import get_task, profile_examples
     from mta.training import planned_steps, train_lora
 
-    request.validate()
     clock = _PhaseClock(timings)
-    inputs = _adapt_inputs(ctx, user_id)
-    if inputs is None:
-        fuse_user(ctx, user_id, FuseRequest(), if_absent=True)
-        inputs = _adapt_inputs(ctx, user_id)
-    if inputs is None:  # the recipe went with a deletion that ran meanwhile
-        raise NotFoundError(f"user {user_id!r} has no recipe; run `mta user fuse`")
-    items = load_profile(ctx, inputs.profile_blob)["profile"]
-    chosen = request.choose_shots(len(items))
-    examples = profile_examples(get_task(inputs.task), [items[i] for i in chosen])
-    config = request.train_config(inputs.modules)
-    fused = materialize_fused(ctx, inputs.identity, reuse_anchors=True)
+    prepared = prepare_adapt(ctx, user_id, request)
     clock.lap("fuse")
-    model, tokenizer = ctx.base_model(inputs.base_model)
-    total = planned_steps(len(examples), config)
+    model, tokenizer = ctx.base_model(prepared.inputs.base_model)
+    total = planned_steps(len(prepared.examples), prepared.config)
 
     def on_step(step: int, _loss: float) -> None:
         if progress is not None:
@@ -103,13 +134,38 @@ def adapt_user(
 
     with MODEL_LOCK:
         stack, losses = train_lora(
-            model, tokenizer, examples, config, frozen=fused, progress=False, on_step=on_step
+            model,
+            tokenizer,
+            prepared.examples,
+            prepared.config,
+            frozen=prepared.fused,
+            progress=False,
+            on_step=on_step,
         )
     clock.lap("train")
-    record = request.record(config, chosen, len(examples), losses)
-    entity = _commit_stack(ctx, user_id, inputs, stack, request.dtype, record)
+    entity = commit_adapt(ctx, prepared, stack, losses)
     clock.lap("commit")
     return entity
+
+
+def train_together(ctx: RegistryContext, prepared: list[PreparedAdapt]) -> list[tuple[Any, list]]:
+    """Train several prepared users' stacks in joint passes (`mta.batched_training`).
+
+    Each stack equals what `adapt_user` trains for that user alone. Users of one call
+    share a base model and target modules (a bulk job's users of one bank do).
+
+    Raises:
+        InvalidInputError: users on different base models.
+    """
+    from mta.batched_training import StackJob, train_stacks
+
+    bases = {p.inputs.base_model for p in prepared}
+    if len(bases) != 1:
+        raise InvalidInputError("users trained in one pass must share a base model")
+    model, tokenizer = ctx.base_model(bases.pop())
+    jobs = [StackJob(p.examples, p.config, p.fused) for p in prepared]
+    with MODEL_LOCK:
+        return train_stacks(model, tokenizer, jobs)
 
 
 def _commit_stack(

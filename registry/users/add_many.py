@@ -18,7 +18,7 @@ from mta.errors import one_line
 from mta.registry.banks.versions import default_bank, resolve_bank
 from mta.registry.context import RegistryContext
 from mta.registry.errors import AlreadyExistsError, InvalidInputError
-from mta.registry.jobs.bulk import ADDED, FAILED, SKIPPED, UserOutcome
+from mta.registry.jobs.outcomes import ADDED, FAILED, SKIPPED, UserOutcome
 from mta.registry.models import SqlBank, SqlUser
 from mta.registry.names import validate_user_id
 from mta.registry.users.records import add_user

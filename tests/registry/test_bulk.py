@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mta.registry.errors import InvalidInputError
 from mta.registry.jobs.bulk import (
-    ADAPTED,
-    FAILED,
-    SKIPPED,
     WorkSpec,
     adapt_one,
     fuse_one,
@@ -16,6 +14,7 @@ from mta.registry.jobs.bulk import (
     run_local,
     select_users,
 )
+from mta.registry.jobs.outcomes import ADAPTED, FAILED, SKIPPED
 from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.service import add_user, get_user
 from tests.support import TASK, movie_user
@@ -112,7 +111,7 @@ def test_one_work_spec_runs_adapt_and_fuse_and_validates_its_request(bank_regist
 
 
 def test_add_users_embeds_in_batches_and_reports_each_record(bank_registry):
-    from mta.registry.jobs.bulk import ADDED
+    from mta.registry.jobs.outcomes import ADDED
     from mta.registry.users.add_many import add_users, only_task_with_bank
 
     assert only_task_with_bank(bank_registry) == TASK
@@ -127,3 +126,34 @@ def test_add_users_embeds_in_batches_and_reports_each_record(bank_registry):
     ]  # fmt: skip
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert get_user(bank_registry, "n3").profile_items == 5
+
+
+def test_users_trained_two_per_pass_get_the_stacks_they_would_get_alone(bank_registry):
+    from mta.adapter_blob import adapter_from_bytes
+
+    _add(bank_registry, "b1", "b2", "b3")
+    request = AdaptRequest(shots=3, epochs=1)
+    one_by_one = run_local(bank_registry, ["b1", "b2", "b3"], WorkSpec.adapt_users(request))
+    first = {u: get_user(bank_registry, u).stack for u in ("b1", "b2", "b3")}
+    spec = WorkSpec.adapt_users(request, force=True, batch_users=2)
+    seen = []
+    batched = run_local(
+        bank_registry, ["b1", "nobody", "b2", "b3"], spec, on_outcome=lambda o, d, t: seen.append(d)
+    )
+    assert one_by_one.done == ("b1", "b2", "b3") and batched.done == ("b1", "b2", "b3")
+    assert batched.failed[0][0] == "nobody" and seen == [1, 2, 3, 4]
+    assert set(batched.phase_means) == {"fuse", "train", "commit"}
+    for user_id, old in first.items():
+        new = get_user(bank_registry, user_id).stack
+        assert new.stack_id != old.stack_id and new.train_config == {
+            **old.train_config,
+            "losses": new.train_config["losses"],
+        }
+        a = adapter_from_bytes(bank_registry.store.get_bytes(old.blob))
+        b = adapter_from_bytes(bank_registry.store.get_bytes(new.blob))
+        for path, module in a.modules.items():
+            assert torch.allclose(b.modules[path].B, module.B, rtol=1e-3, atol=1e-6), path
+    skipped = run_local(bank_registry, ["b1", "b2"], WorkSpec.adapt_users(request, batch_users=2))
+    assert skipped.skipped == ("b1", "b2")
+    with pytest.raises(InvalidInputError, match="batch_users must be at least 1"):
+        WorkSpec.adapt_users(request, batch_users=0)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from mta.registry.errors import InvalidInputError
-from mta.registry.jobs.bulk import ADAPTED, FAILED, SKIPPED, WorkSpec, run_local
+from mta.registry.jobs.bulk import WorkSpec, run_local
+from mta.registry.jobs.outcomes import ADAPTED, FAILED, SKIPPED
 from mta.registry.jobs.ray_cluster import check_local_registry, worker_locations
 from mta.registry.jobs.ray_runner import BulkWorker, _Driver, _Unit, run_ray
 from mta.registry.requests import AdaptRequest, FuseRequest

@@ -15,20 +15,9 @@ from sqlalchemy import select
 
 from mta.registry.context import RegistryContext
 from mta.registry.jobs import claims
-from mta.registry.jobs.bulk import (
-    ADAPTED,
-    BUSY,
-    FAILED,
-    FUSED,
-    SKIPPED,
-    UserOutcome,
-    WorkSpec,
-    adapt_one,
-    fuse_one,
-    run_local,
-    summarize,
-)
+from mta.registry.jobs.bulk import WorkSpec, adapt_one, fuse_one, run_local
 from mta.registry.jobs.claims import Claimant, claimed, host_id, take_claim
+from mta.registry.jobs.outcomes import ADAPTED, BUSY, FAILED, FUSED, SKIPPED, UserOutcome, summarize
 from mta.registry.models import SqlClaim, as_utc, utcnow
 from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.service import add_user, fsck, gc, get_user
