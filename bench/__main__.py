@@ -26,6 +26,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
     from bench.materialize import bench_materialize
     from bench.personalize import bench_personalize
     from bench.registry_reads import bench_registry_reads
+    from bench.resolver import bench_resolver
 
     return {
         "fusion": bench_fusion,
@@ -37,6 +38,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
         "bulk": bench_bulk,
         "batched": bench_batched,
         "reads": bench_registry_reads,
+        "resolver": bench_resolver,
     }
 
 

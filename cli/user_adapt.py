@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mta.registry.service import AdaptRequest
 
 
+# long: a typer option signature (18 options: training, selection, execution)
 def user_adapt(
     ctx: typer.Context,
     shots: Annotated[

@@ -10,12 +10,20 @@ uid/gid 0, mode 0644), so equal keys mean byte-identical archives and the ETag i
 strong one. A
 revalidation (``If-None-Match``) therefore costs one registry lookup and no
 tensor work or blob read.
+
+Engines name a user's adapter ``<user id>@<version>`` (`adapter_name`): the version is the
+first `VERSION_CHARS` hex of the identity's digest with the default export options, so it
+changes exactly when the adapter does and names the same bytes for any fixed
+``max_rank``/``dtype``. Each archive response also carries its sha256 (`repr_digest`), so a
+client can tell the bytes it received are the bytes the server built.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 import sqlite3
 import tarfile
 import threading
@@ -32,6 +40,44 @@ if TYPE_CHECKING:
 ARCHIVE_FORMAT = "mta-peft-tar/1"
 ARCHIVE_MEDIA_TYPE = "application/x-tar"
 ARCHIVE_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_NAME_HEADER = "X-MTA-Adapter-Name"
+DIGEST_HEADER = "Repr-Digest"  # RFC 9530: sha-256=:<base64 of the archive's sha256>:
+# 48 bits: two versions of one user colliding is a one in 2**48 event per pair.
+VERSION_CHARS = 12
+
+
+def adapter_version(identity: AdapterIdentity) -> str:
+    """The version engines name the identity by: 12 hex of its default-options digest.
+
+    The default options (no rank cap, fp32, the bank's base model name) make the version a
+    function of the adapter alone (anchors and weights, method, stack, base model); the
+    fetch options a client adds are its own and fixed per client.
+    """
+    return identity.digest()[:VERSION_CHARS]
+
+
+def adapter_name(identity: AdapterIdentity) -> str:
+    """``<user id>@<version>``: the name an engine loads the user's current adapter under."""
+    return f"{identity.user_id}@{adapter_version(identity)}"
+
+
+def archive_sha256(data: bytes) -> str:
+    """The sha256 hex of an archive's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def repr_digest(sha256_hex: str) -> str:
+    """The ``Repr-Digest`` header value (RFC 9530) of an archive with this sha256 hex."""
+    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
+
+
+def archive_rank(data: bytes) -> int:
+    """The largest per-module rank in an archive's ``adapter_config.json``."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile(ARCHIVE_FILES[0])
+        config = json.loads(member.read() if member is not None else b"{}")
+    patterned = (config.get("rank_pattern") or {}).values()
+    return max([int(config.get("r", 0)), *(int(r) for r in patterned)])
 
 
 def archive_etag(identity: AdapterIdentity, max_rank: int | None, dtype: str = "fp32") -> str:
@@ -135,13 +181,15 @@ class ArchiveCache:
     """A byte-bounded LRU of archives keyed by ETag, plus one lock per key being built.
 
     The per-key lock makes concurrent cold requests for the same adapter build it
-    once (the others wait and then hit the cache).
+    once (the others wait and then hit the cache). Each archive's sha256 is kept with it,
+    so a hit sends its digest header without hashing again.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(0, max_bytes)
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._owner_of: dict[str, str] = {}  # key -> user id, so a deletion can find them
+        self._digests: dict[str, str] = {}  # key -> sha256 hex of the archive
         self._bytes = 0
         self._lock = threading.Lock()
         self._building: dict[str, tuple[threading.Lock, int]] = {}
@@ -154,8 +202,22 @@ class ArchiveCache:
                 self._items.move_to_end(key)
             return data
 
-    def put(self, key: str, data: bytes, owner: str | None = None) -> None:
-        """Cache an archive (of user ``owner``), evicting the least recently used past the bound."""
+    def get_entry(self, key: str) -> tuple[bytes, str] | None:
+        """The cached archive for ``key`` and its sha256 hex (marked recently used), or None."""
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                return None
+            self._items.move_to_end(key)
+            digest = self._digests.get(key)
+            if digest is None:
+                digest = self._digests[key] = archive_sha256(data)
+            return data, digest
+
+    def put(
+        self, key: str, data: bytes, owner: str | None = None, digest: str | None = None
+    ) -> None:
+        """Cache an archive of user ``owner`` (and its sha256 hex), evicting past the bound."""
         if len(data) > self.max_bytes:
             return  # larger than the whole cache: keeping it would evict everything
         with self._lock:
@@ -165,10 +227,13 @@ class ArchiveCache:
             self._items[key] = data
             if owner is not None:
                 self._owner_of[key] = owner
+            if digest is not None:
+                self._digests[key] = digest
             self._bytes += len(data)
             while self._bytes > self.max_bytes:
                 evicted_key, evicted = self._items.popitem(last=False)
                 self._owner_of.pop(evicted_key, None)
+                self._digests.pop(evicted_key, None)
                 self._bytes -= len(evicted)
 
     def discard_owner(self, owner: str) -> int:
@@ -178,6 +243,7 @@ class ArchiveCache:
             for key in keys:
                 self._bytes -= len(self._items.pop(key))
                 del self._owner_of[key]
+                self._digests.pop(key, None)
             return len(keys)
 
     @contextmanager

@@ -1,6 +1,6 @@
 """The architecture rules, read from the source with `ast`: nothing of the project is imported.
 
-Every ``.py`` file of the seven package folders is parsed (module names follow
+Every ``.py`` file of the eight package folders is parsed (module names follow
 `pyproject.toml` ``package-dir``; ``__init__.py`` is the package itself) and every import
 is collected: at module level, inside functions and classes, absolute and relative.
 ``from pkg import name`` imports the submodule ``pkg.name`` when that is a module, else
@@ -14,6 +14,8 @@ The checks:
   package's ``__init__`` before any of its submodules, so such an edge closes no loop
   that matters (``mta.fusion`` imports ``mta.fusion.cat``, which imports ``mta.fusion.inputs``);
 - no folder imports a folder of its own layer or a higher one (`LAYERS`);
+- ``engines`` (clients of the HTTP API) imports only the method core, and nothing imports it
+  (`ONLY_IMPORTS`, `NOT_IMPORTED`);
 - the folder-level graph equals the block under `DOCS_MARKER` in ``docs/internals.md``;
 - no source file is longer than `MAX_FILE_LINES` lines (``bench/`` included);
 - no function is longer than `MAX_FUNCTION_LINES` code lines (its docstring not counted)
@@ -42,6 +44,7 @@ PACKAGES = {
     "evaluation": "mta.evaluation",
     "server": "mta.server",
     "cli": "mta.cli",
+    "engines": "mta.engines",
 }
 # A folder may import only folders of a strictly lower layer (so never one of its own layer).
 LAYERS = {
@@ -52,7 +55,13 @@ LAYERS = {
     "evaluation": 2,
     "server": 2,
     "cli": 3,
+    "engines": 1,
 }
+# Folders limited to fewer folders than their layer allows: engines/ reaches the registry
+# only over HTTP, so it may not import registry, storage, server or cli.
+ONLY_IMPORTS = {"engines": {"mta"}}
+# Folders no other folder may import: the engine plugins are loaded by the engines.
+NOT_IMPORTED = {"engines"}
 LINE_CHECKED_FOLDERS = (*PACKAGES, "bench")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
@@ -100,7 +109,7 @@ def _module_name(folder: str, path: Path) -> str:
 
 @cache
 def modules() -> dict[str, Module]:
-    """Every module of the seven package folders, by import name."""
+    """Every module of the eight package folders, by import name."""
     found = {}
     for folder in PACKAGES:
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -368,6 +377,25 @@ def test_no_folder_imports_its_own_layer_or_a_higher_one():
                     f"{here} (layer {LAYERS[here]}) may not import {there} (layer {LAYERS[there]})"
                 )
     assert not upward, "imports against the layers " + repr(LAYERS) + ":\n" + "\n".join(upward)
+
+
+def test_engines_import_only_the_core_and_nothing_imports_them():
+    graph = import_graph()
+    wrong = []
+    for source, targets in sorted(graph.edges.items()):
+        here = graph.modules[source].folder
+        for target in sorted(targets):
+            there = graph.modules[target].folder
+            if here == there:
+                continue
+            if here in ONLY_IMPORTS and there not in ONLY_IMPORTS[here]:
+                wrong.append(f"{source} imports {target} ({graph.at(source, target)})")
+            if there in NOT_IMPORTED:
+                wrong.append(f"{source} imports {target} ({graph.at(source, target)})")
+    assert not wrong, (
+        f"allowed: {ONLY_IMPORTS}; never imported: {sorted(NOT_IMPORTED)}:\n" + "\n".join(wrong)
+    )
+    assert "mta.engines.vllm_resolver" in graph.modules
 
 
 def documented_folder_edges() -> dict[str, set[str]]:

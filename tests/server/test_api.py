@@ -24,6 +24,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/users", None),
     ("GET", "/v1/users/alice", None),
     ("GET", "/v1/users/alice/adapter", None),
+    ("GET", "/v1/users/alice/adapter-name", None),
     ("GET", "/v1/jobs/" + "0" * 32, None),
     ("GET", "/v1/storage/report", None),
     ("GET", "/metrics", None),
@@ -308,6 +309,56 @@ def test_etag_revalidation_and_cache_counters(client: TestClient) -> None:
     served = len(first.content) * 3 + len(compressed.content) + len(half.content)
     served += len(changed.content)
     assert value(samples, "mta_adapter_bytes_served_total") == served
+
+
+def test_adapter_name_pins_the_bytes_a_versioned_fetch_returns(client: TestClient) -> None:
+    import base64
+    import hashlib
+
+    info = client.get("/v1/users/alice/adapter-name", headers=READ)
+    assert info.status_code == 200, info.text
+    data = info.json()
+    version = data["version"]
+    assert len(version) == 12 and int(version, 16) >= 0 and data["name"] == f"alice@{version}"
+    fetched = client.get(f"/v1/users/alice/adapter?version={version}", headers=READ)
+    assert fetched.status_code == 200 and fetched.headers["x-mta-adapter-name"] == data["name"]
+    assert fetched.headers["etag"] == data["etag"] and len(fetched.content) == data["bytes"]
+    sha = hashlib.sha256(fetched.content).digest()
+    assert fetched.headers["repr-digest"] == f"sha-256=:{base64.b64encode(sha).decode()}:"
+    assert sha.hex() == data["sha256"] and data["dtype"] == "fp32" and data["max_rank"] is None
+    config = json.loads(_untar(fetched.content)["adapter_config.json"])
+    assert data["rank"] == max([config["r"], *config.get("rank_pattern", {}).values()])
+    plain = client.get("/v1/users/alice/adapter", headers=READ)  # no version: as before
+    assert plain.content == fetched.content and plain.headers["x-mta-adapter-name"] == data["name"]
+    revalidated = client.get(
+        f"/v1/users/alice/adapter?version={version}",
+        headers={**READ, "If-None-Match": data["etag"]},
+    )
+    assert revalidated.status_code == 304
+    assert revalidated.headers["x-mta-adapter-name"] == data["name"]
+
+    # The name is the adapter's, the options the fetch's: fp16 keeps the name, not the ETag.
+    half = client.get("/v1/users/alice/adapter-name?dtype=fp16&max_rank=2", headers=READ).json()
+    assert half["name"] == data["name"] and half["etag"] != data["etag"] and half["rank"] <= 2
+    half_fetch = client.get(
+        f"/v1/users/alice/adapter?dtype=fp16&max_rank=2&version={version}", headers=READ
+    )
+    assert half_fetch.headers["etag"] == half["etag"] and len(half_fetch.content) == half["bytes"]
+
+    other = "0" * 12 if version != "0" * 12 else "1" * 12
+    gone = client.get(f"/v1/users/alice/adapter?version={other}", headers=READ)
+    message = _error(gone, 410, "stale_version")
+    assert "\n" not in message and data["name"] in message
+    assert gone.headers["x-mta-adapter-name"] == data["name"] and "etag" not in gone.headers
+    stale_304 = client.get(
+        f"/v1/users/alice/adapter?version={other}", headers={**READ, "If-None-Match": "*"}
+    )
+    assert stale_304.status_code == 410  # never a 304 for a version that is not current
+    for bad in ("ABCDEF012345", "abc", "0" * 13, "g" * 12):
+        response = client.get(f"/v1/users/alice/adapter?version={bad}", headers=READ)
+        _error(response, 422, "validation_error")
+    _error(client.get("/v1/users/ghost/adapter-name", headers=READ), 404, "not_found")
+    _error(client.get("/v1/users/ghost/adapter?version=" + version, headers=READ), 404, "not_found")
 
 
 def test_user_without_recipe_has_no_adapter(client: TestClient) -> None:

@@ -1,4 +1,4 @@
-"""The HTTP ETag changes exactly when the exported adapter bytes change, and not otherwise."""
+"""The HTTP ETag and the adapter name change exactly when the exported bytes change."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def test_etag_tracks_the_exported_bytes(
     tiny_embedder_dir: Path,
 ) -> None:
     seen: dict[str, bytes] = {}
+    names: dict[str, str] = {}  # ETag -> the adapter name served with it
     with (
         make_client(registry) as client,
         RegistryContext.open(registry.db_url, registry.store_url, registry.cache_dir) as ctx,
@@ -27,11 +28,21 @@ def test_etag_tracks_the_exported_bytes(
         def fetch() -> tuple[str, bytes]:
             response = client.get("/v1/users/alice/adapter", headers=READ)
             assert response.status_code == 200
+            name = client.get("/v1/users/alice/adapter-name", headers=READ).json()["name"]
+            assert response.headers["x-mta-adapter-name"] == name
+            names.setdefault(response.headers["etag"], name)
+            assert names[response.headers["etag"]] == name
             return response.headers["etag"], response.content
 
         def changed(label: str) -> None:
+            previous = set(names.values())
             etag, body = fetch()
             assert etag not in seen and body not in seen.values(), label
+            assert names[etag] not in previous, label  # a new adapter is a new name
+            for name in previous:  # and every older name is refused, never served
+                version = name.rpartition("@")[2]
+                old = client.get(f"/v1/users/alice/adapter?version={version}", headers=READ)
+                assert old.status_code == 410, label
             seen[etag] = body
 
         changed("fused")
@@ -39,7 +50,7 @@ def test_etag_tracks_the_exported_bytes(
         service.add_user(ctx, user_id="bob", task=TASK, profile=movie_user("bob", 6))
         service.set_alias(ctx, TASK, 1, "prod")
         etag, body = fetch()
-        assert seen.get(etag) == body
+        assert seen.get(etag) == body and len(set(names.values())) == 1
         revalidated = client.get("/v1/users/alice/adapter", headers={**READ, "If-None-Match": etag})
         assert revalidated.status_code == 304
 
