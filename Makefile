@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench bench-quick clean
+.PHONY: setup demo test test-fast lint bench bench-quick clean engine-setup engine-test
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# llama.cpp from its source package (~30 min on 2 cores the first time; pip caches the
+# wheel, later installs take seconds). Portable flags: a cached wheel must run on any x86_64.
+ENGINE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF
+engine-setup: setup
+	CMAKE_ARGS="$(ENGINE_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[engine]'
+
+engine-test: engine-setup
+	$(BIN)/python -m pytest -q tests/engines/test_llama_cpp.py
 
 bench: setup
 	$(BIN)/python -m bench
