@@ -28,7 +28,7 @@ from .client import AdapterClient, Fetched
 from .names import AdapterName
 
 META_NAME = ".mta-resolver.json"  # in each folder: name, etag, each file's sha256
-TMP_DIR = ".tmp"  # never a name: names always end in @<12 hex>
+TMP_DIR = ".tmp"  # never a name: names always end in ~<12 hex>
 FILE_MODE = 0o644
 FOLDER_MODE = 0o755
 STALE_TMP_SECONDS = 3600.0
@@ -49,7 +49,7 @@ class AdapterCache:
 
         Returns:
             The folder, or None: the name is stale (410), the user has no adapter (404; a
-            kept folder of the name is removed), or ``name`` is not ``<user id>@<version>``.
+            kept folder of the name is removed), or ``name`` is not ``<user id>~<version>``.
 
         Raises:
             ArchiveError: the server sent an archive that is not the named version's.

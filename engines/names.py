@@ -1,9 +1,9 @@
-"""Adapter names as engines see them: ``<user id>@<version>``.
+"""Adapter names as engines see them: ``<user id>~<version>``.
 
-The server (`mta.server.archive.adapter_name`) writes them; this is the client's reading.
-The version is 12 lowercase hex; the user id is everything before the last ``@`` (ids may
-hold ``@`` themselves) and follows the registry's rule, so a name is always a safe folder
-name.
+The server (`mta.server.archive.adapter_name`, from `mta.registry.identity.engine_name`)
+writes them; this is the client's reading. The version is 12 lowercase hex; "~" is outside
+the user-id alphabet, so a name splits one way only, no name is a prefix of another, and
+the user id follows the registry's rule, so a name is always a safe folder name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 VERSION_CHARS = 12
-_NAME = re.compile(r"(?P<user_id>[A-Za-z0-9._@-]{1,128})@(?P<version>[0-9a-f]{12})")
+_NAME = re.compile(r"(?P<user_id>[A-Za-z0-9._@-]{1,128})~(?P<version>[0-9a-f]{12})")
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,4 @@ class AdapterName:
         return cls(match["user_id"], match["version"])
 
     def __str__(self) -> str:
-        return f"{self.user_id}@{self.version}"
+        return f"{self.user_id}~{self.version}"

@@ -1,4 +1,4 @@
-"""The vLLM LoRA resolver plugin: a request for model ``<user id>@<version>`` loads that adapter.
+"""The vLLM LoRA resolver plugin: a request for model ``<user id>~<version>`` loads that adapter.
 
 vLLM (read, not run here: it needs CUDA) calls ``await resolver.resolve_lora(base_model_name,
 lora_name)`` the first time a request names an unknown model, when
@@ -44,7 +44,7 @@ def resolver_class(resolver_base: type, request_type: type) -> type:
     """
 
     class MtaLoRAResolver(resolver_base):  # type: ignore[misc, valid-type]
-        """Resolves ``<user id>@<version>`` through an `AdapterCache` fed by `mta serve`."""
+        """Resolves ``<user id>~<version>`` through an `AdapterCache` fed by `mta serve`."""
 
         def __init__(self, cache: AdapterCache) -> None:
             self.cache = cache

@@ -56,6 +56,22 @@ def cache_max_bytes_from_env() -> int:
     return int(text)
 
 
+def check_cache_dir(cache_dir: Path) -> None:
+    """Refuse a cache folder that is, or lies under, a file (it could never be created).
+
+    Raises:
+        InvalidInputError: naming the setting and the file in the way.
+    """
+    setting = f"the cache folder {cache_dir} (--cache-dir / MTA_CACHE_DIR)"
+    for path in (cache_dir, *cache_dir.parents):
+        if path.exists():
+            if path == cache_dir and not path.is_dir():
+                raise InvalidInputError(f"{setting} is not a folder")
+            if not path.is_dir():
+                raise InvalidInputError(f"{setting} cannot be created: {path} is a file")
+            return
+
+
 @dataclass
 class RegistryContext:
     """The registry's database, blob store and adapter cache, opened from flags or env.
@@ -116,6 +132,7 @@ class RegistryContext:
         cache = Path(cache_dir or os.environ.get("MTA_CACHE_DIR") or DEFAULT_CACHE_DIR)
         # Checked before the engine exists: a bad setting must not leave one to dispose.
         max_bytes = cache_max_bytes_from_env()
+        check_cache_dir(cache.expanduser())
         blob_store = open_store(store)
         engine = make_engine(db)
         return cls(
@@ -153,13 +170,18 @@ class RegistryContext:
             yield session
 
     def _check_schema_once(self) -> None:
-        """The schema check, once per context."""
+        """The schema check, then the store's, once per context (`mta init` sets up both).
+
+        The store is checked here rather than on a missing blob: a store URL with a typo
+        names an empty place, where every blob would otherwise look missing (exit 3).
+        """
         if not self._schema_checked:
             check_schema(self.engine)
+            self.store.check_exists()
             self._schema_checked = True
 
     def mark_schema_current(self) -> None:
-        """Skip the next schema check (`init_registry` has just migrated)."""
+        """Skip the next schema and store check (`init_registry` has just set both up)."""
         self._schema_checked = True
 
     @property

@@ -206,6 +206,9 @@ def session_scope(factory: sessionmaker[Session], *, read_only: bool = False) ->
         if "no such table" in str(error.orig) or "does not exist" in str(error.orig):
             raise NotInitializedError("the registry has no schema; run `mta init`") from error
         raise RegistryError(f"database error: {one_line(error.orig)}") from error
+    except exc.DatabaseError as error:
+        session.rollback()
+        raise unreadable_database(session.get_bind(), error) from error
     except BaseException:
         session.rollback()
         raise
@@ -281,6 +284,8 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
         raise RegistryError(
             f"cannot migrate the registry at {_redacted(engine)}: {one_line(error.orig)}"
         ) from error
+    except exc.DatabaseError as error:
+        raise unreadable_database(engine, error) from error
     return current_revision(engine) or ""
 
 
@@ -299,6 +304,8 @@ def check_schema(engine: Engine) -> None:
         current = current_revision(engine)
     except exc.OperationalError as error:
         raise NotInitializedError(f"cannot open the registry ({one_line(error.orig)})") from error
+    except exc.DatabaseError as error:
+        raise unreadable_database(engine, error) from error
     head = head_revision()
     if current is None:
         raise NotInitializedError(
@@ -308,6 +315,24 @@ def check_schema(engine: Engine) -> None:
         raise NotInitializedError(
             f"the registry schema is at {current}, this code needs {head}; run `mta init`"
         )
+
+
+def unreadable_database(engine: Any, error: exc.DatabaseError) -> RegistryError:
+    """One line for a database file that opened but cannot be read (not a database, damaged).
+
+    Args:
+        engine: the engine (or connection) whose URL names the database.
+        error: SQLAlchemy's wrapper of the driver's error.
+
+    Returns:
+        InvalidInputError when a SQLite URL names a file that is not an SQLite database (a
+        wrong --db / MTA_DB_URL), else RegistryError with the driver's message.
+    """
+    path = sqlite_path(str(engine.url))
+    message = one_line(error.orig)
+    if path is not None and "not a database" in message:
+        return InvalidInputError(f"{path} is not an SQLite database; check {_DB_URL_SOURCE}")
+    return RegistryError(f"cannot read the registry at {_redacted(engine)}: {message}")
 
 
 def table_names(engine: Engine) -> list[str]:

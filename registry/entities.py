@@ -157,6 +157,9 @@ class Export(_Entity):
     recipe_id: int
     stack_id: int | None  # None: fuse-only export (the user has no stack yet)
     bytes: int
+    base_model: str  # the bank's base model the adapter was trained on, as recorded
+    base_weights: str | None  # the GGUF file or model folder that name resolves to here
+    base_sha256: str | None  # digest of those weight files (registry.base_weights)
 
 
 @dataclass(frozen=True)
@@ -167,14 +170,22 @@ class PublishResult(_Entity):
     served_model_name: str | None  # the --served-model-name; None: each bank's base model
     written: tuple[str, ...]  # exported and swapped in (new or changed identity)
     unchanged: tuple[str, ...]  # identity equal to the manifest's: nothing written
-    removed: tuple[str, ...]  # folders of deleted users (or users left without an adapter)
+    removed: tuple[str, ...]  # users whose every name went: deleted, or left without adapter
     skipped: tuple[str, ...]  # selected users without a recipe yet (nothing to serve)
     refused: tuple[str, ...]  # ids that cannot be folder names (see publish.users)
     bytes_written: int
     published_users: int  # users the manifest lists after the round
-    published_bytes: int  # their folders' bytes, per the manifest
+    published_bytes: int  # their current folders' bytes, per the manifest
     manifest_written: bool  # False when nothing changed (the round wrote nothing)
     seconds: float
+    names: dict[str, str] = field(default_factory=dict)  # written user -> their new name
+    retired: tuple[str, ...] = ()  # names removed this round (grace over, or user gone)
+    evicted: tuple[str, ...] = ()  # users dropped to stay within max_bytes (the oldest)
+    dtype: str = "fp16"  # tensor precision of the published folders
+    max_rank: int | None = None  # the rank cap asked for (--max-rank)
+    rank: int = 0  # the largest rank among published users
+    max_lora_rank: int | None = None  # the vLLM --max-lora-rank that loads them all
+    warnings: tuple[str, ...] = ()  # one line each, e.g. a GGUF base under a hub name
 
 
 @dataclass(frozen=True)

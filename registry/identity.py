@@ -3,6 +3,10 @@
 The export cache key, the HTTP ETag, `mta publish` and the evaluation all derive from
 `AdapterIdentity`: equal digests mean byte-equal PEFT folders, and any change to the
 stack, the recipe's anchors or weights, the fusion method or the export options changes it.
+
+`engine_name` is the one source of the names serving engines load adapters under
+(`<user id>~<12 hex>`, a published folder's name and the server's adapter name): the hex
+comes from the digest, so new bytes always get a new name and a name never goes stale.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from mta.registry.entities import Recipe
 from mta.registry.errors import NotFoundError
+from mta.registry.names import USER_ID_PATTERN
 
 # Bump when the export's byte layout changes, so every cache entry and ETag turns over.
 IDENTITY_FORMAT = 2  # 2: every exported module at one rank (zero-padded)
@@ -61,6 +66,45 @@ class AdapterIdentity:
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+# `<user id>~<version>`. "~" is outside the user-id alphabet (`names.USER_ID_PATTERN`), so a
+# name splits one way only and no name is a prefix of another: LoRAX lists an adapter's S3
+# keys by its bare name as a prefix (no trailing "/"), which with "@" (an id character)
+# would let "bob@<v>" list the keys of user "bob@<v>x". 12 hex = 48 bits: two versions of one
+# user colliding is a one in 2**48 event per pair.
+ENGINE_NAME_SEPARATOR = "~"
+ENGINE_VERSION_CHARS = 12
+
+
+def engine_name(
+    identity: AdapterIdentity,
+    *,
+    max_rank: int | None = None,
+    dtype: str = "fp32",
+    base_model_name: str | None = None,
+) -> str:
+    """``<user id>~<12 hex>``: the name an engine loads these exact adapter bytes under.
+
+    The hex is the start of `AdapterIdentity.digest` with the same export options, so any
+    change to the adapter or to the options that changes the bytes changes the name.
+    """
+    digest = identity.digest(max_rank=max_rank, dtype=dtype, base_model_name=base_model_name)
+    return f"{identity.user_id}{ENGINE_NAME_SEPARATOR}{digest[:ENGINE_VERSION_CHARS]}"
+
+
+def parse_engine_name(name: str) -> tuple[str, str] | None:
+    """(user id, version) of an `engine_name`, or None when `name` is not one."""
+    user_id, separator, version = name.rpartition(ENGINE_NAME_SEPARATOR)
+    if (
+        not separator
+        or len(version) != ENGINE_VERSION_CHARS
+        or any(c not in "0123456789abcdef" for c in version)
+        or not USER_ID_PATTERN.fullmatch(user_id)
+        or user_id in (".", "..")
+    ):
+        return None
+    return user_id, version
 
 
 def identity_of(

@@ -14,7 +14,13 @@ from mta.registry.banks.build import build_bank, push_bank
 from mta.registry.banks.versions import ProgressFn, get_bank, list_banks, set_alias
 from mta.registry.db import check_schema, sqlite_path
 from mta.registry.eval_runs import list_eval_runs, record_eval_run
-from mta.registry.identity import AdapterIdentity
+from mta.registry.identity import (
+    ENGINE_NAME_SEPARATOR,
+    ENGINE_VERSION_CHARS,
+    AdapterIdentity,
+    engine_name,
+    parse_engine_name,
+)
 from mta.registry.jobs.bulk import WorkSpec, read_id_file, run_local, select_users
 from mta.registry.jobs.outcomes import BulkSummary, UserOutcome, summarize
 from mta.registry.jobs.ray_runner import run_ray
@@ -23,6 +29,7 @@ from mta.registry.maintenance.gc import gc
 from mta.registry.maintenance.init import init_registry
 from mta.registry.maintenance.report import storage_report
 from mta.registry.names import USER_ID_PATTERN, validate_user_id
+from mta.registry.publish.request import PublishRequest
 from mta.registry.publish.users import publish_users, watch_publish
 from mta.registry.requests import AdaptRequest, FuseRequest, shot_indices
 from mta.registry.users.adapt import adapt_user
@@ -38,6 +45,7 @@ __all__ = [
     "BulkSummary",
     "FuseRequest",
     "ProgressFn",
+    "PublishRequest",
     "UserOutcome",
     "WorkSpec",
     "adapt_user",
@@ -47,6 +55,9 @@ __all__ = [
     "build_bank",
     "check_schema",
     "delete_user",
+    "ENGINE_NAME_SEPARATOR",
+    "ENGINE_VERSION_CHARS",
+    "engine_name",
     "export_user",
     "fsck",
     "fuse_user",
@@ -59,6 +70,7 @@ __all__ = [
     "list_users",
     "materialize_fused",
     "only_task_with_bank",
+    "parse_engine_name",
     "publish_users",
     "push_bank",
     "read_id_file",

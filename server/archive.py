@@ -11,7 +11,7 @@ strong one. A
 revalidation (``If-None-Match``) therefore costs one registry lookup and no
 tensor work or blob read.
 
-Engines name a user's adapter ``<user id>@<version>`` (`adapter_name`): the version is the
+Engines name a user's adapter ``<user id>~<version>`` (`adapter_name`): the version is the
 first `VERSION_CHARS` hex of the identity's digest with the default export options, so it
 changes exactly when the adapter does and names the same bytes for any fixed
 ``max_rank``/``dtype``. Each archive response also carries its sha256 (`repr_digest`), so a
@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mta.registry.service import ENGINE_NAME_SEPARATOR, ENGINE_VERSION_CHARS, engine_name
+
 if TYPE_CHECKING:
     from mta.registry.service import AdapterIdentity
 
@@ -42,8 +44,7 @@ ARCHIVE_MEDIA_TYPE = "application/x-tar"
 ARCHIVE_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_NAME_HEADER = "X-MTA-Adapter-Name"
 DIGEST_HEADER = "Repr-Digest"  # RFC 9530: sha-256=:<base64 of the archive's sha256>:
-# 48 bits: two versions of one user colliding is a one in 2**48 event per pair.
-VERSION_CHARS = 12
+VERSION_CHARS = ENGINE_VERSION_CHARS
 
 
 def adapter_version(identity: AdapterIdentity) -> str:
@@ -53,12 +54,12 @@ def adapter_version(identity: AdapterIdentity) -> str:
     function of the adapter alone (anchors and weights, method, stack, base model); the
     fetch options a client adds are its own and fixed per client.
     """
-    return identity.digest()[:VERSION_CHARS]
+    return adapter_name(identity).rpartition(ENGINE_NAME_SEPARATOR)[2]
 
 
 def adapter_name(identity: AdapterIdentity) -> str:
-    """``<user id>@<version>``: the name an engine loads the user's current adapter under."""
-    return f"{identity.user_id}@{adapter_version(identity)}"
+    """``<user id>~<version>`` (`registry.identity.engine_name` with the default options)."""
+    return engine_name(identity)
 
 
 def archive_sha256(data: bytes) -> str:

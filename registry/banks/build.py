@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from mta.training import TrainConfig
 
 EXECUTORS = ("local", "ray")
+# k-means (scikit-learn) takes a 32-bit random state; the build passes it the --seed.
+MAX_BUILD_SEED = 2**32 - 1
 
 
 @dataclass
@@ -106,7 +108,7 @@ def build_bank(
     from mta.lamp_data import load_users
     from mta.tasks import get_task
 
-    _check_choices(executor, anchor_data)
+    _check_choices(executor, anchor_data, seed)
     task_obj = get_task(task)
     modules = list(target_modules or DEFAULT_TARGET_MODULES)
     config = _train_config(modules, rank=rank, epochs=epochs, lr=lr, seed=seed, max_steps=max_steps)
@@ -142,8 +144,12 @@ def build_bank(
     )
 
 
-def _check_choices(executor: str, anchor_data: str) -> None:
-    """InvalidInputError for an unknown executor or anchor-data mode."""
+def _check_choices(executor: str, anchor_data: str, seed: int) -> None:
+    """InvalidInputError for an unknown executor or anchor-data mode, or a seed k-means refuses."""
+    if not 0 <= seed <= MAX_BUILD_SEED:
+        raise InvalidInputError(
+            f"seed must be between 0 and {MAX_BUILD_SEED} (the k-means random state), got {seed}"
+        )
     if executor not in EXECUTORS:
         raise InvalidInputError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if anchor_data not in ANCHOR_DATA_MODES:
@@ -284,8 +290,7 @@ def push_bank(
     from mta.tasks import get_task
 
     task_obj = get_task(task)
-    if not adapter_dirs:
-        raise InvalidInputError("no adapter folders given")
+    _check_adapter_dirs(adapter_dirs)
     model_name = check_model_specs(base_model, embedder)
     ids = [Path(d).resolve().name for d in adapter_dirs]
     profiles = _pushed_profiles(ids, profiles_path, task_obj)
@@ -311,6 +316,17 @@ def push_bank(
         },
         anchors=_pushed_payloads(ids, adapters, profiles, emb, task_obj),
     )
+
+
+def _check_adapter_dirs(adapter_dirs: Sequence[Path]) -> None:
+    """InvalidInputError unless every adapter folder exists (checked before the profiles)."""
+    if not adapter_dirs:
+        raise InvalidInputError("no adapter folders given")
+    for folder in map(Path, adapter_dirs):
+        if not folder.exists():
+            raise InvalidInputError(f"adapter folder {folder} does not exist")
+        if not folder.is_dir():
+            raise InvalidInputError(f"adapter folder {folder} is not a folder")
 
 
 def _pushed_profiles(ids: list[str], profiles_path: Path, task_obj: Any) -> dict[str, dict]:

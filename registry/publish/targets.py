@@ -1,15 +1,16 @@
 """Where `mta publish` writes: a local folder or an S3 prefix of per-user PEFT folders.
 
 Unlike a blob store, a publish target holds plain, human-named keys that serving engines
-read: `<root>/<user_id>/adapter_config.json`, `<root>/<user_id>/adapter_model.safetensors`
-and the manifest `<root>/mta-manifest.json`.
+read: `<root>/<name>/adapter_config.json` and `.../adapter_model.safetensors` for each
+`engine_name` (`<user id>~<12 hex>`: none is a prefix of another name or of the manifest's,
+so LoRAX, listing `<root>/<name>` as a bare prefix, finds that folder's keys only), and the
+manifest `<root>/mta-manifest.json`.
 
 A target URL is read by the storage layer's one scheme registry (`mta.storage.open_store`:
 a bare path or `file://` → `LocalBlobStore`, `s3://` → `S3BlobStore`, plus any scheme
-added with `register_scheme`); the store it opens names the location (root folder, or
-bucket, prefix and client), and `TARGET_BACKENDS` says which target writes to each kind of
-store (`FolderTarget`, `S3Target`). Nothing here parses URLs. Only the location is shared:
-a target writes plain keys beside the store's `blobs/` layout, never blobs.
+added with `register_scheme`); the store names the location (root folder, or bucket,
+prefix and client), and `TARGET_BACKENDS` says which target writes to each kind of store.
+Nothing here parses URLs. A target writes plain keys beside the store's `blobs/`, never blobs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from mta.storage.s3 import error_code, put_checked
 from mta.storage.schemes import url_scheme
 
 MANIFEST_NAME = "mta-manifest.json"
-# Staging and trash entries start with this; user ids starting with "." are never published.
+# Staging and trash entries start with this; names starting with "." are never published.
 STAGING_PREFIX = ".mta-"
 # A publisher holds an flock on each staging entry it writes; the kernel drops it when the
 # process dies, however it dies. The next round's sweep removes unlocked entries older than
@@ -53,7 +54,7 @@ CONFIG_FILE = "adapter_config.json"
 
 
 class PublishTarget(abc.ABC):
-    """A root of per-user folders plus one manifest file."""
+    """A root of named adapter folders plus one manifest file."""
 
     url: str
 
@@ -175,12 +176,13 @@ def _fsync_files(folder: Path) -> None:
 
 
 class FolderTarget(PublishTarget):
-    """Per-user folders under a local root, each swapped in by rename.
+    """Named folders under a local root, each swapped in by rename.
 
-    A folder is written aside as `<root>/.mta-stage-*`, fsynced, then renamed into place. An
-    existing folder is first renamed to `.mta-old-*` (rename cannot replace a non-empty
-    folder), so for the microseconds between the two renames the user's folder is absent;
-    a reader never sees a half-written one.
+    A folder is written aside as `<root>/.mta-stage-*`, fsynced, then renamed into place; a
+    reader never sees a half-written one. A new adapter gets a new name, so this is a plain
+    rename; a name written again (same bytes: a folder deleted by hand, a round that died
+    before its manifest) is first renamed to `.mta-old-*`, as rename cannot replace a
+    non-empty folder, and is absent for the microseconds between the two renames.
     """
 
     def __init__(self, location: LocalBlobStore) -> None:
@@ -249,7 +251,7 @@ class FolderTarget(PublishTarget):
 
 
 class S3Target(PublishTarget):
-    """Per-user key prefixes `<prefix>/<name>/` in a bucket, plus `<prefix>/mta-manifest.json`.
+    """Folders as key prefixes `<prefix>/<name>/` in a bucket, plus `<prefix>/mta-manifest.json`.
 
     S3 has no rename: a folder's files are uploaded with adapter_config.json last (an engine
     that finds the config finds the weights), keys the new folder lacks are then deleted, and

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mta.dtypes import torch_dtype
+from mta.registry.base_weights import base_weights
 from mta.registry.blobrefs import load_adapter
 from mta.registry.context import RegistryContext
 from mta.registry.entities import Export
@@ -72,7 +73,8 @@ def export_user(
     The caller reads the identity once (`adapter_identity`): the bytes are built from the
     blobs it names, so they always match it (and its ETag), however the user changes
     meanwhile. The folder is cached under the identity (see `cache_key`) and copied to
-    `out_dir` when given.
+    `out_dir` when given. The result also names the base model the adapter was trained on
+    and the digest of its weights on this machine (`registry.base_weights`, cached).
 
     Args:
         identity: what to export (the user's current recipe and stack, as read).
@@ -113,6 +115,7 @@ def export_user(
     size = sum(
         p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.name != ENTRY_MANIFEST
     )
+    base = base_weights(identity.base_model, ctx.cache_dir)
     return Export(
         user_id=user_id,
         path=Path(path),
@@ -123,6 +126,9 @@ def export_user(
         recipe_id=identity.recipe_id,
         stack_id=identity.stack_id,
         bytes=size,
+        base_model=identity.base_model,
+        base_weights=base.weights,
+        base_sha256=base.sha256,
     )
 
 

@@ -185,9 +185,9 @@ def test_a_new_adapter_is_a_new_name_and_the_old_name_resolves_to_none(
     with RegistryContext.open(served.db_url, served.store_url, served.cache_dir) as ctx:
         service.adapt_user(ctx, "bob", service.AdaptRequest(shots=2, max_steps=1))
     new = _name(served, "bob")
-    assert new != old and new.startswith("bob@")
+    assert new != old and new.startswith("bob~")
     assert cache.resolve(old) is None  # stale: the server answers 410, never other bytes
-    gone = served.get(f"/v1/users/bob/adapter?version={old.rpartition('@')[2]}")
+    gone = served.get(f"/v1/users/bob/adapter?version={old.rpartition('~')[2]}")
     assert gone.status_code == 410 and gone.json()["error"]["code"] == "stale_version"
     assert "\n" not in gone.text and gone.headers["x-mta-adapter-name"] == new
     new_folder = cache.resolve(new)
@@ -277,10 +277,17 @@ def test_names_that_are_not_versioned_adapter_names_make_no_request(
     served: Served, tmp_path: Path
 ) -> None:
     cache = _cache(served, tmp_path / "cache")
-    for name in ("gpt-4", "alice", "alice@3F2A9C01B7DE", "../x@0123456789ab", ".@0123456789ab"):
+    for name in (
+        "gpt-4",
+        "alice",
+        "alice~3F2A9C01B7DE",
+        "../x~0123456789ab",
+        ".~0123456789ab",
+        "alice@0123456789ab",
+    ):
         assert cache.resolve(name) is None
     assert cache.client.stats.requests == 0
-    assert cache.resolve("nobody@0123456789ab") is None  # a 404 from the server
+    assert cache.resolve("nobody~0123456789ab") is None  # a 404 from the server
 
 
 # --- the vLLM class, against a stand-in of the vLLM names it uses ------------------------------
@@ -351,7 +358,7 @@ def test_the_vllm_plugin_registers_and_resolves_through_the_entry_point(
     assert request.lora_path == str(tmp_path / "loras" / "bf16" / name)
     assert request.lora_int_id > 0
     assert (Path(request.lora_path) / "adapter_config.json").is_file()
-    stale = name.rpartition("@")[0] + "@" + ("0" * 12 if not name.endswith("0" * 12) else "1" * 12)
+    stale = name.rpartition("~")[0] + "~" + ("0" * 12 if not name.endswith("0" * 12) else "1" * 12)
     assert asyncio.run(resolver.resolve_lora("some/base-model", stale)) is None
     assert asyncio.run(resolver.resolve_lora("some/base-model", "not-ours")) is None
 
@@ -365,5 +372,5 @@ def test_the_vllm_class_answers_none_when_the_server_is_down(
     cache = AdapterCache(tmp_path / "loras", client, max_bytes=2**20)
     resolver = resolver_class(vllm_stand_in.LoRAResolver, vllm_stand_in.LoRARequest)(cache)
     with caplog.at_level("WARNING", logger="mta.engines.vllm"):
-        assert asyncio.run(resolver.resolve_lora("base", "alice@0123456789ab")) is None
-    assert "alice@0123456789ab not loaded: cannot fetch" in caplog.text
+        assert asyncio.run(resolver.resolve_lora("base", "alice~0123456789ab")) is None
+    assert "alice~0123456789ab not loaded: cannot fetch" in caplog.text

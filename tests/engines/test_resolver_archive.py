@@ -96,13 +96,15 @@ def test_the_repr_digest_header_is_read_strictly() -> None:
 
 
 def test_names_are_user_ids_then_twelve_hex() -> None:
-    assert AdapterName.parse("bob@example.org@0123456789ab") == AdapterName(
+    assert AdapterName.parse("bob@example.org~0123456789ab") == AdapterName(
         "bob@example.org", "0123456789ab"
     )
-    assert str(AdapterName("a", "0123456789ab")) == "a@0123456789ab"
-    for name in ("a", "a@0123456789a", "a@0123456789abc", "a@0123456789AB", "a/b@0123456789ab"):
+    assert str(AdapterName("a", "0123456789ab")) == "a~0123456789ab"
+    for name in ("a", "a~0123456789a", "a~0123456789abc", "a~0123456789AB", "a/b~0123456789ab"):
         assert AdapterName.parse(name) is None
-    assert AdapterName.parse("..@0123456789ab") is None
+    # "@" is a user-id character, not the separator: such a name is not ours.
+    assert AdapterName.parse("a@0123456789ab") is None
+    assert AdapterName.parse("..~0123456789ab") is None
 
 
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:

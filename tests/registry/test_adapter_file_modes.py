@@ -43,8 +43,8 @@ def test_exported_and_published_files_are_0644_in_0755_folders(bank_registry, tm
     export = export_user(bank_registry, adapter_identity(bank_registry, "eve"), tmp_path / "out")
     _assert_engine_readable(export.path)
     _assert_engine_readable(export.cache_path)
-    publish_users(bank_registry, str(tmp_path / "published"))
-    _assert_engine_readable(tmp_path / "published" / "eve")
+    name = publish_users(bank_registry, str(tmp_path / "published")).names["eve"]
+    _assert_engine_readable(tmp_path / "published" / name)
     assert stat.S_IMODE((tmp_path / "published" / MANIFEST_NAME).stat().st_mode) & 0o044
 
 
@@ -58,14 +58,14 @@ def test_another_uid_reads_a_published_adapter(bank_registry):
     root = Path(tempfile.mkdtemp(prefix="mta-modes-"))
     try:
         root.chmod(0o755)
-        publish_users(bank_registry, str(root / "loras"))
+        folder = root / "loras" / publish_users(bank_registry, str(root / "loras")).names["fay"]
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             done = subprocess.run(
-                ["runuser", "-u", "nobody", "--", "cat", str(root / "loras" / "fay" / name)],
+                ["runuser", "-u", "nobody", "--", "cat", str(folder / name)],
                 capture_output=True,
                 check=False,
             )
             assert done.returncode == 0, done.stderr.decode()
-            assert done.stdout == (root / "loras" / "fay" / name).read_bytes()
+            assert done.stdout == (folder / name).read_bytes()
     finally:
         shutil.rmtree(root, ignore_errors=True)

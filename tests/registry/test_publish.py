@@ -1,4 +1,8 @@
-"""`publish_users` to a folder: byte-equal to `export_user`, incremental, atomic, and safe."""
+"""`publish_users` to a folder: byte-equal to `export_user`, incremental, atomic, and safe.
+
+Versioned names, grace periods, selection by recency and the byte bound are in
+`test_publish_versions.py`.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,17 @@ import pytest
 
 from mta.registry.context import RegistryContext
 from mta.registry.errors import InvalidInputError, NotFoundError
+from mta.registry.publish.request import default_served_name
 from mta.registry.publish.targets import MANIFEST_NAME, open_target
-from mta.registry.publish.users import default_served_name
 from mta.registry.service import (
     AdaptRequest,
     FuseRequest,
+    PublishRequest,
     adapt_user,
     adapter_identity,
     add_user,
     delete_user,
+    engine_name,
     export_user,
     fuse_user,
     publish_users,
@@ -52,20 +58,30 @@ def manifest(root: Path) -> dict:
     return json.loads((root / MANIFEST_NAME).read_text())
 
 
+def folder(root: Path, user_id: str) -> Path:
+    """The user's current published folder, as the manifest names it."""
+    return root / manifest(root)["users"][user_id]["name"]
+
+
 def test_published_folders_equal_export_and_load_in_peft(bank_registry, tmp_path, tiny_model_dir):
     from peft import PeftModel
 
     add_users(bank_registry)
     adapt_user(bank_registry, "alice", AdaptRequest(shots=2, max_steps=1))  # one user with a stack
     out = tmp_path / "loras"
-    result = publish_users(bank_registry, str(out), served_model_name=SERVED)
+    result = publish_users(bank_registry, str(out), PublishRequest(served_model_name=SERVED))
 
     assert result.written == tuple(sorted(USERS)) and result.manifest_written
     listed = manifest(out)["users"]
     assert sorted(listed) == sorted(USERS)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*USERS, MANIFEST_NAME])
+    names = {
+        u: engine_name(adapter_identity(bank_registry, u), base_model_name=SERVED, dtype="fp16")
+        for u in USERS
+    }
+    assert result.names == names and {u: e["name"] for u, e in listed.items()} == names
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names.values(), MANIFEST_NAME])
     for user_id in USERS:
-        published = folder_files(out / user_id)
+        published = folder_files(out / names[user_id])
         assert set(published) == {"adapter_config.json", "adapter_model.safetensors"}
         # A fresh export (cache emptied) of the same options is the same bytes.
         shutil.rmtree(bank_registry.adapter_cache.root, ignore_errors=True)
@@ -74,15 +90,21 @@ def test_published_folders_equal_export_and_load_in_peft(bank_registry, tmp_path
             adapter_identity(bank_registry, user_id),
             tmp_path / "export" / user_id,
             base_model_name=SERVED,
+            dtype="fp16",
         )
         assert published == folder_files(tmp_path / "export" / user_id)
         config = json.loads(published["adapter_config.json"])
         assert config["base_model_name_or_path"] == SERVED
         entry = listed[user_id]
-        identity = adapter_identity(bank_registry, user_id).digest(base_model_name=SERVED)
-        assert entry["identity"] == identity and entry["folder"] == user_id
+        identity = adapter_identity(bank_registry, user_id).digest(
+            base_model_name=SERVED, dtype="fp16"
+        )
+        assert entry["identity"] == identity and entry["previous"] == []
         assert entry["bytes"] == sum(len(b) for b in published.values())
-        model = PeftModel.from_pretrained(fresh_tiny_model(tiny_model_dir), out / user_id)
+        # Two rank-8 anchors (+ alice's rank-1 stack): the next vLLM --max-lora-rank up.
+        expected = (17, 32) if user_id == "alice" else (16, 16)
+        assert (entry["dtype"], entry["rank"], entry["max_lora_rank"]) == ("fp16", *expected)
+        model = PeftModel.from_pretrained(fresh_tiny_model(tiny_model_dir), out / names[user_id])
         assert model.peft_config["default"].base_model_name_or_path == SERVED
     assert result.published_bytes == sum(e["bytes"] for e in listed.values())
 
@@ -91,24 +113,24 @@ def test_republish_rewrites_only_the_changed_user(bank_registry, tmp_path):
     add_users(bank_registry)
     out = tmp_path / "loras"
     publish_users(bank_registry, str(out))
-    inodes = {u: (out / u).stat().st_ino for u in USERS}
+    inodes = {u: folder(out, u).stat().st_ino for u in USERS}
     before = (out / MANIFEST_NAME).read_bytes()
 
     again = publish_users(bank_registry, str(out))
     assert again.written == () and again.unchanged == tuple(sorted(USERS))
     assert not again.manifest_written and (out / MANIFEST_NAME).read_bytes() == before
-    assert {u: (out / u).stat().st_ino for u in USERS} == inodes
+    assert {u: folder(out, u).stat().st_ino for u in USERS} == inodes
 
     adapt_user(bank_registry, "bob@example.org", AdaptRequest(shots=2, max_steps=1))
     third = publish_users(bank_registry, str(out))
     assert third.written == ("bob@example.org",) and third.manifest_written
     assert third.bytes_written == manifest(out)["users"]["bob@example.org"]["bytes"]
-    now = {u: (out / u).stat().st_ino for u in USERS}
+    now = {u: folder(out, u).stat().st_ino for u in USERS}
     assert [u for u in USERS if now[u] != inodes[u]] == ["bob@example.org"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
 
     # A folder removed behind the publisher's back is noticed and written again.
-    shutil.rmtree(out / "alice")
+    shutil.rmtree(folder(out, "alice"))
     assert publish_users(bank_registry, str(out)).written == ("alice",)
 
 
@@ -119,13 +141,14 @@ def test_deleted_users_folder_is_removed_and_unselected_users_are_kept(bank_regi
 
     delete_user(bank_registry, "carol.d")
     fuse_user(bank_registry, "alice", FuseRequest(top_k=3))  # changed, but not selected below
-    result = publish_users(bank_registry, str(out), user_ids=["bob@example.org"])
+    carol = folder(out, "carol.d")
+    result = publish_users(bank_registry, str(out), PublishRequest(user_ids=("bob@example.org",)))
     assert result.removed == ("carol.d",) and result.unchanged == ("bob@example.org",)
-    assert not (out / "carol.d").exists()
+    assert not carol.exists() and result.retired == (carol.name,)
     listed = manifest(out)["users"]
     assert sorted(listed) == ["alice", "bob@example.org"]  # alice carried over, not rewritten
     assert listed["alice"]["identity"] != adapter_identity(bank_registry, "alice").digest(
-        base_model_name=listed["alice"]["served_model_name"]
+        base_model_name=listed["alice"]["served_model_name"], dtype="fp16"
     )
     assert publish_users(bank_registry, str(out)).written == ("alice",)
 
@@ -135,31 +158,40 @@ def test_unfused_users_are_skipped_and_unsafe_ids_refused(bank_registry, tmp_pat
     add_users(bank_registry, ("dave",), fuse=False)
     out = tmp_path / "loras"
     result = publish_users(bank_registry, str(out))
-    assert result.written == ("alice",) and result.skipped == ("dave",)
-    assert result.refused == (".hidden", MANIFEST_NAME)
-    assert sorted(manifest(out)["users"]) == ["alice"]
+    assert result.written == ("alice", MANIFEST_NAME) and result.skipped == ("dave",)
+    assert result.refused == (".hidden",)
+    assert sorted(manifest(out)["users"]) == ["alice", MANIFEST_NAME]  # its folder has a ~hex
+    assert folder(out, MANIFEST_NAME).name.startswith(MANIFEST_NAME + "~")
 
     # Named explicitly, the same users are errors, raised before anything is written.
+    def refused(**fields):
+        return publish_users(bank_registry, str(tmp_path / "x"), PublishRequest(**fields))
+
     with pytest.raises(InvalidInputError, match=r"'\.hidden' cannot be published: ids starting"):
-        publish_users(bank_registry, str(tmp_path / "x"), user_ids=["alice", ".hidden"])
+        refused(user_ids=("alice", ".hidden"))
     with pytest.raises(NotFoundError, match="no recipe"):
-        publish_users(bank_registry, str(tmp_path / "x"), user_ids=["dave"])
+        refused(user_ids=("dave",))
     with pytest.raises(NotFoundError, match="no such user: 'zed'"):
-        publish_users(bank_registry, str(tmp_path / "x"), user_ids=["zed"])
+        refused(user_ids=("zed",))
     with pytest.raises(NotFoundError, match="no bank for task 'citation'"):
-        publish_users(bank_registry, str(tmp_path / "x"), task="citation")
+        refused(task="citation")
+    with pytest.raises(InvalidInputError, match="keep_previous"):
+        refused(keep_previous=-1)
+    with pytest.raises(InvalidInputError, match="max_bytes"):
+        refused(max_bytes=0)
     assert not (tmp_path / "x" / MANIFEST_NAME).exists()
     assert [p.name for p in (tmp_path / "x").iterdir()] == []
 
     # A user fused after being skipped is published; one later left without an adapter (deleted
     # and added again under the same id) loses the folder that is no longer theirs.
     fuse_user(bank_registry, "dave")
-    assert publish_users(bank_registry, str(out), task=TASK).written == ("dave",)
+    assert publish_users(bank_registry, str(out), PublishRequest(task=TASK)).written == ("dave",)
+    dave = folder(out, "dave")
     delete_user(bank_registry, "dave")
     add_users(bank_registry, ("dave",), fuse=False)
     result = publish_users(bank_registry, str(out))
     assert result.removed == ("dave",) and result.skipped == ("dave",)
-    assert not (out / "dave").exists() and "dave" not in manifest(out)["users"]
+    assert not dave.exists() and "dave" not in manifest(out)["users"]
 
 
 def test_default_served_name_is_the_hub_id_of_an_alias(bank_registry, tmp_path, tiny_model_dir):
@@ -167,14 +199,16 @@ def test_default_served_name_is_the_hub_id_of_an_alias(bank_registry, tmp_path, 
     assert default_served_name("org/model") == "org/model"
     add_users(bank_registry, ("alice",))
     out = tmp_path / "loras"
-    publish_users(bank_registry, str(out), dtype="fp16", max_rank=4)
-    config = json.loads((out / "alice" / "adapter_config.json").read_text())
+    result = publish_users(bank_registry, str(out), PublishRequest(dtype="fp32", max_rank=4))
+    config = json.loads((folder(out, "alice") / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model_dir)  # a local path stays
     assert config["r"] == 4
     entry = manifest(out)["users"]["alice"]
-    assert (entry["dtype"], entry["max_rank"]) == ("fp16", 4)
-    # Other options are another identity: every folder is rewritten.
-    assert publish_users(bank_registry, str(out)).written == ("alice",)
+    assert (entry["dtype"], entry["max_rank"], entry["rank"]) == ("fp32", 4, 4)
+    assert (entry["max_lora_rank"], result.max_lora_rank, result.rank) == (8, 8, 4)
+    # Other options are another identity, so another name: every folder is rewritten.
+    again = publish_users(bank_registry, str(out))
+    assert again.written == ("alice",) and again.names["alice"] != entry["name"]
 
 
 def test_watch_runs_rounds_and_survives_a_bad_round(bank_registry, tmp_path):
@@ -215,8 +249,26 @@ def test_manifest_entries_never_reach_paths_outside_the_target(bank_registry, tm
     out = tmp_path / "loras"
     (tmp_path / "victim").mkdir()
     out.mkdir()
-    for bad in ("../victim", ".mta-stage-x"):
-        (out / MANIFEST_NAME).write_text(json.dumps({"format": 1, "users": {bad: {}}}))
+    name = "alice~0123456789ab"
+    later = "2999-01-01T00:00:00+00:00"
+    bad_manifests = [{"format": 1, "users": {bad: {}}} for bad in ("../victim", ".mta-stage-x")] + [
+        {"format": 2, "users": {"alice": {"name": "../victim"}}},
+        {"format": 2, "users": {"alice": {"name": "bob~0123456789ab"}}},  # another user's
+        {"format": 2, "users": {"alice": {"name": MANIFEST_NAME}}},
+        {
+            "format": 2,
+            "users": {
+                "alice": {"name": name, "previous": [{"name": "../victim", "expires_at": later}]}
+            },
+        },
+        {"format": 2, "users": {"alice": {"name": name, "previous": [{"name": name}]}}},
+        {"format": 2, "users": {}, "removing": ["../victim"]},
+        {"format": 2, "users": {}, "removing": [MANIFEST_NAME]},
+        {"format": 2, "users": {}, "removing": ["alice~../../x"]},
+        {"format": 3, "users": {}},
+    ]
+    for bad in bad_manifests:
+        (out / MANIFEST_NAME).write_text(json.dumps(bad))
         with pytest.raises(InvalidInputError):
             publish_users(bank_registry, str(out))
     assert (tmp_path / "victim").is_dir()
@@ -302,11 +354,13 @@ def test_publish_to_s3(bank_registry, s3_client, s3_store_url, tmp_path, tiny_mo
 
     bucket = s3_store_url[len("s3://") :].split("/")[0]
     add_users(bank_registry)
-    first = publish_users(bank_registry, f"s3://{bucket}/loras", served_model_name=SERVED)
+    request = PublishRequest(served_model_name=SERVED)
+    first = publish_users(bank_registry, f"s3://{bucket}/loras", request)
     assert first.written == tuple(sorted(USERS)) and first.target == f"s3://{bucket}/loras"
+    names = first.names
     objects = s3_folder(s3_client, bucket, "loras/")
     files = ("adapter_config.json", "adapter_model.safetensors")
-    assert set(objects) == {f"{u}/{f}" for u in USERS for f in files} | {MANIFEST_NAME}
+    assert set(objects) == {f"{names[u]}/{f}" for u in USERS for f in files} | {MANIFEST_NAME}
     for user_id in USERS:
         exported = tmp_path / "export" / user_id
         export_user(
@@ -314,32 +368,39 @@ def test_publish_to_s3(bank_registry, s3_client, s3_store_url, tmp_path, tiny_mo
             adapter_identity(bank_registry, user_id),
             exported,
             base_model_name=SERVED,
+            dtype="fp16",
         )
-        assert {f: objects[f"{user_id}/{f}"] for f in files} == folder_files(exported)
+        assert {f: objects[f"{names[user_id]}/{f}"] for f in files} == folder_files(exported)
     listed = json.loads(objects[MANIFEST_NAME])["users"]
-    assert listed["alice"]["bytes"] == sum(len(objects[f"alice/{f}"]) for f in files)
-    downloaded = tmp_path / "from-s3" / "alice"
+    alice = names["alice"]
+    assert listed["alice"]["bytes"] == sum(len(objects[f"{alice}/{f}"]) for f in files)
+    downloaded = tmp_path / "from-s3" / alice
     downloaded.mkdir(parents=True)
     for name in files:
-        (downloaded / name).write_bytes(objects[f"alice/{name}"])
+        (downloaded / name).write_bytes(objects[f"{alice}/{name}"])
     PeftModel.from_pretrained(fresh_tiny_model(tiny_model_dir), downloaded)
 
-    again = publish_users(bank_registry, f"s3://{bucket}/loras", served_model_name=SERVED)
+    again = publish_users(bank_registry, f"s3://{bucket}/loras", request)
     assert again.written == () and not again.manifest_written
     adapt_user(bank_registry, "bob@example.org", AdaptRequest(shots=2, max_steps=1))
     delete_user(bank_registry, "carol.d")
-    third = publish_users(bank_registry, f"s3://{bucket}/loras/", served_model_name=SERVED)
+    third = publish_users(bank_registry, f"s3://{bucket}/loras/", request)
     assert third.written == ("bob@example.org",) and third.removed == ("carol.d",)
     objects = s3_folder(s3_client, bucket, "loras/")
-    assert not [key for key in objects if key.startswith("carol.d/")]
-    assert sorted(json.loads(objects[MANIFEST_NAME])["users"]) == ["alice", "bob@example.org"]
+    assert not [key for key in objects if key.startswith("carol.d")]
+    listed = json.loads(objects[MANIFEST_NAME])["users"]
+    assert sorted(listed) == ["alice", "bob@example.org"]
+    bob = third.names["bob@example.org"]
+    assert listed["bob@example.org"]["previous"][0]["name"] == names["bob@example.org"]
+    assert f"{names['bob@example.org']}/{files[1]}" in objects  # in its grace period
     export_user(
         bank_registry,
         adapter_identity(bank_registry, "bob@example.org"),
         tmp_path / "bob",
         base_model_name=SERVED,
+        dtype="fp16",
     )
-    assert objects["bob@example.org/adapter_model.safetensors"] == (
+    assert objects[f"{bob}/adapter_model.safetensors"] == (
         (tmp_path / "bob" / "adapter_model.safetensors").read_bytes()
     )
 

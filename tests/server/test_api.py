@@ -319,7 +319,7 @@ def test_adapter_name_pins_the_bytes_a_versioned_fetch_returns(client: TestClien
     assert info.status_code == 200, info.text
     data = info.json()
     version = data["version"]
-    assert len(version) == 12 and int(version, 16) >= 0 and data["name"] == f"alice@{version}"
+    assert len(version) == 12 and int(version, 16) >= 0 and data["name"] == f"alice~{version}"
     fetched = client.get(f"/v1/users/alice/adapter?version={version}", headers=READ)
     assert fetched.status_code == 200 and fetched.headers["x-mta-adapter-name"] == data["name"]
     assert fetched.headers["etag"] == data["etag"] and len(fetched.content) == data["bytes"]

@@ -40,7 +40,7 @@ def test_etag_tracks_the_exported_bytes(
             assert etag not in seen and body not in seen.values(), label
             assert names[etag] not in previous, label  # a new adapter is a new name
             for name in previous:  # and every older name is refused, never served
-                version = name.rpartition("@")[2]
+                version = name.rpartition("~")[2]
                 old = client.get(f"/v1/users/alice/adapter?version={version}", headers=READ)
                 assert old.status_code == 410, label
             seen[etag] = body
