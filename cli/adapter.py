@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mta.cli.options import JsonOpt
+from mta.cli.options import JsonOpt, fits_int64
 from mta.cli.output import Output
 
 adapter_app = typer.Typer(
@@ -56,7 +56,8 @@ MethodOpt = Annotated[
     str, typer.Option("--method", "-m", help="cat (exact), svd (compressed) or factorwise.")
 ]
 RankOpt = Annotated[
-    int | None, typer.Option("--rank", "-r", min=1, help="Target rank for --method svd.")
+    int | None,
+    typer.Option("--rank", "-r", min=1, callback=fits_int64, help="Target rank for --method svd."),
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Stored dtype: fp32, fp16 or bf16.")]
 

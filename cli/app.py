@@ -13,7 +13,7 @@ from mta.cli.bank import bank_app
 from mta.cli.data import data_app
 from mta.cli.errors import describe, exit_code_for
 from mta.cli.eval import eval_command, eval_report_command
-from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt
+from mta.cli.options import CacheDirOpt, DbUrlOpt, StoreUrlOpt, check_locations
 from mta.cli.publish import publish_command
 from mta.cli.serve import serve_command
 from mta.cli.storage import storage_app, storage_fsck, storage_gc, storage_init
@@ -35,6 +35,7 @@ def root(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Merge-then-Adapt adapter registry: per-user LoRAs from a fused anchor bank."""
+    check_locations({"db": db, "store": store, "cache_dir": cache_dir})
     # The values stay in the root context's params; registry commands read them from there
     # (mta.cli.options.locations): `mta --db URL user list`.
 

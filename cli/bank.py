@@ -13,6 +13,7 @@ from mta.cli.options import (
     BaseModelOpt,
     EmbedderOpt,
     JsonOpt,
+    fits_int64,
     registry_context,
 )
 from mta.cli.output import Output
@@ -36,7 +37,10 @@ class AnchorData(str, Enum):
 DataOpt = Annotated[
     Path, typer.Option("--data", help="Per-user JSON: [{user_id, profile, query}].")
 ]
-AnchorsOpt = Annotated[int, typer.Option("--anchors", min=1, help="Number of anchors (k-means k).")]
+AnchorsOpt = Annotated[
+    int,
+    typer.Option("--anchors", min=1, callback=fits_int64, help="Number of anchors (k-means k)."),
+]
 AnchorDataOpt = Annotated[
     AnchorData,
     typer.Option(
@@ -46,7 +50,10 @@ AnchorDataOpt = Annotated[
     ),
 ]
 MinHistoryOpt = Annotated[
-    int, typer.Option("--min-history", min=1, help="Fewest history items an anchor needs.")
+    int,
+    typer.Option(
+        "--min-history", min=1, callback=fits_int64, help="Fewest history items an anchor needs."
+    ),
 ]
 ExecutorOpt = Annotated[
     Executor,
@@ -59,7 +66,8 @@ AddressOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    int, typer.Option("--workers", min=1, help="Anchors trained at once on Ray.")
+    int,
+    typer.Option("--workers", min=1, callback=fits_int64, help="Anchors trained at once on Ray."),
 ]
 
 
@@ -69,14 +77,23 @@ def bank_build(
     task: TaskArg,
     data: DataOpt,
     anchors: AnchorsOpt,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs per anchor LoRA.")] = 1,
-    rank: Annotated[int, typer.Option("--rank", min=1, help="Rank of the anchor LoRAs.")] = 8,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, callback=fits_int64, help="Epochs per anchor LoRA.")
+    ] = 1,
+    rank: Annotated[
+        int, typer.Option("--rank", min=1, callback=fits_int64, help="Rank of the anchor LoRAs.")
+    ] = 8,
     anchor_data: AnchorDataOpt = AnchorData.cluster,
     min_history: MinHistoryOpt = 8,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 2e-4,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
     base_model: BaseModelOpt = None,
     embedder: EmbedderOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for clustering and training.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", min=0, callback=fits_int64, help="Seed for clustering and training."
+        ),
+    ] = 0,
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
     workers: WorkersOpt = 2,
@@ -204,7 +221,10 @@ def bank_show(
     ctx: typer.Context,
     task: TaskArg,
     version: Annotated[
-        int | None, typer.Option("--version", min=1, help="Version number (default: latest).")
+        int | None,
+        typer.Option(
+            "--version", min=1, callback=fits_int64, help="Version number (default: latest)."
+        ),
     ] = None,
     alias: Annotated[
         str | None, typer.Option("--alias", help="Alias to resolve, e.g. prod.")
@@ -251,7 +271,9 @@ def bank_show(
 def bank_alias(
     ctx: typer.Context,
     task: TaskArg,
-    version: Annotated[int, typer.Argument(min=1, help="Existing version number.")],
+    version: Annotated[
+        int, typer.Argument(min=1, callback=fits_int64, help="Existing version number.")
+    ],
     name: Annotated[str, typer.Argument(help="Alias to point at it, e.g. prod.")],
     json_mode: JsonOpt = False,
 ) -> None:

@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from mta.cli.options import MAX_INT, registry_context
+from mta.cli.options import fits_int64, registry_context
 from mta.cli.output import Output, log, stderr_console
 
 if TYPE_CHECKING:
@@ -174,13 +174,13 @@ class Selection:
         """The selected user ids (arguments first, then `--from`, then the flags).
 
         Raises:
-            NotFoundError: `--bank` names a task without a bank (before anything else, so
-                a typo there is named rather than reported as an empty selection).
+            UnknownNameError: `--bank` names no task (checked first, so a typo there is
+                named rather than reported as an empty selection).
         """
         from mta.registry.service import read_id_file, select_users
 
         if self.task is not None:
-            check_bank_filter(ctx, self.task)
+            check_bank_filter(self.task)
         ids = list(self.ids) + (read_id_file(self.from_file) if self.from_file else [])
         return select_users(
             ctx,
@@ -192,15 +192,11 @@ class Selection:
         )
 
 
-def check_bank_filter(ctx: RegistryContext, task: str) -> None:
-    """NotFoundError unless some bank version exists for `task` (the `--bank` filter)."""
-    from mta.registry.errors import NotFoundError
-    from mta.registry.service import list_banks
+def check_bank_filter(task: str) -> None:
+    """UnknownNameError (listing the valid names) unless `--bank` names a known task."""
+    from mta.tasks import get_task
 
-    tasks = sorted({bank.task for bank in list_banks(ctx)})
-    if task not in tasks:
-        known = ", ".join(tasks) if tasks else "none yet"
-        raise NotFoundError(f"--bank {task!r}: no bank for that task; tasks with a bank: {known}")
+    get_task(task)
 
 
 @dataclass(frozen=True)
@@ -314,7 +310,10 @@ AddressOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    int, typer.Option("--workers", min=1, max=MAX_INT, help="Ray workers.", rich_help_panel=_RUN)
+    int,
+    typer.Option(
+        "--workers", min=1, callback=fits_int64, help="Ray workers.", rich_help_panel=_RUN
+    ),
 ]
 BatchUsersOpt = Annotated[
     int,

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from mta.cli.options import fits_int64
+
 TaskOpt = Annotated[str, typer.Option("--task", help="LaMP task, e.g. movie_tagging.")]
 DataOpt = Annotated[
     Path | None,
@@ -34,10 +36,18 @@ MethodsOpt = Annotated[
         help="Comma-separated method names (the default lists every method).",
     ),
 ]
-AnchorsOpt = Annotated[int, typer.Option("--anchors", help="Anchors in the bank.")]
-TopKOpt = Annotated[int, typer.Option("--top-k", help="Anchors fused per user.")]
-ShotsOpt = Annotated[int, typer.Option("--shots", help="Profile items each user trains on.")]
-StackRankOpt = Annotated[int, typer.Option("--stack-rank", help="Rank of the MTA stack.")]
+AnchorsOpt = Annotated[
+    int, typer.Option("--anchors", callback=fits_int64, help="Anchors in the bank.")
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", callback=fits_int64, help="Anchors fused per user.")
+]
+ShotsOpt = Annotated[
+    int, typer.Option("--shots", callback=fits_int64, help="Profile items each user trains on.")
+]
+StackRankOpt = Annotated[
+    int, typer.Option("--stack-rank", callback=fits_int64, help="Rank of the MTA stack.")
+]
 StackDtypeOpt = Annotated[
     str,
     typer.Option(
@@ -54,41 +64,67 @@ StackModulesOpt = Annotated[
 FusionOpt = Annotated[
     str, typer.Option("--fusion", help="Fusion of the `mta` methods: cat, svd, factorwise.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="First split/training seed.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, callback=fits_int64, help="First split/training seed.")
+]
 SeedsOpt = Annotated[
-    int, typer.Option("--seeds", help="Seeds to run (seed, seed+1, ...); items are pooled.")
+    int,
+    typer.Option(
+        "--seeds", callback=fits_int64, help="Seeds to run (seed, seed+1, ...); items are pooled."
+    ),
 ]
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", help="Cap on test users (entries) per seed.")
+    int | None,
+    typer.Option("--limit", callback=fits_int64, help="Cap on test users (entries) per seed."),
 ]
 TestFractionOpt = Annotated[
     float, typer.Option("--test-fraction", help="Share of real users held out for testing.")
 ]
 EpochsOpt = Annotated[
-    int, typer.Option("--epochs", help="Epochs of the anchor LoRAs and the task LoRA.")
+    int,
+    typer.Option(
+        "--epochs", callback=fits_int64, help="Epochs of the anchor LoRAs and the task LoRA."
+    ),
 ]
 LrOpt = Annotated[float, typer.Option("--lr", help="LR of the anchor LoRAs and task LoRA.")]
 UserEpochsOpt = Annotated[
-    int, typer.Option("--user-epochs", help="Epochs of per-user training (stack, OPPU).")
+    int,
+    typer.Option(
+        "--user-epochs", callback=fits_int64, help="Epochs of per-user training (stack, OPPU)."
+    ),
 ]
 UserLrOpt = Annotated[
     float, typer.Option("--user-lr", help="LR of per-user training (stack, OPPU).")
 ]
 MaxStepsOpt = Annotated[
-    int | None, typer.Option("--max-steps", help="Cap on optimizer steps of every training.")
+    int | None,
+    typer.Option(
+        "--max-steps", callback=fits_int64, help="Cap on optimizer steps of every training."
+    ),
 ]
 MinHistoryOpt = Annotated[
-    int, typer.Option("--min-history", help="Fewest profile items an anchor needs.")
+    int,
+    typer.Option(
+        "--min-history", callback=fits_int64, help="Fewest profile items an anchor needs."
+    ),
 ]
 AnchorDataOpt = Annotated[
     str, typer.Option("--anchor-data", help="Anchor training data: user (paper) or cluster.")
 ]
 MaxNewTokensOpt = Annotated[
     int | None,
-    typer.Option("--max-new-tokens", help="Generation budget (default 8 labels, 24 text)."),
+    typer.Option(
+        "--max-new-tokens",
+        callback=fits_int64,
+        help="Generation budget (default 8 labels, 24 text).",
+    ),
 ]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Generation batch size.")]
-ResamplesOpt = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", callback=fits_int64, help="Generation batch size.")
+]
+ResamplesOpt = Annotated[
+    int, typer.Option("--resamples", callback=fits_int64, help="Bootstrap resamples.")
+]
 ItemBootstrapOpt = Annotated[
     bool,
     typer.Option(

@@ -9,9 +9,8 @@ by every registry command from the root context. A flag wins over the environmen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -21,11 +20,43 @@ if TYPE_CHECKING:
 
 _GLOBAL = "Global options"
 
+# The largest value an integer option takes (`fits_int64`). Seeds reach torch and counts reach
+# tensor sizes and SQL INTEGER columns, all signed 64-bit: a larger value (a typo such as
+# --seed 99999999999999999999999) would overflow deep inside, so it is refused as a usage
+# error (exit 2) before any work. Equal to the registry's MAX_SEED (tests/cli check it); not
+# imported from there, which would load the registry's entities for `mta --help`.
+MAX_INT = 2**63 - 1
+
+
+def at_most(limit: int) -> Callable[[int | None], int | None]:
+    """A typer callback that refuses a value above `limit` as a usage error (exit 2).
+
+    Used rather than typer's `max=`, which would print the 19-digit range in the help of
+    every integer option for a bound that only typos reach.
+    """
+
+    def check(value: int | None) -> int | None:
+        if value is not None and value > limit:
+            raise typer.BadParameter(f"{value} is more than {limit}, the largest value it takes")
+        return value
+
+    return check
+
+
+fits_int64 = at_most(MAX_INT)
+
+# The root options that say where the registry is: parameter name -> (flag, variable).
+LOCATION_OPTIONS = {
+    "db": ("--db", "MTA_DB_URL"),
+    "store": ("--store", "MTA_STORE_URL"),
+    "cache_dir": ("--cache-dir", "MTA_CACHE_DIR"),
+}
+
 DbUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--db",
-        envvar="MTA_DB_URL",
+        envvar=LOCATION_OPTIONS["db"][1],
         show_envvar=True,
         help="Registry database URL (default: sqlite:///.mta/registry.db).",
         rich_help_panel=_GLOBAL,
@@ -35,17 +66,18 @@ StoreUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--store",
-        envvar="MTA_STORE_URL",
+        envvar=LOCATION_OPTIONS["store"][1],
         show_envvar=True,
         help="Blob store URL, file://PATH or s3://BUCKET/PREFIX (default: file://.mta/store).",
         rich_help_panel=_GLOBAL,
     ),
 ]
+# A str, not a Path: typer turns an empty --cache-dir into Path("."), which could not be refused.
 CacheDirOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--cache-dir",
-        envvar="MTA_CACHE_DIR",
+        envvar=LOCATION_OPTIONS["cache_dir"][1],
         show_envvar=True,
         help="Local cache of materialized adapters (default: .mta/cache).",
         rich_help_panel=_GLOBAL,
@@ -75,17 +107,32 @@ JsonOpt = Annotated[
 ]
 
 
+def check_locations(values: dict[str, str | None]) -> None:
+    """Refuse an empty `--db`, `--store` or `--cache-dir` (it would fall back to the default).
+
+    Raises:
+        typer.BadParameter: a usage error (exit 2) naming the option.
+    """
+    for key, (flag, variable) in LOCATION_OPTIONS.items():
+        value = values.get(key)
+        if value is not None and not value.strip():
+            raise typer.BadParameter(
+                f"must not be empty (leave it out to use {variable} or the default)",
+                param_hint=f"'{flag}'",
+            )
+
+
 def locations(ctx: typer.Context) -> dict[str, Any]:
     """The registry location the root options resolved to; None means "use the default"."""
     root = ctx.find_root()
-    return {key: root.params.get(key) for key in ("db", "store", "cache_dir")}
+    return {key: root.params.get(key) for key in LOCATION_OPTIONS}
 
 
 def typed_locations(ctx: typer.Context) -> dict[str, Any]:
     """The root's location options typed on the command line (not from the environment)."""
     root = ctx.find_root()
     typed = {}
-    for key in ("db", "store", "cache_dir"):
+    for key in LOCATION_OPTIONS:
         source = root.get_parameter_source(key)
         # Typer vendors its own click, so compare the enum by name rather than by class.
         typed[key] = (

@@ -7,8 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from mta.cli.errors import EXIT_INTEGRITY
-from mta.cli.options import JsonOpt, registry_context
+from mta.cli.options import JsonOpt, at_most, registry_context
 from mta.cli.output import Output
+
+# A duration over a century is a typo, and overflows the date arithmetic of `gc`.
+MAX_SECONDS = 100 * 365 * 24 * 3600
 
 storage_app = typer.Typer(
     help="Where the bytes go: report, garbage-collect, verify.",
@@ -114,6 +117,7 @@ def storage_gc(
         typer.Option(
             "--grace",
             min=0,
+            callback=at_most(MAX_SECONDS),
             help="Keep unreferenced blobs younger than this many seconds (writes in flight).",
         ),
     ] = 3600,
@@ -122,6 +126,7 @@ def storage_gc(
         typer.Option(
             "--retain-superseded",
             min=0,
+            callback=at_most(MAX_SECONDS),
             help="Keep stacks and recipes that are no longer served this many seconds "
             "(default 7 days) for rollback.",
         ),

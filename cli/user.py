@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from mta.cli.options import JsonOpt, registry_context
+from mta.cli.options import JsonOpt, fits_int64, registry_context
 from mta.cli.output import Output
 from mta.cli.user_adapt import user_adapt
 from mta.cli.user_add import user_add
@@ -38,7 +38,12 @@ def user_export(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the PEFT LoRA into.")],
     max_rank: Annotated[
         int | None,
-        typer.Option("--max-rank", min=1, help="Compress to this rank (SVD) for capped engines."),
+        typer.Option(
+            "--max-rank",
+            min=1,
+            callback=fits_int64,
+            help="Compress to this rank (SVD) for capped engines.",
+        ),
     ] = None,
     served_model_name: Annotated[
         str | None,
@@ -76,16 +81,36 @@ def user_export(
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an --out that cannot become a folder, before any work is done.
 
+    The first missing folder on the way is created and removed again (or, when --out
+    exists, a file is created in it and removed): only trying tells whether the
+    filesystem lets us (read-only mounts, /proc, permissions).
+
     Raises:
-        InvalidInputError: `out_dir`, or a folder above it, exists and is not a folder.
+        InvalidInputError: `out_dir`, or a folder above it, exists and is not a folder, or
+            the folder cannot be created or written.
     """
+    import tempfile
+
     from mta.registry.errors import InvalidInputError
 
+    missing = None
     for path in (out_dir, *out_dir.parents):
         if path.exists():
             if not path.is_dir():
                 raise InvalidInputError(f"--out {out_dir}: {path} exists and is not a folder")
-            return
+            break
+        missing = path
+    try:
+        if missing is None:
+            with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".mta-probe-"):
+                pass
+        else:
+            missing.mkdir()
+            missing.rmdir()
+    except OSError as error:
+        what = f"create {missing}" if missing is not None else f"write into {out_dir}"
+        reason = (error.strerror or str(error)).lower()
+        raise InvalidInputError(f"--out {out_dir}: cannot {what} ({reason})") from None
 
 
 def _exported_base_model(adapter_dir: Path) -> str | None:

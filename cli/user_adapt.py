@@ -29,7 +29,7 @@ from mta.cli.bulk import (
     WorkersOpt,
     run_bulk,
 )
-from mta.cli.options import MAX_INT, JsonOpt, registry_context
+from mta.cli.options import JsonOpt, fits_int64, registry_context
 from mta.cli.output import Output
 from mta.cli.progress import StageProgress
 
@@ -42,17 +42,21 @@ def user_adapt(
     ctx: typer.Context,
     shots: Annotated[
         int,
-        typer.Option("--shots", min=1, max=MAX_INT, help="History items to train the stack on."),
+        typer.Option(
+            "--shots", min=1, callback=fits_int64, help="History items to train the stack on."
+        ),
     ],
     user_ids: IdsArg = None,
     rank: Annotated[
-        int, typer.Option("--rank", min=1, max=MAX_INT, help="Rank of the stack LoRA.")
+        int, typer.Option("--rank", min=1, callback=fits_int64, help="Rank of the stack LoRA.")
     ] = 1,
     epochs: Annotated[
-        int, typer.Option("--epochs", min=1, max=MAX_INT, help="Training epochs.")
+        int, typer.Option("--epochs", min=1, callback=fits_int64, help="Training epochs.")
     ] = 3,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_INT, help="Training seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, callback=fits_int64, help="Training seed.")
+    ] = 0,
     dtype: Annotated[
         str,
         typer.Option(
@@ -62,7 +66,7 @@ def user_adapt(
         ),
     ] = "fp16",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=MAX_INT, help="Batch size.")
+        int, typer.Option("--batch-size", min=1, callback=fits_int64, help="Batch size.")
     ] = 4,
     stack_modules: Annotated[
         str,
@@ -74,7 +78,7 @@ def user_adapt(
     ] = "all",
     max_steps: Annotated[
         int | None,
-        typer.Option("--max-steps", min=1, max=MAX_INT, help="Stop after this many steps."),
+        typer.Option("--max-steps", min=1, callback=fits_int64, help="Stop after this many steps."),
     ] = None,
     from_file: FromOpt = None,
     all_users: AllOpt = False,

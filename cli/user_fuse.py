@@ -26,7 +26,7 @@ from mta.cli.bulk import (
     WorkersOpt,
     run_bulk,
 )
-from mta.cli.options import JsonOpt, registry_context
+from mta.cli.options import JsonOpt, fits_int64, registry_context
 from mta.cli.output import Output
 from mta.cli.user_render import render_recipe
 
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 def user_fuse(
     ctx: typer.Context,
     user_ids: IdsArg = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Anchors to fuse.")] = 2,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, callback=fits_int64, help="Anchors to fuse.")
+    ] = 2,
     method: Annotated[
         str, typer.Option("--method", help="Fusion method: cat (exact), svd, factorwise.")
     ] = "cat",

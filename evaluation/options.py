@@ -20,6 +20,8 @@ DEFAULT_METHODS = (
     "retrieved",
     "user-majority",
 )
+# Every seed of a run builds a bank, whose k-means takes 32-bit seeds.
+MAX_EVAL_SEED = 2**32 - 1
 # Baselines trained from scratch use the meta-LoRA rank, as the paper's OPPU.
 BASELINE_RANK = 8
 # History items retrieved into every prompt (the paper's top-1), as the registry trains with.
@@ -101,6 +103,12 @@ class EvalOptions:
         if self.decode not in DECODE_MODES:
             raise EvaluationError(
                 f"unknown --decode {self.decode!r}; valid: {', '.join(DECODE_MODES)}"
+            )
+        last_seed = self.seed + self.seeds - 1
+        if self.seed < 0 or last_seed > MAX_EVAL_SEED:
+            raise EvaluationError(
+                f"--seed must be between 0 and {MAX_EVAL_SEED - self.seeds + 1} with --seeds "
+                f"{self.seeds} (k-means takes 32-bit seeds), got {self.seed}"
             )
         self._check_stack(EvaluationError)
         if not 0.0 < self.test_fraction < 1.0:

@@ -11,6 +11,7 @@ from .errors import (
     BlobNotFoundError,
     InvalidDigestError,
     StorageError,
+    StoreNotFoundError,
     UnknownSchemeError,
 )
 from .local import LocalBlobStore
@@ -29,6 +30,7 @@ __all__ = [
     "LocalBlobStore",
     "S3BlobStore",
     "StorageError",
+    "StoreNotFoundError",
     "UnknownSchemeError",
     "blob_key",
     "open_store",

@@ -141,5 +141,16 @@ class BlobStore(abc.ABC):
     def ensure(self) -> None:
         """Create the store's root (folder or bucket) if missing; safe to call repeatedly."""
 
+    @abc.abstractmethod
+    def check_exists(self) -> None:
+        """Make sure the store was set up by `ensure` (changes nothing).
+
+        Lets a caller tell a wrong store URL from a missing blob: a typo in the URL names an
+        empty place, where every blob would otherwise be reported missing.
+
+        Raises:
+            StoreNotFoundError: no such folder or bucket, or one `ensure` never set up.
+        """
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -5,6 +5,10 @@ class StorageError(Exception):
     """Base class of every error a blob store raises on purpose."""
 
 
+class StoreNotFoundError(StorageError):
+    """The store itself is missing: no such folder or bucket, or one `ensure` never set up."""
+
+
 class BlobNotFoundError(StorageError, FileNotFoundError):
     """The store holds no blob with the requested digest."""
 

@@ -22,7 +22,7 @@ from .base import (
     sha256_bytes,
     sha256_file,
 )
-from .errors import BlobNotFoundError, StorageError
+from .errors import BlobNotFoundError, StorageError, StoreNotFoundError
 
 FILE_MODE = 0o444
 TEMP_PREFIX = ".tmp-"
@@ -65,6 +65,18 @@ class LocalBlobStore(BlobStore):
     def ensure(self) -> None:
         """Create the root and blob folders."""
         (self.root / BLOB_PREFIX).mkdir(parents=True, exist_ok=True)
+
+    def check_exists(self) -> None:
+        """The root must be a folder holding the blob folder that `ensure` creates."""
+        hint = "check the store URL (--store / MTA_STORE_URL) or run `mta init`"
+        if not self.root.exists():
+            raise StoreNotFoundError(f"store {self.url} does not exist; {hint}")
+        if not self.root.is_dir():
+            raise StoreNotFoundError(f"store {self.url} is not a folder; {hint}")
+        if not (self.root / BLOB_PREFIX).is_dir():
+            raise StoreNotFoundError(
+                f"store {self.url} is not a blob store (it has no {BLOB_PREFIX} folder); {hint}"
+            )
 
     def put_bytes(self, data: bytes) -> str:
         """Store `data` atomically and return its digest; an intact existing copy is kept."""

@@ -21,7 +21,7 @@ from .base import (
     sha256_bytes,
     sha256_file,
 )
-from .errors import BlobCorruptedError, BlobNotFoundError, StorageError
+from .errors import BlobCorruptedError, BlobNotFoundError, StorageError, StoreNotFoundError
 
 ENDPOINT_ENV = "MTA_S3_ENDPOINT_URL"
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -151,6 +151,15 @@ class S3BlobStore(BlobStore):
             # Another process may have created it in between.
             if error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 self._raise(exc, "creating bucket")
+
+    def check_exists(self) -> None:
+        """HEAD the bucket; a 403 means it exists but this key may not list it."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            # A key allowed to read objects but not to list the bucket gets a 403 here.
+            if error_code(exc) not in {"403", "AccessDenied", "Forbidden"}:
+                self._raise(exc, "checking bucket")
 
     def put_bytes(self, data: bytes) -> str:
         """Upload `data` unless already stored; the server checks the SHA256 we send."""
@@ -287,7 +296,7 @@ class S3BlobStore(BlobStore):
             if code in _NOT_FOUND_CODES and digest:
                 raise BlobNotFoundError(f"{what} not found") from exc
             if code == "NoSuchBucket" or (code in _NOT_FOUND_CODES and not digest):
-                raise StorageError(
+                raise StoreNotFoundError(
                     f"bucket {self.bucket!r} of {self.url} does not exist at {self._where()}; "
                     "create it (mta init) or fix the store URL"
                 ) from exc

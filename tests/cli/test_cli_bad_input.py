@@ -107,6 +107,15 @@ def test_bank_push_rejects_missing_folder(cli_env: CliEnv, mta: Mta, tiny_shapes
     assert_rejected(cli_env, mta, *argv)
 
 
+def test_bank_push_names_a_missing_folder_before_the_profiles(cli_env: CliEnv, mta: Mta) -> None:
+    # Before: "p.json: file not found", about the profiles, not the folder that is missing.
+    missing = cli_env.root / "no-such-adapter"
+    result = assert_rejected(
+        cli_env, mta, "bank", "push", TASK, missing, "--profiles", cli_env.root / "p.json"
+    )
+    assert str(missing) in result.error_lines()[0]
+
+
 def test_bank_push_rejects_unknown_task(cli_env: CliEnv, mta: Mta, tiny_shapes: dict) -> None:
     argv = push_bank_argv(cli_env, tiny_shapes)
     argv[2] = "no_such_task"
@@ -161,6 +170,24 @@ def test_unknown_names_are_rejected(
     assert mta("user", "add", "alice", "--bank", TASK, "--profile", new_user_file).code == 0
     filled = [a.format(root=cli_env.root, profile=new_user_file) for a in argv]
     assert_rejected(cli_env, mta, *filled)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["user", "adapt", "--bank", "nosuch", "--shots", "2"],
+        ["user", "adapt", "--all", "--bank", "nosuch", "--shots", "2"],
+        ["user", "fuse", "--missing", "--bank", "nosuch"],
+    ],
+    ids=lambda argv: " ".join(argv[:3]),
+)
+def test_an_unknown_bank_filter_is_named(
+    cli_env: CliEnv, mta: Mta, pushed_bank: dict, new_user_file: Path, argv: list[str]
+) -> None:
+    # Before: "select users: give IDs ..." without a selection flag; with one, 0 users done.
+    assert mta("user", "add", "alice", "--bank", TASK, "--profile", new_user_file).code == 0
+    line = assert_rejected(cli_env, mta, *argv).error_lines()[0]
+    assert "'nosuch'" in line and TASK in line
 
 
 @pytest.mark.parametrize("user_id", ["a/b", "..", "../etc", "x/../y", "", " ", "a\\b", "a" * 300])

@@ -1,4 +1,5 @@
-"""Bad values typed by users: markup in names, unreadable profiles, --out files, missing blobs.
+"""Bad values typed by users: markup in names, unreadable profiles, --out folders, integers
+too large for torch or SQL, missing blobs.
 
 Every case asserts the exit code, exactly one `Error:` line, no traceback and an unchanged
 registry (rows and store listing, see `assert_rejected` in tests/support.py).
@@ -135,6 +136,69 @@ def test_export_out_over_a_file(cli_env: CliEnv, mta: Mta, alice: Path, target: 
     )
     assert str(existing) in result.error_lines()[0]
     assert existing.read_text(encoding="utf-8") == "keep me"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a mounted /proc")
+@pytest.mark.parametrize("target", ["/proc/nope/x", "/proc/self/nope"])
+def test_export_out_that_cannot_be_created_writes_nothing(
+    cli_env: CliEnv, mta: Mta, alice: Path, target: str
+) -> None:
+    # The export cache is not in the registry dump: it must not gain an entry either.
+    cache = cli_env.cache_dir / "adapters"
+    before = sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+    result = assert_rejected(cli_env, mta, "user", "export", "alice", "--out", target)
+    assert target in result.error_lines()[0]
+    assert (sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []) == before
+
+
+# --- integers beyond 64 bits: typer's usage error (exit 2) before any work ------------------
+
+HUGE = "99999999999999999999999"
+_BUILD = ["bank", "build", TASK, "--data", "{root}/no-users.json"]
+_EVAL = ["eval", "--task", TASK, "--data", "{root}/no-users.json"]
+_ADAPT = ["user", "adapt", "alice", "--epochs", "1"]
+# (argv, the option the error names); old runs overflowed in torch or SQLite, or trained on.
+HUGE_INTEGERS = [
+    ([*_BUILD, "--anchors", "2", "--seed", HUGE], "--seed"),
+    ([*_BUILD, "--anchors", HUGE], "--anchors"),
+    ([*_BUILD, "--anchors", "2", "--epochs", HUGE], "--epochs"),
+    ([*_BUILD, "--anchors", "2", "--rank", HUGE], "--rank"),
+    (["bank", "show", TASK, "--version", HUGE], "--version"),
+    (["bank", "alias", TASK, HUGE, "prod"], "version"),
+    ([*_ADAPT, "--shots", "2", "--seed", HUGE], "--seed"),
+    ([*_ADAPT, "--shots", "2", "--seed", "-1"], "--seed"),
+    ([*_ADAPT, "--shots", "2", "--rank", HUGE], "--rank"),
+    ([*_ADAPT, "--shots", "2", "--max-steps", HUGE], "--max-steps"),
+    ([*_ADAPT, "--shots", HUGE, "--max-steps", "1"], "--shots"),
+    (["user", "fuse", "alice", "--top-k", HUGE], "--top-k"),
+    (["user", "export", "alice", "--out", "{root}/o", "--max-rank", HUGE], "--max-rank"),
+    ([*_EVAL, "--seed", HUGE], "--seed"),
+    ([*_EVAL, "--shots", HUGE], "--shots"),
+    ([*_EVAL, "--top-k", HUGE], "--top-k"),
+    ([*_EVAL, "--max-steps", HUGE], "--max-steps"),
+    (["gc", "--grace", HUGE], "--grace"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    HUGE_INTEGERS,
+    ids=[" ".join([*(a for a in argv[:2] if not a.startswith("-")), option,
+                   "-1" if "-1" in argv else "huge"]) for argv, option in HUGE_INTEGERS],
+)  # fmt: skip
+def test_huge_integers_are_usage_errors(
+    cli_env: CliEnv, mta: Mta, alice: Path, argv: list[str], option: str
+) -> None:
+    filled = [a.format(root=cli_env.root) for a in argv]
+    result = assert_rejected(cli_env, mta, *filled, code=2)
+    assert f"'{option}'" in result.error_lines()[0]
+
+
+def test_the_cli_integer_bound_is_the_registry_seed_bound() -> None:
+    from mta.cli.options import MAX_INT
+    from mta.registry.requests import MAX_SEED
+
+    assert MAX_INT == MAX_SEED
 
 
 # --- a row whose blob is missing: integrity, exit 3 -------------------------------------------

@@ -178,3 +178,15 @@ def test_a_bad_stack_format_is_refused_before_any_work(tmp_path, tiny_model_dir)
         result = CliRunner().invoke(eval_app, [*args, flag, value])
         assert result.exit_code == 1 and message in str(result.exception)
         assert not (tmp_path / "reg").exists()
+
+
+def test_a_seed_beyond_k_means_is_refused_before_any_work(tmp_path, tiny_model_dir):
+    from mta.evaluation.options import MAX_EVAL_SEED
+
+    args = ["--task", "movie_tagging", "--base-model", str(tiny_model_dir)]
+    for extra in (
+        ["--seed", str(MAX_EVAL_SEED + 1)],
+        ["--seed", str(MAX_EVAL_SEED), "--seeds", "2"],
+    ):
+        result = CliRunner().invoke(eval_app, [*args, *extra])
+        assert result.exit_code == 1 and "k-means takes 32-bit seeds" in str(result.exception)

@@ -97,6 +97,12 @@ def test_serves_over_loopback_with_a_tokens_file(registry: Registry, tmp_path: P
         assert user.status_code == 200 and user.json()["user_id"] == "alice"
         adapter = httpx.get(f"{base}/v1/users/alice/adapter", headers=read, timeout=60)
         assert adapter.status_code == 200 and adapter.headers["content-type"] == "application/x-tar"
+        # A 200 KB header is answered (431, JSON), not a reset connection: mta serve gives
+        # uvicorn a head buffer large enough for the app to see it.
+        huge = httpx.get(
+            f"{base}/v1/users/alice", headers={"Authorization": "Bearer " + "x" * 200_000}
+        )
+        assert huge.status_code == 431 and huge.json()["error"]["code"] == "headers_too_large"
         refused = httpx.delete(f"{base}/v1/users/alice", headers=read)
         assert refused.status_code == 403
     finally:

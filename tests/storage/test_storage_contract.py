@@ -160,6 +160,11 @@ def test_ensure_is_repeatable(store: BlobStore) -> None:
     assert store.get_bytes(digest) == b"after ensure"
 
 
+def test_an_ensured_store_exists(store: BlobStore) -> None:
+    store.ensure()
+    store.check_exists()
+
+
 def _put_in_child(url: str, data: bytes) -> str:
     return open_store(url).put_bytes(data)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mta.storage import LocalBlobStore, open_store
+from mta.storage import LocalBlobStore, StorageError, StoreNotFoundError, open_store
 
 
 @pytest.fixture
@@ -97,3 +97,26 @@ def test_put_file_of_missing_path_raises_file_not_found(
 ) -> None:
     with pytest.raises(FileNotFoundError):
         local.put_file(tmp_path / "absent.bin")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty-folder", "a-file", "under-a-file"])
+def test_a_store_ensure_never_set_up_does_not_exist(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "store"
+    if kind == "empty-folder":
+        root.mkdir()
+    elif kind in ("a-file", "under-a-file"):
+        root.write_text("not a store", encoding="utf-8")
+    store = LocalBlobStore(root / "sub" if kind == "under-a-file" else root)
+    with pytest.raises(StoreNotFoundError, match="mta init") as raised:
+        store.check_exists()
+    assert store.url in str(raised.value)
+    assert isinstance(raised.value, StorageError)
+    assert not root.exists() or kind != "missing"  # checking created nothing
+
+
+def test_check_exists_passes_once_ensured_and_once_written(tmp_path: Path) -> None:
+    ensured, written = LocalBlobStore(tmp_path / "a"), LocalBlobStore(tmp_path / "b")
+    ensured.ensure()
+    written.put_bytes(b"a first blob creates the blob folder")
+    ensured.check_exists()
+    written.check_exists()
