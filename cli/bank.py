@@ -11,6 +11,7 @@ import typer
 from mta.cli.bulk import Executor
 from mta.cli.options import (
     BaseModelOpt,
+    DeviceOpt,
     EmbedderOpt,
     JsonOpt,
     fits_int64,
@@ -97,6 +98,7 @@ def bank_build(
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
     workers: WorkersOpt = 2,
+    device: DeviceOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """Select anchors among the users in --data, train one LoRA per anchor, publish a version.
@@ -110,6 +112,7 @@ def bank_build(
 
     out = Output(json_mode)
     with registry_context(ctx) as registry, StageProgress() as progress:
+        registry.device = device
         bank = build_bank(
             registry,
             task=task,

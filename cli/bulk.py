@@ -206,6 +206,8 @@ class Execution:
     executor: Executor = Executor.local
     address: str | None = None
     workers: int = 2
+    device: str | None = None  # where models run (--device); each Ray worker applies it too
+    gpus_per_worker: float = 0.0  # GPUs each Ray worker reserves (its model goes on one)
 
 
 def run_bulk(
@@ -251,6 +253,7 @@ def _run_ray(
         spec,
         address=execution.address,
         workers=execution.workers,
+        num_gpus=execution.gpus_per_worker,
         on_outcome=on_outcome,
     )
 
@@ -313,6 +316,16 @@ WorkersOpt = Annotated[
     int,
     typer.Option(
         "--workers", min=1, callback=fits_int64, help="Ray workers.", rich_help_panel=_RUN
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0.0,
+        max=64.0,
+        help="GPUs each Ray worker reserves; its model runs on one (with --device auto/cuda).",
+        rich_help_panel=_RUN,
     ),
 ]
 BatchUsersOpt = Annotated[

@@ -44,7 +44,7 @@ from mta.cli.eval_options import (
     UserLrOpt,
     WorkdirOpt,
 )
-from mta.cli.options import BaseModelOpt, EmbedderOpt, JsonOpt, typed_locations
+from mta.cli.options import BaseModelOpt, DeviceOpt, EmbedderOpt, JsonOpt, typed_locations
 from mta.cli.output import Output, log
 from mta.cli.progress import StageProgress
 from mta.evaluation.options import DEFAULTS, EvalOptions
@@ -79,6 +79,7 @@ def eval_command(
     min_history: MinHistoryOpt = DEFAULTS.min_history,
     anchor_data: AnchorDataOpt = DEFAULTS.anchor_data,
     base_model: BaseModelOpt = DEFAULTS.base_model,
+    device: DeviceOpt = DEFAULTS.device,
     embedder: EmbedderOpt = DEFAULTS.embedder,
     max_new_tokens: MaxNewTokensOpt = DEFAULTS.max_new_tokens,
     batch_size: BatchSizeOpt = DEFAULTS.batch_size,
@@ -126,6 +127,7 @@ def eval_command(
         min_history=min_history,
         anchor_data=anchor_data,
         base_model=base_model,
+        device=device,
         embedder=embedder,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,

@@ -141,6 +141,30 @@ def typed_locations(ctx: typer.Context) -> dict[str, Any]:
     return typed
 
 
+def check_device(value: str | None) -> str | None:
+    """A --device spelled auto, cpu, cuda or cuda:N (or unset), else a usage error."""
+    from mta.devices import DeviceError, check_device_spec
+
+    if value is None:
+        return None
+    try:
+        return check_device_spec(value)
+    except DeviceError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        callback=check_device,
+        help="Where the model runs: auto (CUDA when present), cpu, cuda or cuda:N "
+        "[default: MTA_DEVICE, else auto]. bf16 on CUDA, fp32 on the CPU.",
+        show_default=False,
+    ),
+]
+
+
 @contextmanager
 def registry_context(ctx: typer.Context) -> Iterator[RegistryContext]:
     """Open the registry the root options point at, and close it when the command ends."""

@@ -22,6 +22,7 @@ from mta.cli.bulk import (
     ExecutorOpt,
     ForceOpt,
     FromOpt,
+    GpusPerWorkerOpt,
     IdsArg,
     MissingOpt,
     Selection,
@@ -29,7 +30,7 @@ from mta.cli.bulk import (
     WorkersOpt,
     run_bulk,
 )
-from mta.cli.options import JsonOpt, fits_int64, registry_context
+from mta.cli.options import DeviceOpt, JsonOpt, fits_int64, registry_context
 from mta.cli.output import Output
 from mta.cli.progress import StageProgress
 
@@ -90,6 +91,8 @@ def user_adapt(
     address: AddressOpt = None,
     workers: WorkersOpt = 2,
     batch_users: BatchUsersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    device: DeviceOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """Train an ultra-low-rank stack on top of the frozen fused adapter and store it.
@@ -118,18 +121,24 @@ def user_adapt(
     ).validate()
     selection = Selection(user_ids or [], from_file, all_users, stale, missing, bank)
     if selection.is_bulk() or executor is Executor.ray:
-        spec = WorkSpec.adapt_users(request, force=force, refresh=stale, batch_users=batch_users)
-        run_bulk(ctx, selection, spec, Execution(executor, address, workers), json_mode)
+        spec = WorkSpec.adapt_users(
+            request, force=force, refresh=stale, batch_users=batch_users, device=device
+        )
+        execution = Execution(executor, address, workers, device, gpus_per_worker)
+        run_bulk(ctx, selection, spec, execution, json_mode)
         return
-    _adapt_one(ctx, selection.ids[0], request, json_mode)
+    _adapt_one(ctx, selection.ids[0], request, json_mode, device)
 
 
-def _adapt_one(ctx: typer.Context, user_id: str, request: AdaptRequest, json_mode: bool) -> None:
+def _adapt_one(
+    ctx: typer.Context, user_id: str, request: AdaptRequest, json_mode: bool, device: str | None
+) -> None:
     """Today's single-user adapt: always trains, prints the stack."""
     from mta.registry.service import adapt_user
 
     out = Output(json_mode)
     with registry_context(ctx) as registry, StageProgress() as progress:
+        registry.device = device
         stack = adapt_user(registry, user_id, request, progress=progress).to_dict()
     if json_mode:
         out.emit_json(stack)

@@ -64,6 +64,7 @@ class EvalOptions:
     # single-user anchors on LaMP movie tagging (docs/results.md); "user" is kept for parity.
     anchor_data: str = "cluster"
     base_model: str | None = None
+    device: str | None = None  # where models run (None: MTA_DEVICE, else auto)
     embedder: str | None = None
     max_new_tokens: int | None = None
     batch_size: int = 8

@@ -18,7 +18,7 @@ class Predictor:
 
         self.task = task
         self.options = options
-        self.model, self.tokenizer = load_base_model(options.base_model)
+        self.model, self.tokenizer = load_base_model(options.base_model, device=options.device)
         self.max_new_tokens = options.max_new_tokens or (8 if task.labels else 24)
 
     def predict(

@@ -88,6 +88,7 @@ def run_eval(
     if options.test_data is not None:
         test_users = load_test_users(options.test_data, users, data_path, task)
     started = time.monotonic()
+    ctx.device = options.device  # the bank and the registry-trained stacks run there too
     run = _Run(options, ctx, task, methods, progress or (lambda _s, _d, _t: None), say)
     run.predictions = {m: [] for m in methods}
     if any(get_method(m).uses_model for m in methods):

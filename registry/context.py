@@ -93,6 +93,8 @@ class RegistryContext:
     session_factory: sessionmaker[Session]
     engine: Engine
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    # Where models run: "auto" | "cpu" | "cuda" | "cuda:N"; None reads MTA_DEVICE, then auto.
+    device: str | None = None
     _schema_checked: bool = field(default=False, repr=False)
     _embedders: dict[str, Any] = field(default_factory=dict, repr=False)
     _anchors: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -197,7 +199,7 @@ class RegistryContext:
 
         # The converted-model cache is MTA_CACHE_DIR or ~/.cache/mta (shared across
         # registries), not this registry's cache_dir: a SmolLM2 copy is 0.5 GB.
-        return load_base_model(spec)
+        return load_base_model(spec, device=self.device)
 
     def anchor_adapter(self, digest: str) -> Any:
         """A bank adapter blob parsed once per context: bulk adapts reuse a bank's anchors.

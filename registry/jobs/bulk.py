@@ -215,6 +215,8 @@ class WorkSpec:
     # The job's id: each user is claimed under it (a Ray retry re-takes its own claims).
     job: str = field(default_factory=new_job_id, compare=False)
     batch_users: int = 1  # users trained per forward/backward pass (`mta.batched_training`)
+    # Where each process of the job runs its model (None: MTA_DEVICE, else auto).
+    device: str | None = field(default=None, compare=False)
 
     @classmethod
     def adapt_users(
@@ -224,12 +226,18 @@ class WorkSpec:
         force: bool = False,
         refresh: bool = False,
         batch_users: int = 1,
+        device: str | None = None,
     ) -> WorkSpec:
         """Train each user's stack as `request` says (`adapt_one`; B users per pass)."""
         if isinstance(batch_users, bool) or not isinstance(batch_users, int) or batch_users < 1:
             raise InvalidInputError(f"batch_users must be at least 1, got {batch_users!r}")
         return cls(
-            "adapt", adapt=request.validate(), force=force, refresh=refresh, batch_users=batch_users
+            "adapt",
+            adapt=request.validate(),
+            force=force,
+            refresh=refresh,
+            batch_users=batch_users,
+            device=device,
         )
 
     @classmethod
@@ -258,6 +266,8 @@ class WorkSpec:
 
     def run_many(self, ctx: RegistryContext, user_ids: Sequence[str]) -> Iterator[UserOutcome]:
         """Each user's outcome in order: one by one, or `batch_users` per training pass."""
+        if self.device is not None:
+            ctx.device = self.device
         if self.adapt is None or self.batch_users == 1:
             for user_id in user_ids:
                 yield self.run(ctx, user_id)

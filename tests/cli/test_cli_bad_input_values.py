@@ -194,6 +194,32 @@ def test_huge_integers_are_usage_errors(
     assert f"'{option}'" in result.error_lines()[0]
 
 
+DEVICES = [
+    ([*_ADAPT, "--shots", "2", "--device", "gpu"], 2, "unknown device 'gpu'"),
+    ([*_ADAPT, "--shots", "2", "--device", "cuda:x"], 2, "valid: auto, cpu, cuda, cuda:N"),
+    ([*_ADAPT, "--shots", "2", "--device", "cuda"], 1, "torch sees no CUDA device"),
+    ([*_ADAPT, "--shots", "2", "--device", "cuda:3"], 1, "torch sees no CUDA device"),
+    ([*_BUILD, "--anchors", "2", "--device", "tpu"], 2, "unknown device 'tpu'"),
+    ([*_EVAL, "--device", "npu"], 2, "unknown device 'npu'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"), DEVICES, ids=[f"{a[1]}-{a[-1]}" for a, _, _ in DEVICES]
+)
+def test_a_device_that_is_misspelled_or_absent_is_one_line(
+    cli_env: CliEnv, mta: Mta, alice: Path, argv: list[str], code: int, message: str
+) -> None:
+    if code == 1:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+    filled = [a.format(root=cli_env.root) for a in argv]
+    result = assert_rejected(cli_env, mta, *filled, code=code)
+    assert message in result.error_lines()[0]
+
+
 def test_the_cli_integer_bound_is_the_registry_seed_bound() -> None:
     from mta.cli.options import MAX_INT
     from mta.registry.requests import MAX_SEED
