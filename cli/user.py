@@ -54,6 +54,17 @@ def user_export(
             show_default=False,
         ),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="peft (the PEFT folder), or gguf: the PEFT folder plus adapter_model.gguf, "
+            "a llama.cpp LoRA of the same deltas (fp32, or fp16 with --dtype fp16).",
+        ),
+    ] = "peft",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Precision of the written tensors: fp32, fp16, bf16.")
+    ] = "fp32",
     json_mode: JsonOpt = False,
 ) -> None:
     """Write fused + stack as one standard PEFT LoRA that PEFT, vLLM or LoRAX can load.
@@ -62,15 +73,20 @@ def user_export(
 
         mta user export alice --out adapters/alice --max-rank 16
     """
-    from mta.registry.service import adapter_identity, export_user
+    from mta.registry.service import adapter_identity, export_gguf, export_user
 
+    if fmt not in ("peft", "gguf"):
+        raise typer.BadParameter(f"{fmt!r}; valid: gguf, peft", param_hint="--format")
     check_out_dir(out_dir)
     out = Output(json_mode)
+    options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": served_model_name}
     with registry_context(ctx) as registry:
         identity = adapter_identity(registry, user_id)
-        export = export_user(
-            registry, identity, out_dir, max_rank=max_rank, base_model_name=served_model_name
-        ).to_dict()
+        if fmt == "gguf":
+            result, gguf = export_gguf(registry, identity, out_dir, **options)
+            export = {**result.to_dict(), "gguf": str(gguf)}
+        else:
+            export = export_user(registry, identity, out_dir, **options).to_dict()
     if json_mode:
         out.emit_json(export)
         return

@@ -189,3 +189,38 @@ def _exported_rank(folder: Path) -> int:
         *(int(r) for r in (config.get("rank_pattern") or {}).values()),
     ]
     return max(ranks)
+
+
+def export_gguf(
+    ctx: RegistryContext,
+    identity: AdapterIdentity,
+    out_dir: Path,
+    *,
+    max_rank: int | None = None,
+    dtype: str = "fp32",
+    base_model_name: str | None = None,
+) -> tuple[Export, Path]:
+    """Export the identity's PEFT folder into `out_dir` and a llama.cpp LoRA GGUF beside it.
+
+    The GGUF (`mta.gguf_lora`, file `adapter_model.gguf`) holds the same deltas in llama.cpp's
+    tensor names and layout; llama.cpp loads it over the bank's base model GGUF.
+
+    Raises:
+        InvalidInputError: a dtype llama.cpp adapters do not take (bf16).
+        MtaError: the base model's head size cannot be read (a hub id without a local copy).
+    """
+    from mta.base_model import resolve_base_model
+    from mta.gguf_lora import GGUF_NAME, base_head_dim, save_gguf_lora
+    from mta.peft_io import load_peft_adapter
+
+    if dtype not in ("fp32", "fp16"):
+        raise InvalidInputError(f"a GGUF adapter is fp32 or fp16, not {dtype}")
+    export = export_user(
+        ctx, identity, out_dir, max_rank=max_rank, dtype=dtype, base_model_name=base_model_name
+    )
+    adapter = load_peft_adapter(out_dir)
+    head_dim = base_head_dim(resolve_base_model(identity.base_model))
+    path = save_gguf_lora(
+        adapter, Path(out_dir) / GGUF_NAME, head_dim=head_dim, dtype=torch_dtype(dtype)
+    )
+    return export, path
