@@ -98,7 +98,7 @@ def test_the_claim_is_held_while_working_and_released_after_success_and_failure(
         seen[user_id] = _claims(ctx).get(user_id)
         return real_get_user(ctx, user_id)
 
-    monkeypatch.setattr("mta.registry.jobs.bulk.get_user", watching_get_user)
+    monkeypatch.setattr("mta.registry.jobs.batched.get_user", watching_get_user)
     spec = WorkSpec.adapt_users(REQUEST)
     summary = run_local(bank_registry, ["h1", "ghost"], spec)
     assert summary.done == ("h1",) and [u for u, _ in summary.failed] == ["ghost"]
