@@ -26,11 +26,11 @@ from mta.training import (
     IGNORE_INDEX,
     Example,
     TrainConfig,
-    accepts_logits_to_keep,
     frozen_base,
     init_factors,
     planned_steps,
     step_groups,
+    target_logits,
 )
 
 if TYPE_CHECKING:
@@ -176,34 +176,13 @@ def _row_loss_sums(model: torch.nn.Module, batch: list[Tokens], pad_id: int) -> 
     """Summed target-token cross-entropy of each row of one left-padded joint batch."""
     import torch
 
-    seqs = [prompt + target for prompt, target in batch]
-    length = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), length), dtype=torch.long)
-    labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
-    for row, ((_, target), seq) in enumerate(zip(batch, seqs, strict=True)):
-        input_ids[row, length - len(seq) :] = torch.tensor(seq)
-        attention[row, length - len(seq) :] = 1
-        labels[row, length - len(target) :] = torch.tensor(target)
-    keep = min(length, max(len(target) for _, target in batch) + 1)
-    device = device_of(model)
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention.to(device),
-        "position_ids": position_ids.to(device),
-        "use_cache": False,
-    }
-    if accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:, :]
-    shifted = labels[:, length - keep + 1 :].to(device)
+    logits, labels = target_logits(model, batch, pad_id)
     per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1, :].float().reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1),
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",
-    ).view(len(seqs), -1)
+    ).view(len(batch), -1)
     return list(per_token.sum(dim=1).unbind())
 
 

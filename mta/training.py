@@ -200,6 +200,24 @@ def _batch_loss_sum(
     """Summed cross-entropy of the target tokens of one left-padded micro-batch."""
     import torch
 
+    logits, labels = target_logits(model, batch, pad_id)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def target_logits(
+    model: torch.nn.Module, batch: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one left-padded batch; (fp32 logits, labels) at the positions that predict targets.
+
+    Both are (rows, positions); label IGNORE_INDEX marks a position with nothing to predict.
+    """
+    import torch
+
     seqs = [prompt + target for prompt, target in batch]
     length = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
@@ -223,13 +241,7 @@ def _batch_loss_sum(
     if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits[:, -keep:, :]
-    shifted_labels = labels[:, length - keep + 1 :].to(device)
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1, :].float().reshape(-1, logits.shape[-1]),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    return logits[:, :-1, :].float(), labels[:, length - keep + 1 :].to(device)
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
