@@ -23,17 +23,31 @@ from mta.registry.users.adapt import PreparedAdapt, commit_adapt, prepare_adapt,
 from mta.registry.users.records import fuse_user, get_user
 
 
-def current_detail(ctx: RegistryContext, user_id: str, refresh: bool) -> Any:
-    """The user's detail, first re-fused onto the task's latest bank when `refresh` and
-    their recipe is on an older version (what `--stale` asks for)."""
+def newer_bank(ctx: RegistryContext, detail: Any) -> int | None:
+    """The task's latest bank version when the user's recipe is on an older one, else None."""
+    if detail.recipe is None:
+        return None
+    with ctx.read_session() as session:
+        latest = latest_version(session, detail.task)
+    return latest if detail.recipe.bank_version < latest else None
+
+
+def skip_reason(
+    ctx: RegistryContext, user_id: str, request: AdaptRequest, *, force: bool, refresh: bool
+) -> str | None:
+    """Why the user needs no training ("current stack matches"), else None.
+
+    With `refresh` (what `--stale` asks for) a user whose recipe is on an older bank
+    version is first re-fused onto the latest, which leaves them without a current stack.
+    """
     detail = get_user(ctx, user_id)
-    if refresh and detail.recipe is not None:
-        with ctx.read_session() as session:
-            latest = latest_version(session, detail.task)
-        if detail.recipe.bank_version < latest:
-            fuse_user(ctx, user_id, FuseRequest(bank_ref=str(latest)))
-            detail = get_user(ctx, user_id)
-    return detail
+    latest = newer_bank(ctx, detail) if refresh else None
+    if latest is not None:
+        fuse_user(ctx, user_id, FuseRequest(bank_ref=str(latest)))
+        detail = get_user(ctx, user_id)
+    if not force and detail.stack is not None and request.matches(detail.stack):
+        return "current stack matches"
+    return None
 
 
 def adapt_group(
@@ -57,9 +71,8 @@ def adapt_group(
                 if holder is not None:
                     outcomes[user_id] = UserOutcome(user_id, BUSY, _since(start), holder.describe())
                     continue
-                detail = current_detail(ctx, user_id, refresh)
-                if not force and detail.stack is not None and request.matches(detail.stack):
-                    reason = "current stack matches"
+                reason = skip_reason(ctx, user_id, request, force=force, refresh=refresh)
+                if reason is not None:
                     outcomes[user_id] = UserOutcome(user_id, SKIPPED, _since(start), reason)
                     continue
                 ready.append((prepare_adapt(ctx, user_id, request), start, _since(start)))

@@ -22,10 +22,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mta.errors import one_line
-from mta.registry.banks.versions import latest_version
 from mta.registry.context import RegistryContext
 from mta.registry.errors import InvalidInputError
-from mta.registry.jobs.batched import adapt_group, current_detail
+from mta.registry.jobs.batched import adapt_group, newer_bank, skip_reason
 from mta.registry.jobs.claims import Claimant, claimed, new_job_id
 from mta.registry.jobs.outcomes import (
     ADAPTED,
@@ -141,11 +140,9 @@ def adapt_one(
 
     def work(start: float) -> UserOutcome:
         phases: dict[str, float] = {}
-        detail = current_detail(ctx, user_id, refresh)
-        if not force and detail.stack is not None and request.matches(detail.stack):
-            return UserOutcome(
-                user_id, SKIPPED, time.perf_counter() - start, "current stack matches"
-            )
+        reason = skip_reason(ctx, user_id, request, force=force, refresh=refresh)
+        if reason is not None:
+            return UserOutcome(user_id, SKIPPED, time.perf_counter() - start, reason)
         stack = adapt_user(ctx, user_id, request, timings=phases)
         return UserOutcome(
             user_id, ADAPTED, time.perf_counter() - start, stack_id=stack.stack_id, phases=phases
@@ -173,10 +170,9 @@ def fuse_one(
     def work(start: float) -> UserOutcome:
         fuse = request
         detail = get_user(ctx, user_id)
-        if refresh and detail.recipe is not None:
-            latest = _latest_version(ctx, detail.task)
-            if detail.recipe.bank_version < latest:
-                fuse = fuse.on_bank(str(latest))
+        latest = newer_bank(ctx, detail) if refresh else None
+        if latest is not None:
+            fuse = fuse.on_bank(str(latest))
         if not force and detail.recipe is not None and fuse.bank_ref is None:
             return UserOutcome(user_id, SKIPPED, time.perf_counter() - start, "has a recipe")
         fuse_user(ctx, user_id, fuse)
@@ -295,9 +291,3 @@ def run_local(
         if on_outcome is not None:
             on_outcome(outcome, len(outcomes), len(user_ids))
     return summarize(outcomes, time.perf_counter() - start)
-
-
-def _latest_version(ctx: RegistryContext, task: str) -> int:
-    """The task's newest bank version."""
-    with ctx.read_session() as session:
-        return latest_version(session, task)
