@@ -8,13 +8,11 @@ leaves an unreferenced blob, which `gc` removes after its grace period.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mta.registry.context import RegistryContext
-from mta.registry.errors import IntegrityError
 from mta.registry.models import BLOB_REFERENCES, SqlBlob, utcnow
 
 # Blob kinds recorded in the `blobs` table, and the report bucket each one counts under.
@@ -108,21 +106,3 @@ def unreferenced(session: Session, digests: Iterable[str]) -> list[str]:
         attr = getattr(model, column)
         still.update(session.scalars(select(attr).where(attr.in_(candidates)).distinct()))
     return sorted(candidates - still)
-
-
-def load_adapter(ctx: RegistryContext, digest: str) -> Any:
-    """The adapter stored in blob `digest` (verified read), parsed.
-
-    A blob that passes its digest but does not parse (a damaged scale, an unknown format)
-    was written wrong: that is an integrity error (exit 3), not bad input.
-
-    Raises:
-        IntegrityError: the blob is not a valid adapter blob.
-    """
-    from mta.adapter_blob import adapter_from_bytes
-    from mta.errors import AdapterFormatError
-
-    try:
-        return adapter_from_bytes(ctx.store.get_bytes(digest))
-    except AdapterFormatError as error:
-        raise IntegrityError(f"blob {digest[:12]} is not a valid adapter: {error}") from error

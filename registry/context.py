@@ -20,7 +20,7 @@ from mta.registry.db import (
     make_session_factory,
     session_scope,
 )
-from mta.registry.errors import InvalidInputError
+from mta.registry.errors import IntegrityError, InvalidInputError
 
 if TYPE_CHECKING:
     from mta.embedding import Embedder
@@ -206,13 +206,28 @@ class RegistryContext:
 
         Blobs are immutable and verified when first read, so the parsed copy stays right.
         """
-        from mta.adapter_blob import adapter_from_bytes
-
         if digest not in self._anchors:
             if len(self._anchors) >= ANCHOR_CACHE_SIZE:
                 self._anchors.pop(next(iter(self._anchors)))  # oldest first
-            self._anchors[digest] = adapter_from_bytes(self.store.get_bytes(digest))
+            self._anchors[digest] = self.load_adapter(digest)
         return self._anchors[digest]
+
+    def load_adapter(self, digest: str) -> Any:
+        """The adapter stored in blob `digest` (a verified read), parsed.
+
+        A blob that passes its digest but does not parse (a damaged scale, an unknown
+        format) was written wrong: an integrity error (exit 3), not bad input.
+
+        Raises:
+            IntegrityError: the blob is not a valid adapter blob.
+        """
+        from mta.adapter_blob import adapter_from_bytes
+        from mta.errors import AdapterFormatError
+
+        try:
+            return adapter_from_bytes(self.store.get_bytes(digest))
+        except AdapterFormatError as error:
+            raise IntegrityError(f"blob {digest[:12]} is not a valid adapter: {error}") from error
 
     def embedder(self, spec: str | None) -> Embedder:
         """An embedder by name, one per context (the model itself is cached per process)."""

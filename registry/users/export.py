@@ -14,7 +14,6 @@ from typing import Any
 
 from mta.dtypes import torch_dtype
 from mta.registry.base_weights import base_weights
-from mta.registry.blobrefs import load_adapter
 from mta.registry.context import RegistryContext
 from mta.registry.entities import Export
 from mta.registry.errors import InvalidInputError, NotFoundError
@@ -39,7 +38,7 @@ def materialize_fused(
     if reuse_anchors:
         adapters = [ctx.anchor_adapter(digest) for digest in digests]
     else:
-        adapters = [load_adapter(ctx, digest) for digest in digests]
+        adapters = [ctx.load_adapter(digest) for digest in digests]
     weights = [weight for _, weight in identity.anchors]
     return fuse(adapters, weights, method=identity.method, rank=identity.params.get("rank"))
 
@@ -148,7 +147,7 @@ def _materialize_into_cache(
 
     del dtype  # part of the key; the tensors use tensor_dtype
     fused = materialize_fused(ctx, identity)
-    stack = load_adapter(ctx, identity.stack) if identity.stack else None
+    stack = ctx.load_adapter(identity.stack) if identity.stack else None
     adapter = export_adapter(fused, stack, max_rank=max_rank)
     # Staged inside the cache under the key, so deleting the user finds a crashed build too.
     with ctx.adapter_cache.staging(key) as tmp:
