@@ -20,7 +20,7 @@ from mta.registry.models import SqlBank, SqlRecipe, SqlStack, utcnow
 from mta.registry.requests import AdaptRequest, FuseRequest
 from mta.registry.users.export import materialize_fused
 from mta.registry.users.records import fuse_user, load_profile
-from mta.registry.users.rows import get_user_row, latest_row, read_identity, stack_entity
+from mta.registry.users.rows import get_user_row, identity_of_recipe, latest_row, stack_entity
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _adapt_inputs(ctx: RegistryContext, user_id: str) -> _AdaptInputs | None:
             return None
         bank = session.get_one(SqlBank, recipe.bank_id)
         return _AdaptInputs(
-            identity=read_identity(session, user_id),
+            identity=identity_of_recipe(session, recipe),
             bank_id=bank.id,
             base_model=bank.base_model,
             modules=list(bank.target_modules),

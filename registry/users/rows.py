@@ -71,6 +71,11 @@ def read_identity(session: Session, user_id: str) -> AdapterIdentity:
     recipe = latest_row(session, SqlRecipe, user_id)
     if recipe is None:
         raise NotFoundError(f"user {user_id!r} has no recipe yet; run `mta user fuse`")
+    return identity_of_recipe(session, recipe)
+
+
+def identity_of_recipe(session: Session, recipe: SqlRecipe) -> AdapterIdentity:
+    """The adapter identity of a user's current recipe row and the stack trained on it."""
     stack = current_stack(session, recipe)
     digests = dict(
         session.execute(
