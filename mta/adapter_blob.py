@@ -83,11 +83,11 @@ def _quantized_meta(adapter: LoraAdapter, fmt: str) -> dict[str, Any]:
 
 def blob_format(data: bytes) -> str:
     """The storage format of an adapter blob: a quantized format's name, or its float dtype."""
-    meta = _blob_meta(_blob_header(data))
-    quantized = meta.get("quantized")
+    header = _blob_header(data)
+    quantized = _blob_meta(header).get("quantized")
     if isinstance(quantized, dict):
         return str(quantized.get("format"))
-    dtypes = {v.get("dtype") for k, v in _blob_header(data).items() if k != "__metadata__"}
+    dtypes = {v.get("dtype") for k, v in header.items() if k != "__metadata__"}
     names = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}
     return names.get(next(iter(dtypes)), "mixed") if len(dtypes) == 1 else "mixed"
 

@@ -65,13 +65,13 @@ def encode(factor: torch.Tensor, fmt: str, *, component_dim: int) -> dict[str, t
         flat = values.flatten()
         pad = (-flat.numel()) % NF4_BLOCK
         blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, NF4_BLOCK)
-        absmax = blocks.abs().amax(dim=1, keepdim=True)
-        scale = absmax.half().float()  # what decode will see
+        stored = blocks.abs().amax(dim=1, keepdim=True).half()
+        scale = stored.float()  # the block scale decode will see
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         levels = torch.tensor(NF4_LEVELS)
         codes = (blocks / safe).unsqueeze(-1).sub(levels).abs().argmin(dim=-1).flatten()
         packed = (codes[0::2] | (codes[1::2] << 4)).to(torch.uint8)
-        return {"q": packed.contiguous(), "scale": absmax.flatten().half().contiguous()}
+        return {"q": packed.contiguous(), "scale": stored.flatten().contiguous()}
     raise unknown_name("quantized stack format", fmt, QUANTIZED_FORMATS)
 
 
