@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mta.storage.base import sha256_file
+
 DIGEST_CACHE_FILE = "base-weights.json"
 # Weight files of a model folder, by preference: the first pattern that matches is hashed.
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
-_CHUNK = 1 << 20
 _memo: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, this process
 _memo_lock = threading.Lock()
 
@@ -126,7 +127,7 @@ class _DigestCache:
         ]:
             digest = str(entry["sha256"])
         else:
-            digest = _hash_file(Path(real))
+            digest = sha256_file(real)
             self._load()[real] = {
                 "size": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns,
@@ -157,11 +158,3 @@ class _DigestCache:
                 loaded = {}
             self._entries = loaded if isinstance(loaded, dict) else {}
         return self._entries
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -285,7 +285,7 @@ def test_base_digests_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     assert (tmp_path / "cache" / module.DIGEST_CACHE_FILE).is_file()
 
     module._memo.clear()  # a new process: only the file cache is left
-    monkeypatch.setattr(module, "_hash_file", lambda path: pytest.fail(f"rehashed {path}"))
+    monkeypatch.setattr(module, "sha256_file", lambda path: pytest.fail(f"rehashed {path}"))
     assert base_weights(str(folder), tmp_path / "cache") == first
     monkeypatch.undo()
     (folder / "b.safetensors").write_bytes(b"TWO")
