@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from mta.registry import service
 from mta.registry.errors import NotFoundError
 from mta.registry.service import AdapterIdentity
+from mta.storage.base import sha256_bytes
 from mta.storage.errors import StorageError
 
 from .archive import (
@@ -24,7 +25,6 @@ from .archive import (
     adapter_version,
     archive_etag,
     archive_rank,
-    archive_sha256,
     etag_matches,
     repr_digest,
     tar_adapter_folder,
@@ -124,7 +124,7 @@ def _build_archive(
             state.metrics.count_cache("hit")
             return entry
         data = _export_archive(state, identity, max_rank, dtype)
-        digest = archive_sha256(data)
+        digest = sha256_bytes(data)
         state.archives.put(etag, data, owner=identity.user_id, digest=digest)
         # Re-read after caching: a deletion that committed while we built it has
         # already swept this process's archives, so the entry is ours to drop.

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mta.registry.service import ENGINE_NAME_SEPARATOR, ENGINE_VERSION_CHARS, engine_name
+from mta.storage.base import sha256_bytes
 
 if TYPE_CHECKING:
     from mta.registry.service import AdapterIdentity
@@ -60,11 +61,6 @@ def adapter_version(identity: AdapterIdentity) -> str:
 def adapter_name(identity: AdapterIdentity) -> str:
     """``<user id>~<version>`` (`registry.identity.engine_name` with the default options)."""
     return engine_name(identity)
-
-
-def archive_sha256(data: bytes) -> str:
-    """The sha256 hex of an archive's bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def repr_digest(sha256_hex: str) -> str:
@@ -212,7 +208,7 @@ class ArchiveCache:
             self._items.move_to_end(key)
             digest = self._digests.get(key)
             if digest is None:
-                digest = self._digests[key] = archive_sha256(data)
+                digest = self._digests[key] = sha256_bytes(data)
             return data, digest
 
     def put(
