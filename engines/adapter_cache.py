@@ -1,6 +1,6 @@
 """A bounded local folder cache of verified adapters, keyed by their versioned names.
 
-``resolve("alice@3f2a9c01b7de")`` returns ``<root>/<options tag>/alice@3f2a9c01b7de/``, a
+``resolve("alice~3f2a9c01b7de")`` returns ``<root>/<options tag>/alice~3f2a9c01b7de/``, a
 PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``, files 0644, folders
 0755) holding exactly the bytes the server built for that version, or None when the name
 is not current any more (410), the user has no adapter (404) or the name is not one of

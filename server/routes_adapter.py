@@ -25,7 +25,7 @@ Version = Annotated[
     str | None,
     Query(
         pattern=f"^[0-9a-f]{{{VERSION_CHARS}}}$",
-        description="The version of the adapter name (<user_id>@<version>); when it is not "
+        description="The version of the adapter name (<user_id>~<version>); when it is not "
         "the user's current version the answer is 410, never other bytes.",
     ),
 ]
@@ -80,7 +80,7 @@ def adapter_router() -> APIRouter:
     async def get_adapter_name(
         request: Request, user_id: UserId, max_rank: MaxRank = None, dtype: Dtype = "fp32"
     ) -> AdapterNameResponse:
-        """The name an engine loads the user's current adapter under (<user_id>@<version>).
+        """The name an engine loads the user's current adapter under (<user_id>~<version>).
 
         Builds the archive if no fetch has yet (as a fetch would), so `rank`, `bytes` and
         `etag` describe exactly what the adapter route then serves with these options.

@@ -160,8 +160,8 @@ class AdapterNameResponse(BaseModel):
 
     user_id: str
     name: str = Field(
-        description="<user_id>@<version>: changes whenever the adapter changes.",
-        examples=["alice@3f2a9c01b7de"],
+        description="<user_id>~<version>: changes whenever the adapter changes.",
+        examples=["alice~3f2a9c01b7de"],
     )
     version: str = Field(
         description="12 hex of the adapter identity's digest (default export options); the "
