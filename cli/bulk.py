@@ -206,7 +206,6 @@ class Execution:
     executor: Executor = Executor.local
     address: str | None = None
     workers: int = 2
-    device: str | None = None  # where models run (--device); each Ray worker applies it too
     gpus_per_worker: float = 0.0  # GPUs each Ray worker reserves (its model goes on one)
 
 

@@ -124,7 +124,7 @@ def user_adapt(
         spec = WorkSpec.adapt_users(
             request, force=force, refresh=stale, batch_users=batch_users, device=device
         )
-        execution = Execution(executor, address, workers, device, gpus_per_worker)
+        execution = Execution(executor, address, workers, gpus_per_worker)
         run_bulk(ctx, selection, spec, execution, json_mode)
         return
     _adapt_one(ctx, selection.ids[0], request, json_mode, device)
