@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mta.cli.bulk import Executor
+from mta.cli.bulk import Executor, GpusPerWorkerOpt
 from mta.cli.options import (
     BaseModelOpt,
     DeviceOpt,
@@ -99,6 +99,7 @@ def bank_build(
     address: AddressOpt = None,
     workers: WorkersOpt = 2,
     device: DeviceOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
     json_mode: JsonOpt = False,
 ) -> None:
     """Select anchors among the users in --data, train one LoRA per anchor, publish a version.
@@ -130,6 +131,7 @@ def bank_build(
             executor=executor.value,
             address=address,
             workers=workers,
+            gpus_per_worker=gpus_per_worker,
         )
     _render_bank(out, bank.to_dict(), verb="built")
 

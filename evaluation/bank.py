@@ -8,18 +8,40 @@ registered user (`mta-fuse` and `mta` fuse once; `mta` then trains the stack on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mta.evaluation.options import BASELINE_RANK, EVAL_USER_PREFIX
-from mta.evaluation.protocol import EvalEntry
 from mta.evaluation.seed_state import SeedState
 from mta.evaluation.statistics import EvaluationError
 
 if TYPE_CHECKING:
     from mta.registry.context import RegistryContext
+
+
+@dataclasses.dataclass(frozen=True)
+class StackVariant:
+    """How an MTA method turns the user's trained stack into the adapter it scores.
+
+    Attributes:
+        stack_format: re-store the stack in this format (`mta.stack_formats`) and load it
+            back; None scores the stack as `adapt_user` stored it (`--stack-dtype`).
+            Quantized blobs are encoded from the fp16-rounded factors, so this equals the
+            blob `mta user adapt --dtype FORMAT` stores for the same training.
+        modules: train the stack on these modules (`--stack-modules` syntax) instead of
+            the run's; such a variant needs its own user tag.
+        exported: score the adapter `mta publish` serves (fused + stack, one rank, fp16)
+            instead of the in-memory sum.
+        max_rank: with ``exported``, compress to this rank as `--max-rank` does.
+    """
+
+    stack_format: str | None = None
+    modules: str | None = None
+    exported: bool = False
+    max_rank: int | None = None
 
 
 class PoolBank:
@@ -30,6 +52,8 @@ class PoolBank:
         self.bank = bank
         # (entry index, user tag) -> (registry user id, its recipe)
         self._users: dict[tuple[int, str], tuple[str, Any]] = {}
+        # (entry index, user tag) -> the stack row trained for it (variants of `mta` reuse it)
+        self._stacks: dict[tuple[int, str], Any] = {}
 
     @classmethod
     def build(cls, run: SeedState) -> PoolBank:
@@ -102,15 +126,40 @@ class PoolBank:
 
         return service.materialize_fused(self.ctx, service.adapter_identity(self.ctx, user_id))
 
-    def stacked(self, run: SeedState, user_id: str, fused: Any, entry: EvalEntry) -> Any:
-        """Train the user's stack on the entry's shots; the fused adapter with it stacked on."""
-        from mta.adapter_blob import adapter_from_bytes
-        from mta.export import stack_onto
+    def stacked(
+        self, run: SeedState, index: int, tag: str, fused: Any, variant: StackVariant
+    ) -> Any:
+        """The fused adapter of entry ``index`` with its stack on, as ``variant`` says.
+
+        The stack is trained once per (entry, user tag) through `adapt_user`; variants that
+        share the tag (`mta-int8`, `mta-export`, ...) store-and-load or export that same
+        stack instead of training their own.
+        """
+        from mta.adapter_blob import adapter_from_bytes, adapter_to_bytes
+        from mta.export import export_adapter, stack_onto
+
+        stack = adapter_from_bytes(self.ctx.store.get_bytes(self._stack(run, index, tag, variant)))
+        if variant.stack_format is not None:
+            stack = adapter_from_bytes(adapter_to_bytes(stack, dtype=variant.stack_format))
+        if not variant.exported:
+            return stack_onto(fused, stack)
+        exported = export_adapter(fused, stack, max_rank=variant.max_rank)
+        # `mta publish` and `mta user export` write fp16 by default: score those tensors.
+        return adapter_from_bytes(adapter_to_bytes(exported, dtype="fp16"))
+
+    def _stack(self, run: SeedState, index: int, tag: str, variant: StackVariant) -> str:
+        """The blob digest of the entry's stack for ``tag``, trained on first use."""
         from mta.registry import service
 
-        request = run.options.stack_request(seed=run.seed, shot_indices=entry.shot_indices)
-        stack = service.adapt_user(self.ctx, user_id, request)
-        return stack_onto(fused, adapter_from_bytes(self.ctx.store.get_bytes(stack.blob)))
+        key = (index, tag)
+        if key not in self._stacks:
+            entry = run.entries[index]
+            request = run.options.stack_request(seed=run.seed, shot_indices=entry.shot_indices)
+            if variant.modules is not None:
+                request = dataclasses.replace(request, modules=variant.modules)
+            user_id, _recipe = self._users[key]
+            self._stacks[key] = service.adapt_user(self.ctx, user_id, request)
+        return self._stacks[key].blob
 
     def close(self) -> None:
         """Delete every user registered for the evaluation."""
@@ -119,3 +168,4 @@ class PoolBank:
         for user_id, _recipe in self._users.values():
             service.delete_user(self.ctx, user_id)
         self._users.clear()
+        self._stacks.clear()

@@ -10,7 +10,16 @@ from collections.abc import Iterable, Sequence
 
 from mta.errors import unknown_name
 from mta.evaluation.method import EvalMethod
-from mta.evaluation.methods_bank import MTA, MTA_FACTORWISE, MTA_FUSE
+from mta.evaluation.methods_bank import (
+    MTA,
+    MTA_ATTENTION,
+    MTA_EXPORT,
+    MTA_EXPORT_R16,
+    MTA_FACTORWISE,
+    MTA_FUSE,
+    MTA_INT8,
+    MTA_NF4,
+)
 from mta.evaluation.methods_baseline import (
     BaseModelMethod,
     OppuMethod,
@@ -54,6 +63,11 @@ METHODS: dict[str, EvalMethod] = _register(
         StackOnlyMethod(),
         RetrievedMethod(),
         UserMajorityMethod(),
+        MTA_INT8,
+        MTA_NF4,
+        MTA_ATTENTION,
+        MTA_EXPORT,
+        MTA_EXPORT_R16,
     )
 )
 _unregistered = [name for name in DEFAULT_METHODS if name not in METHODS]

@@ -1,11 +1,14 @@
 """The MTA methods: fused anchors from the seed's bank, with or without the trained stack.
 
-The three are one class configured three ways (variants are instances, not subclasses).
+They are one class configured several ways (variants are instances, not subclasses):
+`mta-fuse`, `mta` and `mta-factorwise` are the method; the others are ablations of how
+the stack is stored, where it trains and how the adapter is exported (`StackVariant`).
 """
 
 from __future__ import annotations
 
 from mta.evaluation.method import EvalMethod
+from mta.evaluation.bank import StackVariant
 from mta.evaluation.seed_run import SeedRun
 
 
@@ -18,19 +21,28 @@ class BankMethod(EvalMethod):
         fusion: the fusion method, or None for the run's ``--fusion``.
         stacked: train the per-user stack on the shots and predict with it on top.
         user_tag: suffix of the registry user; methods with the same tag share the user
-            (and so its recipe), as `mta-fuse` and `mta` do.
+            (and so its recipe and its trained stack), as `mta-fuse` and `mta` do.
+        variant: how the trained stack becomes the scored adapter (stacked methods).
     """
 
     needs_bank = True
 
     def __init__(
-        self, name: str, summary: str, *, fusion: str | None, stacked: bool, user_tag: str
+        self,
+        name: str,
+        summary: str,
+        *,
+        fusion: str | None,
+        stacked: bool,
+        user_tag: str,
+        variant: StackVariant = StackVariant(),
     ) -> None:
         self.name = name
         self.summary = summary
         self.fusion = fusion
         self.stacked = stacked
         self.user_tag = user_tag
+        self.variant = variant
         self.trains = "bank+per-user" if stacked else "bank"
 
     def predict(self, run: SeedRun) -> list[str]:
@@ -43,7 +55,7 @@ class BankMethod(EvalMethod):
                 user_id, recipe = bank.user(run, n, self.user_tag, fusion)
                 adapter = bank.fused(user_id)
                 if self.stacked:
-                    adapter = bank.stacked(run, user_id, adapter, e)
+                    adapter = bank.stacked(run, n, self.user_tag, adapter, self.variant)
                 out.extend(run.model().predict(e.items, adapter))
                 run.report(self.name, n + 1, len(run.entries))
         return out
@@ -69,4 +81,46 @@ MTA_FACTORWISE = BankMethod(
     fusion="factorwise",
     stacked=True,
     user_tag="-fw",
+)
+
+# Ablations of the `mta` stack (#20, #23): not in the defaults; `mta eval --methods` names them.
+MTA_INT8 = BankMethod(
+    "mta-int8",
+    "the mta stack stored as int8 (one scale per rank component)",
+    fusion=None,
+    stacked=True,
+    user_tag="",
+    variant=StackVariant(stack_format="int8"),
+)
+MTA_NF4 = BankMethod(
+    "mta-nf4",
+    "the mta stack stored as 4-bit NF4 (one fp16 scale per 64 values)",
+    fusion=None,
+    stacked=True,
+    user_tag="",
+    variant=StackVariant(stack_format="nf4"),
+)
+MTA_ATTENTION = BankMethod(
+    "mta-attention",
+    "a stack trained on the attention projections only (q, k, v, o)",
+    fusion=None,
+    stacked=True,
+    user_tag="-attn",
+    variant=StackVariant(modules="attention"),
+)
+MTA_EXPORT = BankMethod(
+    "mta-export",
+    "the adapter mta publish serves: fused + stack at one exact rank, fp16",
+    fusion=None,
+    stacked=True,
+    user_tag="",
+    variant=StackVariant(exported=True),
+)
+MTA_EXPORT_R16 = BankMethod(
+    "mta-export-r16",
+    "the published adapter compressed to rank 16 (--max-rank 16), fp16",
+    fusion=None,
+    stacked=True,
+    user_tag="",
+    variant=StackVariant(exported=True, max_rank=16),
 )

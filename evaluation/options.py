@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The methods compared when --methods is not given: every registered one, in table order
-# (`mta.evaluation.methods` checks at import that each is registered).
+# The methods compared when --methods is not given: every registered one in table order but
+# the ablations of the stack (`mta-int8`, `mta-nf4`, `mta-attention`, `mta-export*`), which
+# `--methods` names (`mta.evaluation.methods` checks at import that each is registered).
 DEFAULT_METHODS = (
     "base",
     "task-lora",

@@ -53,7 +53,10 @@ def adapter_to_bytes(adapter: LoraAdapter, *, dtype: torch.dtype | str = "fp16")
             for name, factor, dim in (("A", module.A, 0), ("B", module.B, 1)):
                 key = f"{module_path}.lora_{name}"
                 if fmt in QUANTIZED_FORMATS:
-                    for suffix, part in encode(factor, fmt, component_dim=dim).items():
+                    # Quantized from the fp16 factor, so re-storing an fp16 stack in `fmt`
+                    # gives the bytes training straight into `fmt` would have stored.
+                    rounded = cast_finite(factor, torch.float16, f"{module_path} {name}")
+                    for suffix, part in encode(rounded, fmt, component_dim=dim).items():
                         tensors[f"{key}.{suffix}"] = part
                 else:
                     cast = torch_dtype(fmt) if fmt is not None else dtype

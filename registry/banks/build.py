@@ -82,6 +82,7 @@ def build_bank(
     executor: str = "local",
     address: str | None = None,
     workers: int = 2,
+    gpus_per_worker: float = 0.0,
 ) -> BankVersion:
     """Select anchors from a user file, train one meta-LoRA per anchor, publish a version.
 
@@ -98,7 +99,8 @@ def build_bank(
         target_modules: linear layers to adapt (default all seven Llama projections).
         progress: called as (stage, done, total) for stages "embed", "train".
         executor: "local" trains the anchors one after another here; "ray" trains each as
-            a Ray task (`bank_ray.train_anchors_ray`) on `address` with `workers` at once.
+            a Ray task (`bank_ray.train_anchors_ray`) on `address` with `workers` at once,
+            each reserving `gpus_per_worker` GPUs and training on `ctx.device`.
             Either way this process stores every blob, then publishes in one transaction.
 
     Returns:
@@ -126,7 +128,13 @@ def build_bank(
     shapes = linear_shapes(model, modules)
     if executor == "ray":
         train = functools.partial(
-            train_anchors_ray, ctx, model_name, address=address, workers=workers
+            train_anchors_ray,
+            ctx,
+            model_name,
+            address=address,
+            workers=workers,
+            num_gpus=gpus_per_worker,
+            device=ctx.device,
         )
     else:
         train = functools.partial(train_anchors_local, model, tokenizer)

@@ -37,6 +37,7 @@ def train_anchor_task(
     examples: Sequence[tuple[str, str]],
     config: TrainConfig,
     shapes: dict[str, tuple[int, int]],
+    device: str | None = None,
 ) -> bytes:
     """One anchor on a Ray worker: the base model loads once per worker process (cached)."""
     import ray
@@ -44,7 +45,8 @@ def train_anchor_task(
     from mta.base_model import load_base_model
 
     reserve_worker_cpus(ray)
-    model, tokenizer = load_base_model(model_name)
+    # The device is resolved on the worker: "auto" means the GPU Ray gave this task, if any.
+    model, tokenizer = load_base_model(model_name, device=device)
     return train_anchor_bytes(model, tokenizer, examples, config, shapes)
 
 
@@ -59,6 +61,7 @@ def train_anchors_ray(
     workers: int = 2,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    device: str | None = None,
     progress: ProgressFn | None = None,
 ) -> list[bytes]:
     """Train every anchor as a Ray task, at most `workers` at once; blobs in anchor order.
@@ -67,6 +70,8 @@ def train_anchors_ray(
         model_name: the base model as the bank records it (each worker resolves it).
         examples_of: each anchor's (prompt, target) examples.
         address: as for `ray_runner.run_ray` (None/"local": a private Ray here).
+        num_gpus: GPUs each task reserves (`--gpus-per-worker`).
+        device: where each task trains (`--device`; None: MTA_DEVICE, else auto).
         progress: called as ("train", done, total) as anchors finish.
 
     Raises:
@@ -96,7 +101,7 @@ def train_anchors_ray(
         while waiting or running:
             while waiting and len(running) < workers:
                 index, examples = waiting.pop(0)
-                running[task.remote(model_name, list(examples), config, shapes)] = index
+                running[task.remote(model_name, list(examples), config, shapes, device)] = index
             finished, _ = ray.wait(list(running), num_returns=1)
             for ref in finished:
                 index = running.pop(ref)

@@ -169,6 +169,29 @@ def test_stack_only_isolates_the_merge_and_the_stack_format_reaches_the_registry
         assert counts["better"] + counts["tie"] + counts["worse"] == len(res["per_user"]["users"])
 
 
+def test_the_stack_ablations_share_the_mta_stack_and_score_what_they_name(
+    tmp_path, tiny_model_dir
+):
+    from mta.evaluation.bank import PoolBank
+
+    trained: list[str] = []
+    original = PoolBank._stack
+
+    def counting(self, run, index, tag, variant):  # counts trainings, changes nothing
+        if (index, tag) not in self._stacks:
+            trained.append(tag)
+        return original(self, run, index, tag, variant)
+
+    methods = "base,mta,mta-int8,mta-nf4,mta-attention,mta-export,mta-export-r16"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PoolBank, "_stack", counting)
+        res = _run("movie_tagging", tmp_path, tiny_model_dir, "--methods", methods)
+    assert res["methods"] == methods.split(",")
+    # Two entries: `mta` trains each once, `mta-attention` once more; the rest reuse.
+    assert sorted(trained) == ["", "", "-attn", "-attn"]
+    assert set(res["per_user"]["versus"]) == set(methods.split(",")) - {"base"}
+
+
 def test_a_bad_stack_format_is_refused_before_any_work(tmp_path, tiny_model_dir):
     args = ["--task", "movie_tagging", "--base-model", str(tiny_model_dir)]
     for flag, value, message in (

@@ -74,13 +74,15 @@ def test_majority_label_breaks_ties_by_first_seen():
 
 def test_registry_keys_are_the_method_names_and_defaults_follow_the_table():
     assert all(name == method.name for name, method in METHODS.items())
-    assert list(DEFAULT_METHODS) == list(METHODS)
+    ablations = ["mta-int8", "mta-nf4", "mta-attention", "mta-export", "mta-export-r16"]
+    assert list(DEFAULT_METHODS) == [m for m in METHODS if m not in ablations]
+    assert all(get_method(m).user_tag == "" for m in ablations if m != "mta-attention")
     assert get_method("mta-factorwise").fusion == "factorwise"
     assert get_method("mta").user_tag == get_method("mta-fuse").user_tag  # one fuse, shared
 
 
 def test_unknown_method_name_in_lookup_lists_the_valid_names():
-    with pytest.raises(UnknownNameError, match="valid: base, mta, mta-factorwise"):
+    with pytest.raises(UnknownNameError, match="valid: base, mta, mta-attention, mta-export"):
         get_method("nope")
 
 

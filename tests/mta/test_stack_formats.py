@@ -126,3 +126,12 @@ def test_decode_refuses_codes_of_another_shape() -> None:
     parts = encode(torch.randn(3, 70), "int8", component_dim=0)
     with pytest.raises(AdapterFormatError, match="does not match its shape"):
         decode(parts, "int8", (70, 3), component_dim=1)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "nf4"])
+def test_re_storing_an_fp16_stack_gives_the_bytes_of_storing_it_directly(fmt: str) -> None:
+    # Quantized formats encode the fp16-rounded factors, so an fp16 stack re-stored in
+    # `fmt` (the eval's `mta-int8`/`mta-nf4`, a migration) equals training straight into it.
+    stack = _stack(rank=2, seed=3)
+    via_fp16 = adapter_from_bytes(adapter_to_bytes(stack, dtype="fp16"))
+    assert adapter_to_bytes(via_fp16, dtype=fmt) == adapter_to_bytes(stack, dtype=fmt)
