@@ -102,6 +102,14 @@ def publish_command(
     dtype: Annotated[
         str, typer.Option("--dtype", help="Tensor precision: fp16, bf16 or fp32.")
     ] = "fp16",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="peft (vLLM, LoRAX, PEFT), or gguf: the PEFT files plus adapter_model.gguf "
+            "for llama.cpp (fp16 or fp32).",
+        ),
+    ] = "peft",
     max_rank: Annotated[
         int | None,
         typer.Option(
@@ -171,6 +179,7 @@ def publish_command(
         active_since=parse_duration(active_since),
         served_model_name=served_model_name,
         dtype=dtype,
+        format=fmt,
         max_rank=max_rank,
         keep_previous=keep_previous,
         max_bytes=max_bytes,

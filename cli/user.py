@@ -73,7 +73,8 @@ def user_export(
 
         mta user export alice --out adapters/alice --max-rank 16
     """
-    from mta.registry.service import adapter_identity, export_gguf, export_user
+    from mta.gguf_lora import GGUF_NAME
+    from mta.registry.service import adapter_identity, export_user
 
     if fmt not in ("peft", "gguf"):
         raise typer.BadParameter(f"{fmt!r}; valid: gguf, peft", param_hint="--format")
@@ -82,11 +83,9 @@ def user_export(
     options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": served_model_name}
     with registry_context(ctx) as registry:
         identity = adapter_identity(registry, user_id)
+        export = export_user(registry, identity, out_dir, **options, gguf=fmt == "gguf").to_dict()
         if fmt == "gguf":
-            result, gguf = export_gguf(registry, identity, out_dir, **options)
-            export = {**result.to_dict(), "gguf": str(gguf)}
-        else:
-            export = export_user(registry, identity, out_dir, **options).to_dict()
+            export["gguf"] = str(out_dir / GGUF_NAME)
     if json_mode:
         out.emit_json(export)
         return

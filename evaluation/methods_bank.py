@@ -7,8 +7,8 @@ the stack is stored, where it trains and how the adapter is exported (`StackVari
 
 from __future__ import annotations
 
-from mta.evaluation.method import EvalMethod
 from mta.evaluation.bank import StackVariant
+from mta.evaluation.method import EvalMethod
 from mta.evaluation.seed_run import SeedRun
 
 

@@ -55,15 +55,22 @@ class AdapterIdentity:
         max_rank: int | None = None,
         dtype: str = "fp32",
         base_model_name: str | None = None,
+        gguf: bool = False,
     ) -> str:
-        """sha256 hex of the identity and the export options (rank cap, dtype, config name)."""
-        payload = {
+        """sha256 hex of the identity and the export options (rank cap, dtype, config name).
+
+        ``gguf`` (a llama.cpp GGUF beside the PEFT files) enters the payload only when set,
+        so the digests of PEFT-only exports stay what they were.
+        """
+        payload: dict[str, Any] = {
             "format": IDENTITY_FORMAT,
             "adapter": self.to_dict(),
             "max_rank": max_rank,
             "dtype": dtype,
             "base_model_name": base_model_name,
         }
+        if gguf:
+            payload["gguf"] = True
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -83,13 +90,16 @@ def engine_name(
     max_rank: int | None = None,
     dtype: str = "fp32",
     base_model_name: str | None = None,
+    gguf: bool = False,
 ) -> str:
     """``<user id>~<12 hex>``: the name an engine loads these exact adapter bytes under.
 
     The hex is the start of `AdapterIdentity.digest` with the same export options, so any
     change to the adapter or to the options that changes the bytes changes the name.
     """
-    digest = identity.digest(max_rank=max_rank, dtype=dtype, base_model_name=base_model_name)
+    digest = identity.digest(
+        max_rank=max_rank, dtype=dtype, base_model_name=base_model_name, gguf=gguf
+    )
     return f"{identity.user_id}{ENGINE_NAME_SEPARATOR}{digest[:ENGINE_VERSION_CHARS]}"
 
 

@@ -35,7 +35,7 @@ from mta.registry.requests import AdaptRequest, FuseRequest, shot_indices
 from mta.registry.users.adapt import adapt_user
 from mta.registry.users.add_many import add_users, only_task_with_bank
 from mta.registry.users.delete import delete_user, user_is_gone
-from mta.registry.users.export import adapter_identity, export_gguf, export_user, materialize_fused
+from mta.registry.users.export import adapter_identity, export_user, materialize_fused
 from mta.registry.users.records import add_user, fuse_user, get_user, list_users
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "ENGINE_NAME_SEPARATOR",
     "ENGINE_VERSION_CHARS",
     "engine_name",
-    "export_gguf",
     "export_user",
     "fsck",
     "fuse_user",

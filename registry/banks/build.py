@@ -126,16 +126,9 @@ def build_bank(
     plan = _plan_anchors(selection, users, matrix, task_obj, anchor_data)
     model, tokenizer = ctx.base_model(model_name)
     shapes = linear_shapes(model, modules)
+    ray = {"address": address, "workers": workers, "num_gpus": gpus_per_worker}
     if executor == "ray":
-        train = functools.partial(
-            train_anchors_ray,
-            ctx,
-            model_name,
-            address=address,
-            workers=workers,
-            num_gpus=gpus_per_worker,
-            device=ctx.device,
-        )
+        train = functools.partial(train_anchors_ray, ctx, model_name, device=ctx.device, **ray)
     else:
         train = functools.partial(train_anchors_local, model, tokenizer)
     trained = train(plan.examples, config, shapes, progress=progress)

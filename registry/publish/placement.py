@@ -188,6 +188,7 @@ def _entry(plan: Planned, export: Export, request: PublishRequest, now: datetime
         "bytes": export.bytes,
         "rank": export.rank,
         "dtype": request.dtype,
+        "format": request.format,
         "max_rank": request.max_rank,
         "max_lora_rank": vllm_max_lora_rank(export.rank),
         "served_model_name": plan.served_model_name,

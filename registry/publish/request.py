@@ -1,7 +1,7 @@
 """What one `mta publish` round asks for: one frozen value, validated once, read everywhere.
 
 The selection (`task`, `user_ids`, `active_since`), the export options that fix the bytes and
-so the names (`served_model_name`, `dtype`, `max_rank`) and the two bounds on the target
+so the names (`served_model_name`, `dtype`, `format`, `max_rank`) and the two bounds on the target
 (`keep_previous`, `max_bytes`) travel together from the CLI flags to every round of
 `publish_users` / `watch_publish`.
 """
@@ -13,12 +13,15 @@ from typing import Any
 
 from mta.dtypes import torch_dtype
 from mta.registry.errors import InvalidInputError
+from mta.registry.users.export import check_gguf_dtype
 
 # The values vLLM accepts for --max-lora-rank (vllm/config/lora.py `MaxLoRARanks`).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Base-model aliases whose weights ship locally but which engines know by a hub id.
 SERVED_NAMES = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 DEFAULT_KEEP_PREVIOUS = 600.0  # seconds a replaced name stays loadable (in-flight requests)
+# What a published folder holds: the PEFT files, or those plus llama.cpp's LoRA GGUF.
+PUBLISH_FORMATS = ("peft", "gguf")
 
 
 def vllm_max_lora_rank(rank: int) -> int | None:
@@ -52,6 +55,8 @@ class PublishRequest:
             loads a folder only when it equals the model vLLM was started with); default per
             user: the bank's base model, an alias as its hub id (`default_served_name`).
         dtype: tensor precision of the published folders ("fp16", "bf16", "fp32").
+        format: "peft" (vLLM, LoRAX, PEFT), or "gguf": the PEFT files plus
+            `adapter_model.gguf` for llama.cpp (fp16 or fp32); part of the name.
         max_rank: compress every adapter to this rank (engines with `--max-lora-rank`).
         keep_previous: seconds a user's replaced name stays published, so requests in flight
             on it finish; removed by the first round after that.
@@ -63,6 +68,7 @@ class PublishRequest:
     active_since: float | None = None
     served_model_name: str | None = None
     dtype: str = "fp16"
+    format: str = "peft"
     max_rank: int | None = None
     keep_previous: float = DEFAULT_KEEP_PREVIOUS
     max_bytes: int | None = None
@@ -76,6 +82,11 @@ class PublishRequest:
         if self.served_model_name is not None and not self.served_model_name.strip():
             raise InvalidInputError("served model name is empty")
         torch_dtype(self.dtype)  # an unknown name fails here, listing the valid ones
+        if self.format not in PUBLISH_FORMATS:
+            raise InvalidInputError(
+                f"unknown publish format {self.format!r}; valid: {', '.join(PUBLISH_FORMATS)}"
+            )
+        check_gguf_dtype(self.format == "gguf", self.dtype)
         if self.max_rank is not None and self.max_rank < 1:
             raise InvalidInputError(f"max_rank must be at least 1, got {self.max_rank}")
         if not 0 <= self.keep_previous < float("inf"):
@@ -108,4 +119,5 @@ class PublishRequest:
             "max_rank": self.max_rank,
             "dtype": self.dtype,
             "base_model_name": self.served_name(base_model),
+            "gguf": self.format == "gguf",
         }

@@ -66,6 +66,7 @@ def export_user(
     max_rank: int | None = None,
     dtype: str = "fp32",
     base_model_name: str | None = None,
+    gguf: bool = False,
 ) -> Export:
     """Materialize the user's adapter (fused + current stack) as one PEFT LoRA folder.
 
@@ -82,15 +83,26 @@ def export_user(
         dtype: tensor precision of the written folder ("fp32" default, "fp16", "bf16").
         base_model_name: written as `base_model_name_or_path` instead of the bank's base
             model (serving engines match it against the model they serve).
+        gguf: also write the same deltas as a llama.cpp LoRA GGUF (`adapter_model.gguf`,
+            `mta.gguf_lora`) into the folder; fp32 or fp16 only.
 
     Raises:
         NotFoundError: the user was deleted meanwhile.
+        InvalidInputError: a bad rank cap, or a GGUF in a dtype llama.cpp does not take.
+        MtaError: with ``gguf``, the base model's head size cannot be read (a hub id
+            without a local copy).
     """
     tensor_dtype = torch_dtype(dtype)
     if max_rank is not None and max_rank < 1:
         raise InvalidInputError(f"max_rank must be at least 1, got {max_rank}")
+    check_gguf_dtype(gguf, dtype)
     user_id = identity.user_id
-    options = {"max_rank": max_rank, "dtype": dtype, "base_model_name": base_model_name}
+    options = {
+        "max_rank": max_rank,
+        "dtype": dtype,
+        "base_model_name": base_model_name,
+        "gguf": gguf,
+    }
     key = cache_key(identity, **options)
     cache = ctx.adapter_cache
     cached = cache.get(key)
@@ -140,8 +152,9 @@ def _materialize_into_cache(
     max_rank: int | None,
     dtype: str,
     base_model_name: str | None,
+    gguf: bool,
 ) -> tuple[Path, int]:
-    """Fuse, stack and write the identity's PEFT folder into the export cache."""
+    """Fuse, stack and write the identity's PEFT folder (and GGUF) into the export cache."""
     from mta.export import export_adapter
     from mta.peft_io import save_peft_adapter
 
@@ -157,6 +170,8 @@ def _materialize_into_cache(
             dtype=tensor_dtype,
             base_model=base_model_name or identity.base_model,
         )
+        if gguf:
+            _write_gguf(folder, identity.base_model, tensor_dtype)
         # The sources let an erased anchor (`delete --drop-anchor`) find what was fused from it.
         cached = ctx.adapter_cache.put(key, folder, sources=_source_digests(identity))
     return cached, max(adapter.ranks().values())
@@ -190,36 +205,21 @@ def _exported_rank(folder: Path) -> int:
     return max(ranks)
 
 
-def export_gguf(
-    ctx: RegistryContext,
-    identity: AdapterIdentity,
-    out_dir: Path,
-    *,
-    max_rank: int | None = None,
-    dtype: str = "fp32",
-    base_model_name: str | None = None,
-) -> tuple[Export, Path]:
-    """Export the identity's PEFT folder into `out_dir` and a llama.cpp LoRA GGUF beside it.
+def check_gguf_dtype(gguf: bool, dtype: str) -> None:
+    """InvalidInputError for a GGUF asked in a dtype llama.cpp adapters do not take (bf16)."""
+    if gguf and dtype not in ("fp32", "fp16"):
+        raise InvalidInputError(f"a GGUF adapter is fp32 or fp16, not {dtype}")
 
-    The GGUF (`mta.gguf_lora`, file `adapter_model.gguf`) holds the same deltas in llama.cpp's
-    tensor names and layout; llama.cpp loads it over the bank's base model GGUF.
 
-    Raises:
-        InvalidInputError: a dtype llama.cpp adapters do not take (bf16).
-        MtaError: the base model's head size cannot be read (a hub id without a local copy).
+def _write_gguf(folder: Path, base_model: str, tensor_dtype: Any) -> Path:
+    """The PEFT folder's deltas as llama.cpp's LoRA GGUF beside them (`gguf_lora.GGUF_NAME`).
+
+    Read back from the written folder, so the GGUF holds exactly the tensors PEFT loads.
     """
     from mta.base_model import resolve_base_model
     from mta.gguf_lora import GGUF_NAME, base_head_dim, save_gguf_lora
     from mta.peft_io import load_peft_adapter
 
-    if dtype not in ("fp32", "fp16"):
-        raise InvalidInputError(f"a GGUF adapter is fp32 or fp16, not {dtype}")
-    export = export_user(
-        ctx, identity, out_dir, max_rank=max_rank, dtype=dtype, base_model_name=base_model_name
-    )
-    adapter = load_peft_adapter(out_dir)
-    head_dim = base_head_dim(resolve_base_model(identity.base_model))
-    path = save_gguf_lora(
-        adapter, Path(out_dir) / GGUF_NAME, head_dim=head_dim, dtype=torch_dtype(dtype)
-    )
-    return export, path
+    head_dim = base_head_dim(resolve_base_model(base_model))
+    adapter = load_peft_adapter(folder)
+    return save_gguf_lora(adapter, Path(folder) / GGUF_NAME, head_dim=head_dim, dtype=tensor_dtype)

@@ -150,3 +150,27 @@ def test_publish_errors_are_one_line(cli_env: CliEnv, mta: Mta, pushed_bank: dic
     assert mta("publish", out, "--max-bytes", "0").code == 2
     warned = mta("publish", out, "--bank", TASK)
     assert warned.code == 0 and ".hidden" in warned.stderr
+
+
+def test_publish_gguf_adds_the_llama_cpp_file_under_its_own_name(
+    cli_env: CliEnv, mta: Mta, pushed_bank: dict
+) -> None:
+    add_fused(cli_env, mta, "alice")
+    peft_out, gguf_out = cli_env.root / "peft", cli_env.root / "gguf"
+    peft = ok(mta("publish", peft_out, "--json"))
+    gguf = ok(mta("publish", gguf_out, "--format", "gguf", "--json"))
+    # Other bytes, so another name; the PEFT files themselves are the same.
+    assert gguf["names"]["alice"] != peft["names"]["alice"]
+    with_gguf = files(current(gguf_out, "alice"))
+    assert sorted(with_gguf) == sorted([*files(current(peft_out, "alice")), "adapter_model.gguf"])
+    assert {k: v for k, v in with_gguf.items() if k != "adapter_model.gguf"} == files(
+        current(peft_out, "alice")
+    )
+    assert with_gguf["adapter_model.gguf"][:4] == b"GGUF"
+    entry = json.loads((gguf_out / "mta-manifest.json").read_text())["users"]["alice"]
+    assert entry["format"] == "gguf" and entry["bytes"] == sum(map(len, with_gguf.values()))
+    refused = mta("publish", gguf_out, "--format", "gguf", "--dtype", "bf16")
+    assert refused.error_lines() == ["Error: a GGUF adapter is fp32 or fp16, not bf16"]
+    assert mta("publish", gguf_out, "--format", "onnx").error_lines() == [
+        "Error: unknown publish format 'onnx'; valid: peft, gguf"
+    ]

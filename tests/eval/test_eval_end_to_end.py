@@ -169,9 +169,7 @@ def test_stack_only_isolates_the_merge_and_the_stack_format_reaches_the_registry
         assert counts["better"] + counts["tie"] + counts["worse"] == len(res["per_user"]["users"])
 
 
-def test_the_stack_ablations_share_the_mta_stack_and_score_what_they_name(
-    tmp_path, tiny_model_dir
-):
+def test_the_stack_ablations_share_the_mta_stack_and_score_what_they_name(tmp_path, tiny_model_dir):
     from mta.evaluation.bank import PoolBank
 
     trained: list[str] = []
