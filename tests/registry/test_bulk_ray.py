@@ -291,3 +291,19 @@ def test_a_one_cpu_ray_worker_runs_torch_on_one_thread(local_ray):
         return reserve_worker_cpus(ray), torch.get_num_threads()
 
     assert ray.get(threads_in_worker.remote()) == (1, 1)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_bank_tasks_on_ray_load_the_model_on_the_requested_device(
+    registry, local_ray, tiny_model_dir
+):
+    # The device reaches each task: on a machine without CUDA a task asked for "cuda"
+    # fails with the device's own one-line error instead of training on the CPU.
+    from mta.devices import DeviceError
+    from mta.registry.jobs.bank_ray import train_anchors_ray
+    from mta.training import TrainConfig
+
+    config = TrainConfig(target_modules=["q_proj"], rank=1, max_steps=1)
+    examples = [[("a prompt", "a target")]]
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        train_anchors_ray(registry, str(tiny_model_dir), examples, config, {}, device="cuda")
