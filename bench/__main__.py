@@ -24,6 +24,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
     from bench.http_load import bench_http
     from bench.lookup import bench_lookup
     from bench.materialize import bench_materialize
+    from bench.merge import bench_merge
     from bench.personalize import bench_personalize
     from bench.registry_reads import bench_registry_reads
     from bench.resolver import bench_resolver
@@ -39,6 +40,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
         "batched": bench_batched,
         "reads": bench_registry_reads,
         "resolver": bench_resolver,
+        "merge": bench_merge,
     }
 
 

@@ -1,7 +1,7 @@
 """In-memory adapters on a base model, and greedy generation (the evaluation's decoder).
 
 `apply_adapter` adds an adapter's delta into the Linear weights for the duration of a
-`with` block and copies the pristine weights back afterwards; `generate` decodes greedily
+`with` block and copies the pristine weights (kept once per model) back afterwards; `generate` decodes greedily
 from raw prompts (no chat template), the same text training saw.
 """
 
@@ -33,11 +33,20 @@ def device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# Attributes set on a model by `apply_adapter` (plain attributes: not in its state_dict).
+_PRISTINE = "_mta_pristine"  # path -> (copy of the weight before any merge, its _version after)
+_DEPTH = "_mta_merge_depth"  # how many apply_adapter blocks are open on the model
+
+
 @contextmanager
 def apply_adapter(model: torch.nn.Module, adapter: LoraAdapter) -> Iterator[torch.nn.Module]:
     """Temporarily add ``adapter``'s delta into the model's Linear weights.
 
     On exit (normal or not) the original weights are copied back bit-exactly. Contexts nest.
+    The outermost block restores from one pristine copy per weight kept on the model, made
+    on first use: cloning ~100M weights per call cost more than the merge itself. A weight
+    changed in place since (its ``_version`` moved: `load_state_dict`, training) is copied
+    again; nested blocks clone what they change.
 
     Args:
         model: the base model.
@@ -52,22 +61,46 @@ def apply_adapter(model: torch.nn.Module, adapter: LoraAdapter) -> Iterator[torc
     import torch
 
     targets = _target_weights(model, adapter)
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    outermost = getattr(model, _DEPTH, 0) == 0
+    pristine: dict[str, tuple[torch.Tensor, int]] = model.__dict__.setdefault(_PRISTINE, {})
+    saved: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    model.__dict__[_DEPTH] = getattr(model, _DEPTH, 0) + 1
     try:
         with torch.no_grad():
-            for weight, module in targets:
+            for path, weight, module in targets:
                 # A copy, not a subtraction afterwards: W + Δ - Δ is not bit-exact in floats.
-                saved.append((weight, weight.detach().clone()))
+                original = _pristine(pristine, path, weight) if outermost else weight.clone()
+                saved.append((path, weight, original))
                 weight.add_(module.delta().to(device=weight.device, dtype=weight.dtype))
         yield model
     finally:
         with torch.no_grad():
-            for weight, original in saved:
+            for path, weight, original in saved:
                 weight.copy_(original)
+                if outermost:
+                    pristine[path] = (original, weight._version)
+        model.__dict__[_DEPTH] -= 1
+
+
+def _pristine(
+    kept: dict[str, tuple[torch.Tensor, int]], path: str, weight: torch.Tensor
+) -> torch.Tensor:
+    """The kept copy of ``weight`` if nothing changed it since, else a new kept copy."""
+    copy, version = kept.get(path, (None, -1))
+    if (
+        copy is None
+        or version != weight._version
+        or copy.shape != weight.shape
+        or copy.device != weight.device
+        or copy.dtype != weight.dtype
+    ):
+        copy = weight.detach().clone()
+        kept[path] = (copy, weight._version)
+    return copy
 
 
 def _target_weights(model: torch.nn.Module, adapter: LoraAdapter) -> list:
-    """Pair each adapter module with the weight it modifies, checking paths and shapes."""
+    """(path, weight, module) for each adapter module, checking paths and shapes."""
     import torch
 
     pairs = []
@@ -84,7 +117,7 @@ def _target_weights(model: torch.nn.Module, adapter: LoraAdapter) -> list:
                 f"adapter module {path!r} is {want[0]}x{want[1]}, base weight is "
                 f"{layer.weight.shape[0]}x{layer.weight.shape[1]}"
             )
-        pairs.append((layer.weight, module))
+        pairs.append((path, layer.weight, module))
     return pairs
 
 

@@ -276,6 +276,33 @@ def test_apply_adapter_changes_outputs_and_restores_exactly(
         assert torch.equal(weight, expected)
 
 
+def test_apply_adapter_keeps_one_pristine_copy_and_notices_outside_changes(
+    tiny_model: tuple, random_adapter_factory: Callable[..., LoraAdapter]
+) -> None:
+    from mta.inference import _PRISTINE
+
+    model, _ = tiny_model
+    adapter = random_adapter_factory(2, seed=3)
+    path = "model.layers.0.self_attn.q_proj"
+    weight = model.get_submodule(path).weight
+    with apply_adapter(model, adapter):
+        pass
+    kept = model.__dict__[_PRISTINE][path][0]
+    with apply_adapter(model, adapter):
+        pass
+    assert model.__dict__[_PRISTINE][path][0] is kept  # reused, not cloned again
+    # A change made outside apply_adapter is what the next block restores, not the old copy.
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(0.5)
+    changed = weight.detach().clone()
+    with apply_adapter(model, adapter):
+        assert not torch.equal(weight, changed)
+    assert torch.equal(weight, changed)
+    with torch.no_grad():
+        weight.copy_(original)
+
+
 def test_apply_adapter_restores_on_error_and_checks_paths(tiny_model: tuple) -> None:
     model, _ = tiny_model
     before = snapshot(model)
