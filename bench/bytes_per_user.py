@@ -25,25 +25,44 @@ def _peft_file_bytes(shape: LlamaShape, rank: int, dtype: torch.dtype) -> int:
         return sum(f.stat().st_size for f in Path(folder).iterdir())
 
 
-def _blob_bytes(shape: LlamaShape, rank: int, dtype: torch.dtype) -> int:
-    """Size of the blob our registry stores for an adapter of this rank and dtype."""
-    adapter = random_adapter(shape.linear_shapes(), rank, seed=rank)
+def _blob_bytes(
+    shape: LlamaShape, rank: int, dtype: torch.dtype | str, *, attention_only: bool = False
+) -> int:
+    """Size of the blob our registry stores for an adapter of this rank and format."""
+    shapes = shape.linear_shapes()
+    if attention_only:
+        shapes = {path: s for path, s in shapes.items() if ".self_attn." in path}
+    adapter = random_adapter(shapes, rank, seed=rank)
     return len(adapter_to_bytes(adapter, dtype=dtype))
+
+
+def _stack_rows(shape: LlamaShape) -> list[tuple[str, int]]:
+    """(label, bytes per user) of the stack formats and module sets `mta user adapt` offers."""
+    from mta.registry.requests import AdaptRequest
+
+    default = AdaptRequest(shots=1)
+    rows = []
+    for modules, attention_only in (("all", False), ("attention", True)):
+        for fmt in ("fp16", "int8", "nf4"):
+            mark = " (default)" if (fmt, modules) == (default.dtype, default.modules) else ""
+            label = f"MTA stack r1 {fmt}, {modules} modules{mark} (+ embedding)"
+            size = _blob_bytes(shape, 1, fmt, attention_only=attention_only) + EMBEDDING_BYTES
+            rows.append((label, size))
+    return rows
 
 
 def bench_bytes(quick: bool) -> Section:
     """Persisted bytes per user and projected totals at 1M users, by method and base model."""
     section = Section(
-        "Bytes per user (all seven linear modules per layer)",
+        "Bytes per user (all seven linear modules per layer unless a row says otherwise)",
         ["base", "method", "per user", "1M users + bank", "OPPU r8 fp32 / this"],
     )
     for shape in (SMOLLM2, LLAMA3_8B):
         bank = BANK_ANCHORS * _blob_bytes(shape, 8, torch.float16)
         oppu32 = _peft_file_bytes(shape, 8, torch.float32)
-        stack1 = _blob_bytes(shape, 1, torch.float16) + EMBEDDING_BYTES
         stack2 = _blob_bytes(shape, 2, torch.float16) + EMBEDDING_BYTES
         rows = [
-            ("MTA stack r1 fp16 (+ embedding)", stack1, bank),
+            *((label, size, bank) for label, size in _stack_rows(shape)),
             ("MTA stack r2 fp16 (+ embedding)", stack2, bank),
             ("paper release: r4 stack fp32", _peft_file_bytes(shape, 4, torch.float32), bank),
             ("OPPU r8 fp16", _peft_file_bytes(shape, 8, torch.float16), 0),

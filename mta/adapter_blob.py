@@ -19,7 +19,10 @@ from mta.lora import LoraAdapter, LoraModule, one_thread
 from mta.peft_io import cast_finite, make_module
 
 BLOB_FORMAT = "mta-lora"
-BLOB_FORMAT_VERSION = 1
+BLOB_FORMAT_VERSION = 1  # float factors, one tensor each
+PACKED_VERSION = 2  # a quantized stack in the packed layout (`mta.packed_stack`)
+# Version 1 quantized blobs (codes and scales per factor) written before #23 still read.
+READABLE_VERSIONS = (BLOB_FORMAT_VERSION, PACKED_VERSION)
 
 
 def adapter_to_bytes(adapter: LoraAdapter, *, dtype: torch.dtype | str = "fp16") -> bytes:
@@ -30,7 +33,8 @@ def adapter_to_bytes(adapter: LoraAdapter, *, dtype: torch.dtype | str = "fp16")
         dtype: How the factors are stored: a torch dtype or a stack format name
             (`mta.stack_formats`: "fp16" default, "bf16", "fp32", or quantized "int8",
             "nf4"). Scales are kept exactly in the metadata, so rounding touches only
-            the factors; a quantized format's own scales sit beside its codes.
+            the factors; a quantized format is written in the packed layout
+            (`mta.packed_stack`), its own scales beside its codes.
 
     Returns:
         The blob bytes; equal adapters give equal bytes.
@@ -41,47 +45,32 @@ def adapter_to_bytes(adapter: LoraAdapter, *, dtype: torch.dtype | str = "fp16")
     """
     from safetensors.torch import save
 
-    from mta.stack_formats import QUANTIZED_FORMATS, check_format, encode
+    from mta.stack_formats import NF4_BLOCK, QUANTIZED_FORMATS, check_format
 
     if not adapter.modules:
         raise AdapterFormatError("cannot serialize an adapter without modules")
     adapter.check_finite()
     fmt = check_format(dtype) if isinstance(dtype, str) else None
-    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"format": BLOB_FORMAT, "base_model": adapter.base_model}
     with one_thread():
-        for module_path, module in adapter.modules.items():
-            for name, factor, dim in (("A", module.A, 0), ("B", module.B, 1)):
-                key = f"{module_path}.lora_{name}"
-                if fmt in QUANTIZED_FORMATS:
-                    # Quantized from the fp16 factor, so re-storing an fp16 stack in `fmt`
-                    # gives the bytes training straight into `fmt` would have stored.
-                    rounded = cast_finite(factor, torch.float16, f"{module_path} {name}")
-                    for suffix, part in encode(rounded, fmt, component_dim=dim).items():
-                        tensors[f"{key}.{suffix}"] = part
-                else:
-                    cast = torch_dtype(fmt) if fmt is not None else dtype
-                    tensors[key] = cast_finite(factor, cast, f"{module_path} {name}")
-    meta: dict[str, Any] = {
-        "format": BLOB_FORMAT,
-        "version": BLOB_FORMAT_VERSION,
-        "base_model": adapter.base_model,
-        # repr() of a float round-trips exactly through JSON.
-        "scales": {path: module.scale for path, module in adapter.modules.items()},
-    }
-    if fmt in QUANTIZED_FORMATS:
-        meta["quantized"] = _quantized_meta(adapter, fmt)
+        if fmt in QUANTIZED_FORMATS:
+            from mta.packed_stack import pack
+
+            tensors, modules = pack(adapter, fmt)
+            block = NF4_BLOCK if fmt == "nf4" else None
+            meta["version"] = PACKED_VERSION
+            meta["quantized"] = {"format": fmt, "block": block, "modules": modules}
+        else:
+            cast = torch_dtype(fmt) if fmt is not None else dtype
+            tensors = {
+                f"{path}.lora_{name}": cast_finite(factor, cast, f"{path} {name}")
+                for path, module in adapter.modules.items()
+                for name, factor in (("A", module.A), ("B", module.B))
+            }
+            meta["version"] = BLOB_FORMAT_VERSION
+            # repr() of a float round-trips exactly through JSON.
+            meta["scales"] = {path: module.scale for path, module in adapter.modules.items()}
     return save(tensors, metadata={"mta": json.dumps(meta, sort_keys=True)})
-
-
-def _quantized_meta(adapter: LoraAdapter, fmt: str) -> dict[str, Any]:
-    """What a reader needs to rebuild quantized factors: the format, block, each shape."""
-    from mta.stack_formats import NF4_BLOCK
-
-    shapes = {
-        path: [module.r, module.in_features, module.out_features]
-        for path, module in adapter.modules.items()
-    }
-    return {"format": fmt, "block": NF4_BLOCK if fmt == "nf4" else None, "shapes": shapes}
 
 
 def blob_format(data: bytes) -> str:
@@ -118,10 +107,10 @@ def _blob_meta(header: dict[str, Any]) -> dict[str, Any]:
         raise AdapterFormatError(f"adapter blob metadata is garbled ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != BLOB_FORMAT:
         raise AdapterFormatError(f"not an {BLOB_FORMAT} blob (no 'mta' metadata)")
-    if meta.get("version") != BLOB_FORMAT_VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise AdapterFormatError(
             f"unsupported {BLOB_FORMAT} version {meta.get('version')!r} "
-            f"(this build reads {BLOB_FORMAT_VERSION})"
+            f"(this build reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
     return meta
 
@@ -151,6 +140,18 @@ def _dequantize(
     return out
 
 
+def _unpacked(
+    tensors: dict[str, torch.Tensor], quantized: Any
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """(scales, fp32 factors) of a packed quantized blob."""
+    from mta.packed_stack import unpack
+    from mta.stack_formats import QUANTIZED_FORMATS
+
+    if not isinstance(quantized, dict) or quantized.get("format") not in QUANTIZED_FORMATS:
+        raise AdapterFormatError(f"adapter blob: unknown quantized format in {quantized!r}")
+    return unpack(tensors, quantized["format"], quantized.get("modules"))
+
+
 def adapter_from_bytes(data: bytes) -> LoraAdapter:
     """Parse a blob written by ``adapter_to_bytes``.
 
@@ -163,16 +164,19 @@ def adapter_from_bytes(data: bytes) -> LoraAdapter:
 
     header = _blob_header(data)
     meta = _blob_meta(header)
-    scales = meta.get("scales")
-    if not isinstance(scales, dict) or not scales:
-        raise AdapterFormatError("adapter blob has no per-module scales")
     try:
         tensors = load(data)
     except (SafetensorError, ValueError) as exc:
         raise AdapterFormatError(f"adapter blob is not valid safetensors ({exc})") from exc
     quantized = meta.get("quantized")
-    if quantized is not None:
-        tensors = _dequantize(tensors, quantized, scales)
+    if meta["version"] == PACKED_VERSION:
+        scales, tensors = _unpacked(tensors, quantized)
+    else:
+        scales = meta.get("scales")
+        if not isinstance(scales, dict) or not scales:
+            raise AdapterFormatError("adapter blob has no per-module scales")
+        if quantized is not None:
+            tensors = _dequantize(tensors, quantized, scales)
     expected = {f"{p}.lora_{f}" for p in scales for f in ("A", "B")}
     if set(tensors) != expected:
         odd = sorted(set(tensors) ^ expected)

@@ -1,8 +1,8 @@
 """In-memory adapters on a base model, and greedy generation (the evaluation's decoder).
 
 `apply_adapter` adds an adapter's delta into the Linear weights for the duration of a
-`with` block and copies the pristine weights (kept once per model) back afterwards; `generate` decodes greedily
-from raw prompts (no chat template), the same text training saw.
+`with` block and copies the pristine weights (kept once per model) back afterwards;
+`generate` decodes greedily from raw prompts (no chat template), the same text training saw.
 """
 
 from __future__ import annotations

@@ -75,6 +75,17 @@ def encode(factor: torch.Tensor, fmt: str, *, component_dim: int) -> dict[str, t
     raise unknown_name("quantized stack format", fmt, QUANTIZED_FORMATS)
 
 
+def part_sizes(fmt: str, shape: tuple[int, int], *, component_dim: int) -> tuple[int, int]:
+    """(codes, scales) element counts `encode` stores for a factor of `shape` in `fmt`."""
+    count = shape[0] * shape[1]
+    if fmt == "int8":
+        return count, shape[component_dim]
+    if fmt == "nf4":
+        blocks = -(-count // NF4_BLOCK)
+        return blocks * NF4_BLOCK // 2, blocks
+    raise AdapterFormatError(f"unknown stack format {fmt!r} in the blob")
+
+
 def decode(
     parts: dict[str, torch.Tensor], fmt: str, shape: tuple[int, int], *, component_dim: int
 ) -> torch.Tensor:
