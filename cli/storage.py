@@ -81,6 +81,7 @@ def render_report(out: Output, report: dict[str, Any]) -> None:
         "banks": report.get("banks"),
         "users": report.get("users"),
         "stacks (stale)": f"{report.get('stacks')} ({report.get('stale_stacks')})",
+        "current stacks by format": _formats(report),
         "per user mean / p50 / p99": " / ".join(
             human_bytes(per_user.get(q)) for q in ("mean", "p50", "p99")
         ),
@@ -92,6 +93,13 @@ def render_report(out: Output, report: dict[str, Any]) -> None:
         "ratio vs OPPU (per-user bytes only)": _ratio(report.get("ratio_per_user_vs_oppu")),
     }
     out.record(summary, title="Storage report")
+
+
+def _formats(report: dict[str, Any]) -> str:
+    """`fp16 3, nf4 200 (default nf4)`: users' current stacks by storage format."""
+    counts = report.get("current_stack_formats") or {}
+    listed = ", ".join(f"{fmt} {n}" for fmt, n in counts.items()) or "none"
+    return f"{listed} (default {report.get('default_stack_format')})"
 
 
 def _ratio(value: Any) -> str:

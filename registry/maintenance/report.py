@@ -13,7 +13,8 @@ from mta.registry.banks.versions import bank_shapes
 from mta.registry.blobrefs import REPORT_BUCKET
 from mta.registry.context import RegistryContext
 from mta.registry.models import SqlBank, SqlBlob, SqlStack, SqlUser
-from mta.registry.users.current_stacks import current_stack_banks
+from mta.registry.requests import AdaptRequest
+from mta.registry.users.current_stacks import current_stack_banks, current_stack_formats
 
 OPPU_RANK = 8
 _DTYPE_BYTES = {"fp16": 2, "fp32": 4}
@@ -29,12 +30,15 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
     shapes; `oppu_equivalent_bytes` counts it in fp16 (like MTA's stacks and bank adapters),
     `oppu_equivalent_bytes_fp32` in fp32. `ratio_vs_oppu` = total_bytes / oppu (fp16): below 1
     means MTA stores less. Per-user bytes are profile + embedding + every stack of the user.
+    `current_stack_formats` counts users' current stacks by storage format, next to the
+    format `mta user adapt` stores by default (`default_stack_format`).
     """
     with ctx.read_session() as session:
         by_kind = _bytes_by_kind(session)
         user_bytes = _bytes_per_user(session)
         banks = {b.id: b for b in session.scalars(select(SqlBank))}
         current_stacks = current_stack_banks(session)
+        formats = current_stack_formats(session)
         oppu = _oppu_bytes([banks[bank_id] for bank_id in session.scalars(select(SqlUser.bank_id))])
         stacks_total = session.scalar(select(func.count()).select_from(SqlStack)) or 0
     stale = _stale_users(current_stacks, banks)
@@ -54,6 +58,9 @@ def storage_report(ctx: RegistryContext) -> dict[str, Any]:
         },
         "stacks": int(stacks_total),
         "current_stacks": len(current_stacks),
+        # Users whose current stack is in another format than the default can be re-stored.
+        "current_stack_formats": formats,
+        "default_stack_format": AdaptRequest.dtype,
         "stale_stacks": len(stale),
         "stale_users": stale,
         "banks": len(banks),

@@ -151,6 +151,12 @@ def test_storage_report_math(bank_registry, tiny_shapes):
         report["total_bytes"] / report["oppu_equivalent_bytes"]
     )
     assert report["users"] == 3 and report["stale_stacks"] == 0 and report["stacks"] == 1
+    assert report["current_stack_formats"] == {stack.dtype: 1}
+    assert report["default_stack_format"] == AdaptRequest.dtype
+    adapt_user(bank_registry, "u1", AdaptRequest(shots=2, max_steps=1, dtype="nf4"))
+    adapt_user(bank_registry, "u2", AdaptRequest(shots=2, max_steps=1, dtype="int8"))
+    formats = storage_report(bank_registry)["current_stack_formats"]
+    assert formats == {"int8": 1, "nf4": 1}  # u2's first stack is no longer current
 
 
 def test_storage_report_on_an_empty_registry(registry):
