@@ -20,6 +20,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
     from bench.batched import bench_batched
     from bench.bulk import bench_bulk
     from bench.bytes_per_user import bench_bytes
+    from bench.contention import bench_contention
     from bench.fusion import bench_fusion
     from bench.http_load import bench_http
     from bench.lookup import bench_lookup
@@ -37,6 +38,7 @@ def _sections() -> dict[str, Callable[[bool], Section]]:
         "materialize": bench_materialize,
         "http": bench_http,
         "bulk": bench_bulk,
+        "contention": bench_contention,
         "batched": bench_batched,
         "reads": bench_registry_reads,
         "resolver": bench_resolver,

@@ -54,11 +54,18 @@ class _Registry:
             "--cache-dir", str(root / "cache"),
         ]  # fmt: skip
 
-    def run(self, *argv: str | Path) -> tuple[float, Any]:
-        """Run `mta <flags> argv --json`; (wall seconds, parsed stdout)."""
+    def run(self, *argv: str | Path, env: dict[str, str] | None = None) -> tuple[float, Any]:
+        """Run `mta <flags> argv --json` (with `env` added); (wall seconds, parsed stdout)."""
         command = [sys.executable, "-m", "mta.cli.app", *self.flags, *map(str, argv), "--json"]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=3600)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=3600,
+            env={**os.environ, **(env or {})},
+        )
         seconds = time.perf_counter() - start
         if done.returncode not in (0, 1):  # 1: some users failed; the summary says which
             raise RuntimeError(f"{' '.join(command[3:])} failed: {done.stderr[-2000:]}")

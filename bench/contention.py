@@ -1,0 +1,100 @@
+"""Bulk personalization next to a competing CPU-bound process: threads fitted vs torch's default.
+
+torch starts one intra-op thread per core. When another process keeps a core busy, a
+job whose threads outnumber the free cores waits at every parallel region for a thread
+that is descheduled. `mta/threads.py` fits each process's threads to the CPUs it may use
+(affinity, cgroup quota, a Ray worker's `num_cpus`); this section measures what that buys
+with one busy-looping process beside the job, on the same registry and users as the
+`bulk` section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.bulk import TASK, TRAIN, _lamp_users, _load, _models, _push_bank, _rate, _Registry
+from bench.report import Section
+
+SPIN = "while True:\n    pass\n"  # one CPU-bound thread, the competitor
+
+
+def _torch_default_threads() -> int:
+    """The intra-op threads a fresh torch process starts with on this machine."""
+    code = "import torch; print(torch.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MTA_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return int(done.stdout.strip())
+
+
+def _size(quick: bool) -> int:
+    """Users per row: `MTA_BENCH_CONTENTION_USERS`, else 4 (SmolLM2) or 6 (tiny)."""
+    value = os.environ.get("MTA_BENCH_CONTENTION_USERS")
+    return int(value) if value else (6 if quick else 4)
+
+
+def bench_contention(quick: bool) -> Section:
+    """Users per minute with a busy competitor: batch and Ray jobs, fitted vs default threads."""
+    n = _size(quick)
+    default = _torch_default_threads()
+    rows = [
+        ("batch process, threads fitted", (), {}),
+        ("batch process, torch default", (), {"MTA_THREADS": str(default)}),
+        ("batch process, 1 thread", (), {"MTA_THREADS": "1"}),
+        ("Ray 2 workers, threads fitted", ("--executor", "ray", "--workers", "2"), {}),
+        (
+            "Ray 2 workers, torch default",
+            ("--executor", "ray", "--workers", "2"),
+            {"MTA_THREADS": str(default)},
+        ),
+    ]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="mta-bench-contention-") as tmp:
+        registry = _Registry(Path(tmp))
+        base_model, embedder, label = _models(quick, Path(tmp))
+        anchors, users = _lamp_users(n * len(rows))
+        _push_bank(registry, anchors, base_model, embedder)
+        users_file = registry.root / "users.json"
+        users_file.write_text(json.dumps(users), encoding="utf-8")
+        registry.run("user", "add", "--from", users_file, "--bank", TASK)
+        ids = [str(u["user_id"]) for u in users]
+        section = Section(
+            f"Bulk personalization beside a competing CPU-bound process ({label}, shots 5, "
+            "rank 1, 3 epochs)",
+            ["run", "threads per process", "users", "wall s", "users/min", "train s per user"],
+        )
+        spinner = subprocess.Popen([sys.executable, "-c", SPIN])
+        try:
+            for i, (name, extra, env) in enumerate(rows):
+                batch = registry.ids_file(f"rows{i}.txt", ids[i * n : (i + 1) * n])
+                wall, summary = registry.run(
+                    "user", "adapt", "--from", batch, *TRAIN, *extra, env=env
+                )
+                threads = env.get("MTA_THREADS", "fitted")
+                train = (summary.get("phase_means") or {}).get("train", float("nan"))
+                section.add(
+                    name,
+                    threads,
+                    len(summary["done"]),
+                    wall,
+                    _rate(len(summary["done"]), wall),
+                    train,
+                )
+        finally:
+            spinner.kill()
+            spinner.wait()
+    rates = {row[0]: row[4] for row in section.rows}
+    batch = rates["batch process, threads fitted"] / rates["batch process, torch default"]
+    ray = rates["Ray 2 workers, threads fitted"] / rates["Ray 2 workers, torch default"]
+    section.notes += [
+        f"one `python -c 'while True: pass'` process ran beside every row; torch's default here "
+        f"is {default} threads; each row adapts its own {n} LaMP users (`--from`), walls "
+        "include process start and model load",
+        f"fitted / default users/min: batch {batch:.2f}x, Ray {ray:.2f}x",
+        f"load average 1/5/15 min: before {_load(load_before)}, after {_load(os.getloadavg())}",
+    ]
+    return section
