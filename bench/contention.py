@@ -84,6 +84,8 @@ def bench_contention(quick: bool) -> Section:
                     _rate(len(summary["done"]), wall),
                     train,
                 )
+                # As it goes: a row that crawls (the pathology measured) may outlast a timeout.
+                print(f"  {name}: {wall:.1f} s for {len(summary['done'])} users", flush=True)
         finally:
             spinner.kill()
             spinner.wait()
