@@ -37,21 +37,23 @@ def _size(quick: bool) -> int:
     return int(value) if value else (6 if quick else 4)
 
 
+def _rows(default: int) -> list[tuple[str, tuple[str, ...], dict[str, str]]]:
+    """(row name, extra `user adapt` flags, environment) of each measured row."""
+    ray = ("--executor", "ray", "--workers", "2")
+    return [
+        ("batch process, threads fitted", (), {}),
+        ("batch process, torch default", (), {"MTA_THREADS": str(default)}),
+        ("batch process, 1 thread", (), {"MTA_THREADS": "1"}),
+        ("Ray 2 workers, threads fitted", ray, {}),
+        ("Ray 2 workers, torch default", ray, {"MTA_THREADS": str(default)}),
+    ]
+
+
 def bench_contention(quick: bool) -> Section:
     """Users per minute with a busy competitor: batch and Ray jobs, fitted vs default threads."""
     n = _size(quick)
     default = _torch_default_threads()
-    rows = [
-        ("batch process, threads fitted", (), {}),
-        ("batch process, torch default", (), {"MTA_THREADS": str(default)}),
-        ("batch process, 1 thread", (), {"MTA_THREADS": "1"}),
-        ("Ray 2 workers, threads fitted", ("--executor", "ray", "--workers", "2"), {}),
-        (
-            "Ray 2 workers, torch default",
-            ("--executor", "ray", "--workers", "2"),
-            {"MTA_THREADS": str(default)},
-        ),
-    ]
+    rows = _rows(default)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mta-bench-contention-") as tmp:
         registry = _Registry(Path(tmp))

@@ -17,6 +17,7 @@ from mta.cli.output import Output
 from mta.cli.user_adapt import user_adapt
 from mta.cli.user_add import user_add
 from mta.cli.user_fuse import user_fuse
+from mta.cli.user_recode import user_recode
 from mta.cli.user_render import render_recipe
 
 user_app = typer.Typer(
@@ -29,6 +30,7 @@ UserArg = Annotated[str, typer.Argument(help="User id.", show_default=False)]
 user_app.command("add")(user_add)
 user_app.command("fuse")(user_fuse)
 user_app.command("adapt")(user_adapt)
+user_app.command("recode")(user_recode)
 
 
 @user_app.command("export")

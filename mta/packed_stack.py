@@ -3,7 +3,7 @@
 A rank-1 stack over SmolLM2's 210 modules has 840 small tensors when each factor keeps its
 codes and scales apart, and safetensors spends ~100 bytes of JSON header on each: 104 kB
 of a 267 kB NF4 blob. Packed, the blob holds two tensors (`q`: every factor's codes in
-module order, A then B; `scale`: their scales in the same order) and one module list
+module path order, A then B; `scale`: their scales in the same order) and one module list
 (path, rank, in, out, LoRA scale) from which every factor's offsets follow
 (`stack_formats.part_sizes`). Factors are quantized exactly as in the per-factor layout.
 """
@@ -30,7 +30,9 @@ def pack(adapter: LoraAdapter, fmt: str) -> tuple[dict[str, torch.Tensor], list[
     codes: list[torch.Tensor] = []
     scales: list[torch.Tensor] = []
     modules: list[list[Any]] = []
-    for path, module in adapter.modules.items():
+    # Sorted paths: the bytes must not depend on the order a dict of modules was built in.
+    for path in sorted(adapter.modules):
+        module = adapter.modules[path]
         for name, factor, dim in (("A", module.A, 0), ("B", module.B, 1)):
             # Quantized from the fp16 factor, so re-storing an fp16 stack in `fmt` gives
             # the bytes training straight into `fmt` would have stored.

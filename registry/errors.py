@@ -29,3 +29,7 @@ class NotInitializedError(RegistryError):
 
 class ImmutableError(RegistryError):
     """Something tried to change a published bank version."""
+
+
+class ConflictError(RegistryError):
+    """The row an operation read changed before it could write (run it again)."""

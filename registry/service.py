@@ -36,9 +36,12 @@ from mta.registry.users.adapt import adapt_user
 from mta.registry.users.add_many import add_users, only_task_with_bank
 from mta.registry.users.delete import delete_user, user_is_gone
 from mta.registry.users.export import adapter_identity, export_user, materialize_fused
+from mta.registry.users.recode import Recoded, recode_stack
 from mta.registry.users.records import add_user, fuse_user, get_user, list_users
 
 __all__ = [
+    "Recoded",
+    "recode_stack",
     "USER_ID_PATTERN",
     "AdaptRequest",
     "AdapterIdentity",
