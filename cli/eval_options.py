@@ -33,7 +33,8 @@ MethodsOpt = Annotated[
     str,
     typer.Option(
         "--methods",
-        help="Comma-separated method names (the default lists every method).",
+        help="Comma-separated method names (the default lists every method but the stack "
+        "ablations mta-int8, mta-nf4, mta-attention, mta-export, mta-export-r16).",
     ),
 ]
 AnchorsOpt = Annotated[
