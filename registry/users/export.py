@@ -113,8 +113,10 @@ def export_user(
         else:
             _verify_sources(ctx, identity)
             rank = _exported_rank(cached)
-    except BlobNotFoundError:
-        _refuse_if_forgotten(ctx, user_id)  # deleted meanwhile: not found, not an integrity error
+    except (BlobNotFoundError, FileNotFoundError):
+        # Deleted meanwhile (its blobs, or the cache staging folder a deletion sweeps):
+        # not found, not an integrity or server error.
+        _refuse_if_forgotten(ctx, user_id)
         raise
     _refuse_if_forgotten(ctx, user_id)  # a deletion that raced us must not find our entry left
     path = cached
