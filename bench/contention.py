@@ -21,6 +21,9 @@ from bench.bulk import TASK, TRAIN, _lamp_users, _load, _models, _push_bank, _ra
 from bench.report import Section
 
 SPIN = "while True:\n    pass\n"  # one CPU-bound thread, the competitor
+# Set to 0 when a CPU-bound process already runs (e.g. a one-thread `mta eval`): it is then
+# the competitor, and the section starts none of its own.
+SPINNER_ENV = "MTA_BENCH_CONTENTION_SPINNER"
 
 
 def _torch_default_threads() -> int:
@@ -69,7 +72,8 @@ def bench_contention(quick: bool) -> Section:
             "rank 1, 3 epochs)",
             ["run", "threads per process", "users", "wall s", "users/min", "train s per user"],
         )
-        spinner = subprocess.Popen([sys.executable, "-c", SPIN])
+        own = os.environ.get(SPINNER_ENV, "1") != "0"
+        spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if own else None
         try:
             for i, (name, extra, env) in enumerate(rows):
                 batch = registry.ids_file(f"rows{i}.txt", ids[i * n : (i + 1) * n])
@@ -89,16 +93,29 @@ def bench_contention(quick: bool) -> Section:
                 # As it goes: a row that crawls (the pathology measured) may outlast a timeout.
                 print(f"  {name}: {wall:.1f} s for {len(summary['done'])} users", flush=True)
         finally:
-            spinner.kill()
-            spinner.wait()
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    section.notes += _notes(section, own, default, n, load_before)
+    return section
+
+
+def _notes(
+    section: Section, own: bool, default: int, n: int, load_before: tuple[float, float, float]
+) -> list[str]:
+    """How the rows were run, the fitted/default ratios and the load."""
     rates = {row[0]: row[4] for row in section.rows}
     batch = rates["batch process, threads fitted"] / rates["batch process, torch default"]
     ray = rates["Ray 2 workers, threads fitted"] / rates["Ray 2 workers, torch default"]
-    section.notes += [
-        f"one `python -c 'while True: pass'` process ran beside every row; torch's default here "
-        f"is {default} threads; each row adapts its own {n} LaMP users (`--from`), walls "
-        "include process start and model load",
+    competitor = (
+        "one `python -c 'while True: pass'` process"
+        if own
+        else f"an outside CPU-bound process ({SPINNER_ENV}=0)"
+    )
+    return [
+        f"{competitor} ran beside every row; torch's default here is {default} threads; each "
+        f"row adapts its own {n} LaMP users (`--from`), walls include process start and "
+        "model load",
         f"fitted / default users/min: batch {batch:.2f}x, Ray {ray:.2f}x",
         f"load average 1/5/15 min: before {_load(load_before)}, after {_load(os.getloadavg())}",
     ]
-    return section
