@@ -113,10 +113,8 @@ def export_user(
         else:
             _verify_sources(ctx, identity)
             rank = _exported_rank(cached)
-    except (BlobNotFoundError, FileNotFoundError):
-        # Deleted meanwhile (its blobs, or the cache staging folder a deletion sweeps):
-        # not found, not an integrity or server error.
-        _refuse_if_forgotten(ctx, user_id)
+    except (BlobNotFoundError, FileNotFoundError):  # blobs or staging swept by a deletion
+        _refuse_if_forgotten(ctx, user_id)  # deleted meanwhile: not found, not a 500
         raise
     _refuse_if_forgotten(ctx, user_id)  # a deletion that raced us must not find our entry left
     path = cached
