@@ -54,8 +54,14 @@ class _Registry:
             "--cache-dir", str(root / "cache"),
         ]  # fmt: skip
 
-    def run(self, *argv: str | Path, env: dict[str, str] | None = None) -> tuple[float, Any]:
-        """Run `mta <flags> argv --json` (with `env` added); (wall seconds, parsed stdout)."""
+    def run(
+        self, *argv: str | Path, env: dict[str, str] | None = None, timeout: float = 3600
+    ) -> tuple[float, Any]:
+        """Run `mta <flags> argv --json` (with `env` added); (wall seconds, parsed stdout).
+
+        Raises:
+            subprocess.TimeoutExpired: the command ran past `timeout` seconds (killed).
+        """
         command = [sys.executable, "-m", "mta.cli.app", *self.flags, *map(str, argv), "--json"]
         start = time.perf_counter()
         done = subprocess.run(
@@ -63,7 +69,7 @@ class _Registry:
             capture_output=True,
             text=True,
             cwd=ROOT,
-            timeout=3600,
+            timeout=timeout,
             env={**os.environ, **(env or {})},
         )
         seconds = time.perf_counter() - start

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.bulk import TASK, TRAIN, _lamp_users, _load, _models, _push_bank, _rate, _Registry
 from bench.report import Section
@@ -24,6 +25,9 @@ SPIN = "while True:\n    pass\n"  # one CPU-bound thread, the competitor
 # Set to 0 when a CPU-bound process already runs (e.g. a one-thread `mta eval`): it is then
 # the competitor, and the section starts none of its own.
 SPINNER_ENV = "MTA_BENCH_CONTENTION_SPINNER"
+# A row that crawls (oversubscribed threads can wait a time slice per parallel region) is
+# stopped after this many seconds and reported as a bound.
+ROW_TIMEOUT_ENV = "MTA_BENCH_CONTENTION_ROW_TIMEOUT"
 
 
 def _torch_default_threads() -> int:
@@ -77,21 +81,9 @@ def bench_contention(quick: bool) -> Section:
         try:
             for i, (name, extra, env) in enumerate(rows):
                 batch = registry.ids_file(f"rows{i}.txt", ids[i * n : (i + 1) * n])
-                wall, summary = registry.run(
-                    "user", "adapt", "--from", batch, *TRAIN, *extra, env=env
-                )
-                threads = env.get("MTA_THREADS", "fitted")
-                train = (summary.get("phase_means") or {}).get("train", float("nan"))
-                section.add(
-                    name,
-                    threads,
-                    len(summary["done"]),
-                    wall,
-                    _rate(len(summary["done"]), wall),
-                    train,
-                )
-                # As it goes: a row that crawls (the pathology measured) may outlast a timeout.
-                print(f"  {name}: {wall:.1f} s for {len(summary['done'])} users", flush=True)
+                row = _row(registry, name, ("--from", batch, *extra), env, n)
+                section.add(*row)
+                print(f"  {name}: {row[3]} s for {row[2]} users", flush=True)
         finally:
             if spinner is not None:
                 spinner.kill()
@@ -100,13 +92,36 @@ def bench_contention(quick: bool) -> Section:
     return section
 
 
+def _row(
+    registry: _Registry, name: str, argv: tuple, env: dict[str, str], n: int
+) -> tuple[Any, ...]:
+    """One table row; a row stopped at the timeout shows its wall and rate as bounds."""
+    limit = float(os.environ.get(ROW_TIMEOUT_ENV, "900"))
+    threads = env.get("MTA_THREADS", "fitted")
+    try:
+        wall, summary = registry.run("user", "adapt", *argv, *TRAIN, env=env, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return (name, threads, f"< {n}", f"> {limit:.0f}", f"< {_rate(n, limit):.3g}", "–")
+    done = len(summary["done"])
+    train = (summary.get("phase_means") or {}).get("train", float("nan"))
+    return (name, threads, done, wall, _rate(done, wall), train)
+
+
 def _notes(
     section: Section, own: bool, default: int, n: int, load_before: tuple[float, float, float]
 ) -> list[str]:
     """How the rows were run, the fitted/default ratios and the load."""
     rates = {row[0]: row[4] for row in section.rows}
-    batch = rates["batch process, threads fitted"] / rates["batch process, torch default"]
-    ray = rates["Ray 2 workers, threads fitted"] / rates["Ray 2 workers, torch default"]
+
+    def ratio(fitted: str, default: str) -> str:
+        if isinstance(rates[fitted], str):  # the fitted row itself was stopped
+            return "n/a (the fitted row hit the timeout)"
+        if isinstance(rates[default], str):  # stopped at the timeout: a lower bound
+            return f"> {rates[fitted] / float(rates[default].lstrip('< ')):.2f}x"
+        return f"{rates[fitted] / rates[default]:.2f}x"
+
+    batch = ratio("batch process, threads fitted", "batch process, torch default")
+    ray = ratio("Ray 2 workers, threads fitted", "Ray 2 workers, torch default")
     competitor = (
         "one `python -c 'while True: pass'` process"
         if own
@@ -116,6 +131,6 @@ def _notes(
         f"{competitor} ran beside every row; torch's default here is {default} threads; each "
         f"row adapts its own {n} LaMP users (`--from`), walls include process start and "
         "model load",
-        f"fitted / default users/min: batch {batch:.2f}x, Ray {ray:.2f}x",
+        f"fitted / default users/min: batch {batch}, Ray {ray}",
         f"load average 1/5/15 min: before {_load(load_before)}, after {_load(os.getloadavg())}",
     ]
