@@ -83,44 +83,42 @@ MTA_FACTORWISE = BankMethod(
     user_tag="-fw",
 )
 
+
+def _ablation(name: str, summary: str, *, user_tag: str = "", **variant: object) -> BankMethod:
+    """An `mta` variant: fused anchors and a stack, turned into the adapter as `variant` says."""
+    return BankMethod(
+        name,
+        summary,
+        fusion=None,
+        stacked=True,
+        user_tag=user_tag,
+        variant=StackVariant(**variant),  # type: ignore[arg-type]
+    )
+
+
 # Ablations of the `mta` stack (#20, #23): not in the defaults; `mta eval --methods` names them.
-MTA_INT8 = BankMethod(
-    "mta-int8",
-    "the mta stack stored as int8 (one scale per rank component)",
-    fusion=None,
-    stacked=True,
-    user_tag="",
-    variant=StackVariant(stack_format="int8"),
+MTA_INT8 = _ablation(
+    "mta-int8", "the mta stack stored as int8 (one scale per rank component)", stack_format="int8"
 )
-MTA_NF4 = BankMethod(
+MTA_NF4 = _ablation(
     "mta-nf4",
     "the mta stack stored as 4-bit NF4 (one fp16 scale per 64 values)",
-    fusion=None,
-    stacked=True,
-    user_tag="",
-    variant=StackVariant(stack_format="nf4"),
+    stack_format="nf4",
 )
-MTA_ATTENTION = BankMethod(
+MTA_ATTENTION = _ablation(
     "mta-attention",
     "a stack trained on the attention projections only (q, k, v, o)",
-    fusion=None,
-    stacked=True,
     user_tag="-attn",
-    variant=StackVariant(modules="attention"),
+    modules="attention",
 )
-MTA_EXPORT = BankMethod(
+MTA_EXPORT = _ablation(
     "mta-export",
     "the adapter mta publish serves: fused + stack at one exact rank, fp16",
-    fusion=None,
-    stacked=True,
-    user_tag="",
-    variant=StackVariant(exported=True),
+    exported=True,
 )
-MTA_EXPORT_R16 = BankMethod(
+MTA_EXPORT_R16 = _ablation(
     "mta-export-r16",
     "the published adapter compressed to rank 16 (--max-rank 16), fp16",
-    fusion=None,
-    stacked=True,
-    user_tag="",
-    variant=StackVariant(exported=True, max_rank=16),
+    exported=True,
+    max_rank=16,
 )
