@@ -181,26 +181,43 @@ def _commit_stack(
 
     data = adapter_to_bytes(stack, dtype=dtype)
     blob = put_blob(ctx, data, KIND_STACK)
-    losses = train_config["losses"]
     with ctx.session() as session:
         record_blob(session, blob)
-        row = SqlStack(
-            user_id=user_id,
-            recipe_id=inputs.identity.recipe_id,
-            bank_id=inputs.bank_id,
-            blob=blob.digest,
-            rank=train_config["rank"],
-            dtype=dtype,
-            bytes=len(data),
-            train_config=train_config,
-            final_loss=float(losses[-1]) if losses else None,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        session.flush()
-        entity = stack_entity(session, row)
+        entity = add_stack_row(
+            session, user_id, inputs.identity.recipe_id, inputs.bank_id, blob.digest, len(data),
+            dtype, train_config,
+        )  # fmt: skip
     reassert_blobs(ctx, [blob])
     return entity
+
+
+def add_stack_row(
+    session: Any,
+    user_id: str,
+    recipe_id: int,
+    bank_id: int,
+    digest: str,
+    size: int,
+    dtype: str,
+    train_config: dict[str, Any],
+) -> Stack:
+    """Insert a stack row for an already recorded blob (the user's new current stack)."""
+    losses = train_config.get("losses") or []
+    row = SqlStack(
+        user_id=user_id,
+        recipe_id=recipe_id,
+        bank_id=bank_id,
+        blob=digest,
+        rank=train_config["rank"],
+        dtype=dtype,
+        bytes=size,
+        train_config=train_config,
+        final_loss=float(losses[-1]) if losses else None,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return stack_entity(session, row)
 
 
 class _PhaseClock:

@@ -17,7 +17,8 @@ from mta.registry.blobrefs import KIND_STACK, put_blob, reassert_blobs, record_b
 from mta.registry.context import RegistryContext
 from mta.registry.entities import Stack
 from mta.registry.errors import ConflictError, InvalidInputError, NotFoundError
-from mta.registry.models import SqlRecipe, SqlStack, utcnow
+from mta.registry.models import SqlRecipe, SqlStack
+from mta.registry.users.adapt import add_stack_row
 from mta.registry.users.rows import current_stack, get_user_row, latest_row, stack_entity
 
 # Source format -> the formats it recodes into exactly (as if trained into them).
@@ -76,30 +77,19 @@ def recode_stack(ctx: RegistryContext, user_id: str, dtype: str) -> Recoded:
         if source.dtype == dtype:
             return Recoded(stack_entity(session, source), None, source.bytes)
         check_recode(source.dtype, dtype)
-        read = (source.id, source.recipe_id, source.blob, source.bytes, source.rank)
+        read = (source.id, source.recipe_id, source.blob, source.bytes)
         bank_id, config = source.bank_id, dict(source.train_config or {})
-    stack_id, recipe_id, digest, previous_bytes, rank = read
+    stack_id, recipe_id, digest, previous_bytes = read
     data = adapter_to_bytes(ctx.load_adapter(digest), dtype=dtype)
     blob = put_blob(ctx, data, KIND_STACK)
     with ctx.session() as session:
         if _current(session, user_id).id != stack_id:
             raise ConflictError(f"user {user_id!r} changed while recoding; run it again")
         record_blob(session, blob)
-        row = SqlStack(
-            user_id=user_id,
-            recipe_id=recipe_id,
-            bank_id=bank_id,
-            blob=blob.digest,
-            rank=rank,
-            dtype=dtype,
-            bytes=len(data),
-            train_config={**config, "recoded_from": stack_id},
-            final_loss=_final_loss(config),
-            created_at=utcnow(),
+        config["recoded_from"] = stack_id
+        entity = add_stack_row(
+            session, user_id, recipe_id, bank_id, blob.digest, len(data), dtype, config
         )
-        session.add(row)
-        session.flush()
-        entity = stack_entity(session, row)
     reassert_blobs(ctx, [blob])
     return Recoded(entity, stack_id, previous_bytes)
 
@@ -112,9 +102,3 @@ def _current(session: Any, user_id: str) -> SqlStack:
     if stack is None:
         raise NotFoundError(f"user {user_id!r} has no current stack; run `mta user adapt`")
     return stack
-
-
-def _final_loss(config: dict[str, Any]) -> float | None:
-    """The training's last loss, as the recoded stack's row recorded it."""
-    losses = config.get("losses") or []
-    return float(losses[-1]) if losses else None
