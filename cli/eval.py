@@ -30,6 +30,7 @@ from mta.cli.eval_options import (
     ReportJsonOutOpt,
     ResamplesOpt,
     ResultFilesArg,
+    ResumeOpt,
     SeedOpt,
     SeedsOpt,
     ShotsOpt,
@@ -90,6 +91,7 @@ def eval_command(
     json_out: EvalJsonOutOpt = None,
     plot: PlotOpt = None,
     checkpoint: CheckpointOpt = DEFAULTS.checkpoint,
+    resume: ResumeOpt = DEFAULTS.resume,
     workdir: WorkdirOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
@@ -135,6 +137,7 @@ def eval_command(
         item_bootstrap=item_bootstrap,
         decode=decode,
         checkpoint=checkpoint,
+        resume=resume,
     )
     _check_bootstrap_flags(item_bootstrap=item_bootstrap, cluster_bootstrap=cluster_bootstrap)
     options.validate()

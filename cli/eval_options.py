@@ -159,6 +159,13 @@ CheckpointOpt = Annotated[
         "--checkpoint", help="Rewrite this JSON after every finished method (partial results)."
     ),
 ]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Reuse the methods --checkpoint finished (same task, seed, items and options).",
+    ),
+]
 WorkdirOpt = Annotated[
     Path | None,
     typer.Option("--workdir", help="Keep the private registry (bank, eval run) here."),

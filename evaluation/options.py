@@ -78,6 +78,8 @@ class EvalOptions:
     decode: str = "generate"
     # Written after every finished method: predictions so far, for runs that may not finish.
     checkpoint: Path | None = None
+    # Reuse the methods the checkpoint finished (same task, seed, items and options).
+    resume: bool = False
 
     def validate(self) -> None:
         """Raise EvaluationError with a one-line message for an out-of-range option."""
@@ -113,6 +115,8 @@ class EvalOptions:
                 f"{self.seeds} (k-means takes 32-bit seeds), got {self.seed}"
             )
         self._check_stack(EvaluationError)
+        if self.resume and (self.checkpoint is None or self.seeds != 1):
+            raise EvaluationError("--resume needs --checkpoint and one seed (--seeds 1)")
         if not 0.0 < self.test_fraction < 1.0:
             raise EvaluationError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
 

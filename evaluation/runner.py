@@ -8,17 +8,17 @@ this module produces predictions and the result document, recorded as an eval ru
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mta.evaluation.checkpoint import resumed_predictions, write_checkpoint
 from mta.evaluation.methods import execution_order, get_method, parse_methods
 from mta.evaluation.options import HISTORY_K, EvalOptions
 from mta.evaluation.predictor import Predictor
-from mta.evaluation.protocol import EvalItem, Split, build_entries, split_given, split_users
+from mta.evaluation.protocol import Split, build_entries, split_given, split_users
 from mta.evaluation.results import item_rows, summarize_predictions
 from mta.evaluation.seed_run import SeedRun
 from mta.evaluation.seed_state import LogFn, Timer
@@ -187,41 +187,32 @@ def _run_seed(run: SeedRun, methods: Sequence[str]) -> dict[str, list[str]]:
         f"seed {run.seed}: {split.n_pool_groups} pool users, {split.n_test_groups} test users "
         f"({len(run.entries)} entries, {len(items)} scored items)"
     )
-    preds: dict[str, list[str]] = {}
+    preds = _resumed(run, methods)
     try:
         for name in execution_order(methods):
+            if name in preds:
+                continue
             preds[name] = get_method(name).predict(run)
             if len(preds[name]) != len(items):
                 raise RuntimeError(f"{name}: {len(preds[name])} predictions for {len(items)}")
             if run.options.checkpoint is not None:
-                _write_checkpoint(
-                    run.options.checkpoint, run.task.name, run.seed, items, preds, run.timings
-                )
+                write_checkpoint(
+                    run.options.checkpoint, run.options, run.task.name, run.seed, items,
+                    preds, run.timings,
+                )  # fmt: skip
     finally:
         run.close()
     return {m: preds[m] for m in methods}
 
 
-def _write_checkpoint(
-    path: Path,
-    task: str,
-    seed: int,
-    items: Sequence[EvalItem],
-    preds: dict[str, list[str]],
-    timings: dict[str, float],
-) -> None:
-    """Write the predictions finished so far (one seed) atomically, for interrupted runs."""
-    done = {m: p for m, p in preds.items() if len(p) == len(items)}
-    doc = {
-        "partial": True,
-        "task": task,
-        "seed": seed,
-        "methods_done": list(done),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "items": item_rows([it.item for it in items], done),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+def _resumed(run: SeedRun, methods: Sequence[str]) -> dict[str, list[str]]:
+    """The requested methods that --resume takes from the checkpoint (none without it)."""
+    if not run.options.resume or run.options.checkpoint is None:
+        return {}
+    found = resumed_predictions(
+        run.options.checkpoint, run.options, run.task.name, run.seed, run.items
+    )
+    kept = {m: p for m, p in found.items() if m in methods}
+    if kept:
+        run.say(f"seed {run.seed}: resumed {', '.join(kept)} from {run.options.checkpoint}")
+    return kept

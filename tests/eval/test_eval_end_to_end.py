@@ -211,3 +211,58 @@ def test_a_seed_beyond_k_means_is_refused_before_any_work(tmp_path, tiny_model_d
     ):
         result = CliRunner().invoke(eval_app, [*args, *extra])
         assert result.exit_code == 1 and "k-means takes 32-bit seeds" in str(result.exception)
+
+
+def test_resume_reuses_the_finished_methods_and_refuses_a_checkpoint_of_other_options(
+    tmp_path, tiny_model_dir
+):
+    from mta.evaluation import methods as registry_of_methods
+
+    checkpoint = tmp_path / "partial.json"
+    first = _run(
+        "citation", tmp_path, tiny_model_dir,
+        "--methods", "base,retrieved", "--checkpoint", str(checkpoint),
+    )  # fmt: skip
+    ran: list[str] = []
+    original = registry_of_methods.get_method
+
+    def recording(name):  # records which methods predict again, changes nothing
+        method = original(name)
+        predict = method.predict
+
+        class Recorded:
+            uses_model = method.uses_model
+
+            def predict(self, run):
+                ran.append(name)
+                return predict(run)
+
+        return Recorded()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mta.evaluation.runner.get_method", recording)
+        second = _run(
+            "citation", tmp_path, tiny_model_dir,
+            "--methods", "base,retrieved,user-majority",
+            "--checkpoint", str(checkpoint), "--resume",
+        )  # fmt: skip
+    assert ran == ["user-majority"]
+    before = {(it["item_id"], it["user_id"]): it["predictions"] for it in first["items"]}
+    for item in second["items"]:
+        assert item["predictions"]["base"] == before[(item["item_id"], item["user_id"])]["base"]
+    done = json.loads(checkpoint.read_text())["methods_done"]
+    assert sorted(done) == ["base", "retrieved", "user-majority"]
+    # Other prediction options (here --shots) or another seed: refused, nothing overwritten.
+    saved = checkpoint.read_text()
+    for extra in (("--shots", "2"), ("--seed", "1")):
+        args = [
+            "--task", "citation", "--data", str(_users_file("citation", tmp_path)),
+            "--base-model", str(tiny_model_dir), "--limit", "2", "--anchors", "2",
+            "--shots", "3", "--epochs", "1", "--user-epochs", "1", "--max-steps", "1",
+            "--max-new-tokens", "4", "--methods", "base", "--workdir", str(tmp_path / "reg"),
+            "--checkpoint", str(checkpoint), "--resume", *extra,
+        ]  # fmt: skip
+        result = CliRunner().invoke(eval_app, args)
+        assert result.exit_code != 0
+        assert "--resume" in str(result.exception), result.output
+        assert checkpoint.read_text() == saved
