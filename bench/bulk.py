@@ -171,7 +171,8 @@ def bench_bulk(quick: bool) -> Section:
         f"`mta user adapt --from FILE` process over {n_b} others; (c) `--executor ray "
         f"--workers 2 --force` over {n_c} of them. Subsets keep the run bounded; users/min "
         "is per user, so the subsets compare; walls include process start and model load",
-        "ratio: (b) users/min over (a) on row (b), (c) over (b) on row (c); target (b) >= 4x (a)",
+        "ratio: (b) users/min over (a) on row (b), (c) over (b) on row (c); targets "
+        "(b) >= 1.4x (a) and (c) >= 0.9x (b) (issue 21)",
         "fuse/train/commit: mean seconds per adapted user inside the batch (from --json)",
         f"load average 1/5/15 min: before {_load(load_before)}, after {_load(load_after)}",
     ]

@@ -104,13 +104,7 @@ class PoolBank:
         if key not in self._users:
             entry = run.entries[index].entry
             user_id = f"{EVAL_USER_PREFIX}-s{run.seed}-{entry['user_id']}{tag}"
-            service.add_user(
-                self.ctx,
-                user_id=user_id,
-                task=self.bank.task,
-                profile={"profile": entry["profile"]},
-                bank_ref=str(self.bank.version),
-            )
+            self._add_user(run, user_id, entry)
             # Recorded before fusing, so close() deletes the user even if fusing fails.
             self._users[key] = (user_id, None)
             request = service.FuseRequest(
@@ -119,6 +113,29 @@ class PoolBank:
             recipe = service.fuse_user(self.ctx, user_id, request)
             self._users[key] = (user_id, recipe)
         return self._users[key]
+
+    def _add_user(self, run: SeedState, user_id: str, entry: dict) -> None:
+        """Register the entry's user; with --resume, replace one an interrupted run left."""
+        from mta.registry import service
+        from mta.registry.errors import AlreadyExistsError
+
+        def add() -> None:
+            service.add_user(
+                self.ctx,
+                user_id=user_id,
+                task=self.bank.task,
+                profile={"profile": entry["profile"]},
+                bank_ref=str(self.bank.version),
+            )
+
+        try:
+            add()
+        except AlreadyExistsError:
+            if not run.options.resume:
+                raise
+            # A killed run never reached close(); its user of this seed and entry is ours.
+            service.delete_user(self.ctx, user_id)
+            add()
 
     def fused(self, user_id: str) -> Any:
         """The user's fused adapter, rebuilt in memory from their adapter identity."""

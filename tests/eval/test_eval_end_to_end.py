@@ -266,3 +266,30 @@ def test_resume_reuses_the_finished_methods_and_refuses_a_checkpoint_of_other_op
         assert result.exit_code != 0
         assert "--resume" in str(result.exception), result.output
         assert checkpoint.read_text() == saved
+
+
+def test_resume_replaces_the_users_an_interrupted_run_left_in_its_workdir(tmp_path, tiny_model_dir):
+    from mta.registry import service
+    from mta.registry.context import RegistryContext
+
+    checkpoint = tmp_path / "partial.json"
+    first = _run(
+        "movie_tagging", tmp_path, tiny_model_dir,
+        "--methods", "base,mta-fuse", "--checkpoint", str(checkpoint),
+    )  # fmt: skip
+    # A run killed mid-method leaves its registry users behind (close() never ran).
+    left = f"eval-s0-{first['items'][0]['user_id']}"
+    profile = json.loads(_users_file("movie_tagging", tmp_path).read_text())[0]["profile"]
+    with RegistryContext.in_folder(tmp_path / "reg") as ctx:
+        (bank,) = service.list_banks(ctx)
+        service.add_user(
+            ctx, user_id=left, task="movie_tagging", profile={"profile": profile},
+            bank_ref=str(bank.version),
+        )  # fmt: skip
+    args = ("--methods", "base,mta-fuse,mta", "--checkpoint", str(checkpoint))
+    with pytest.raises(Exception, match="already exists"):
+        _run("movie_tagging", tmp_path, tiny_model_dir, *args)
+    resumed = _run("movie_tagging", tmp_path, tiny_model_dir, *args, "--resume")
+    assert all("mta" in item["predictions"] for item in resumed["items"])
+    with RegistryContext.in_folder(tmp_path / "reg") as ctx:
+        assert not [u for u in service.list_users(ctx) if u.user_id.startswith("eval-")]

@@ -307,3 +307,15 @@ def test_bank_tasks_on_ray_load_the_model_on_the_requested_device(
     examples = [[("a prompt", "a target")]]
     with pytest.raises(DeviceError, match="no CUDA device"):
         train_anchors_ray(registry, str(tiny_model_dir), examples, config, {}, device="cuda")
+
+
+def test_units_keep_every_worker_busy_and_stay_small():
+    from mta.registry.jobs.ray_runner import MAX_UNIT, unit_size
+
+    # 12 users on 2 workers: 4 units of 3, two per worker (a fixed 16 gave one worker all 12).
+    assert unit_size(12, 2) == 3
+    assert unit_size(1, 2) == 1 and unit_size(0, 2) == 1
+    assert unit_size(10_000, 4) == MAX_UNIT
+    for users, workers in ((5, 2), (13, 3), (100, 8)):
+        size = unit_size(users, workers)
+        assert -(-users // size) >= min(users, workers)  # at least one unit per worker
