@@ -33,6 +33,7 @@ from mta.cli.bulk import (
 from mta.cli.options import DeviceOpt, JsonOpt, fits_int64, registry_context
 from mta.cli.output import Output
 from mta.cli.progress import StageProgress
+from mta.stack_formats import DEFAULT_STACK_FORMAT
 
 if TYPE_CHECKING:
     from mta.registry.service import AdaptRequest
@@ -65,7 +66,7 @@ def user_adapt(
             help="Storage format of the stack: fp16, bf16, fp32, or quantized int8 "
             "(per-component scales) or nf4 (4-bit, per-block scales).",
         ),
-    ] = "fp16",
+    ] = DEFAULT_STACK_FORMAT,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, callback=fits_int64, help="Batch size.")
     ] = 4,

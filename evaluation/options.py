@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mta.stack_formats import DEFAULT_STACK_FORMAT
+
 # The methods compared when --methods is not given: every registered one in table order but
 # the ablations of the stack (`mta-int8`, `mta-nf4`, `mta-attention`, `mta-export*`), which
 # `--methods` names (`mta.evaluation.methods` checks at import that each is registered).
@@ -47,7 +49,7 @@ class EvalOptions:
     shots: int = 5
     stack_rank: int = 1
     # How the MTA stack is stored and where it trains (`mta user adapt --dtype/--stack-modules`).
-    stack_dtype: str = "fp16"
+    stack_dtype: str = DEFAULT_STACK_FORMAT
     stack_modules: str = "all"
     fusion: str = "cat"
     weight_rule: str = "proportional"

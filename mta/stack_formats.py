@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 FLOAT_FORMATS = ("fp16", "bf16", "fp32")
 QUANTIZED_FORMATS = ("int8", "nf4")
 STACK_FORMATS = FLOAT_FORMATS + QUANTIZED_FORMATS
+# What `mta user adapt`, the HTTP adapt route and `mta eval` store when not told: the
+# smallest format measured not to lose quality (docs/results.md, "Bytes per user").
+DEFAULT_STACK_FORMAT = "fp16"
 NF4_BLOCK = 64
 # QLoRA's NF4 levels (Dettmers et al. 2023, appendix E): normal quantiles scaled to [-1, 1].
 NF4_LEVELS = (

@@ -16,7 +16,7 @@ from typing import Any
 
 from mta.registry.entities import Stack
 from mta.registry.errors import InvalidInputError
-from mta.stack_formats import STACK_FORMATS
+from mta.stack_formats import DEFAULT_STACK_FORMAT, STACK_FORMATS
 
 # torch.manual_seed and the stored JSON take 64-bit integers; a larger seed is a typo.
 MAX_SEED = 2**63 - 1
@@ -54,7 +54,7 @@ class AdaptRequest:
     epochs: int = 3
     lr: float = 1e-3
     seed: int = 0
-    dtype: str = "fp16"
+    dtype: str = DEFAULT_STACK_FORMAT
     batch_size: int = 4
     max_steps: int | None = None
     shot_indices: tuple[int, ...] | None = None

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mta.registry.service import USER_ID_PATTERN, AdaptRequest, FuseRequest
+from mta.stack_formats import DEFAULT_STACK_FORMAT
 
 # The service's own rule (registry/names.py), anchored for OpenAPI; "." and ".." pass the
 # pattern and are refused by the service with a 422.
@@ -83,7 +84,7 @@ class AdaptBody(_Strict):
     lr: float = Field(default=1e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     dtype: Literal["fp16", "bf16", "fp32", "int8", "nf4"] = Field(
-        default="fp16",
+        default=DEFAULT_STACK_FORMAT,
         description="Stored format of the stack (int8/nf4: quantized; served dequantized).",
     )
     batch_size: int = Field(default=4, ge=1, le=256)
