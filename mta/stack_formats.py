@@ -28,7 +28,7 @@ QUANTIZED_FORMATS = ("int8", "nf4")
 STACK_FORMATS = FLOAT_FORMATS + QUANTIZED_FORMATS
 # What `mta user adapt`, the HTTP adapt route and `mta eval` store when not told: the
 # smallest format measured not to lose quality (docs/results.md, "Bytes per user").
-DEFAULT_STACK_FORMAT = "fp16"
+DEFAULT_STACK_FORMAT = "int8"
 NF4_BLOCK = 64
 # QLoRA's NF4 levels (Dettmers et al. 2023, appendix E): normal quantiles scaled to [-1, 1].
 NF4_LEVELS = (

@@ -67,7 +67,7 @@ def test_user_lifecycle(
     assert (recipe["method"], recipe["weight_rule"]) == ("cat", "proportional")
 
     stack = ok(mta("user", "adapt", "alice", "--shots", "3", "--epochs", "1", "--json"))
-    assert (stack["user_id"], stack["rank"], stack["dtype"]) == ("alice", 1, "fp16")
+    assert (stack["user_id"], stack["rank"], stack["dtype"]) == ("alice", 1, "int8")
     assert stack["bytes"] > 0 and stack["recipe_id"] == recipe["recipe_id"]
     assert not stack["stale"]
 

@@ -33,7 +33,7 @@ def _payload(blob: bytes) -> int:
 @pytest.mark.parametrize("fmt", ["int8", "nf4"])
 def test_a_quantized_stack_is_stored_small_and_exported_dequantized(bank_registry, tmp_path, fmt):
     add_user(bank_registry, user_id="qa", task=TASK, profile=movie_user("qa", 6))
-    half = adapt_user(bank_registry, "qa", AdaptRequest(shots=2, max_steps=1))
+    half = adapt_user(bank_registry, "qa", AdaptRequest(shots=2, max_steps=1, dtype="fp16"))
     small = adapt_user(bank_registry, "qa", AdaptRequest(shots=2, max_steps=1, dtype=fmt))
     data = bank_registry.store.get_bytes(small.blob)
     assert small.dtype == fmt and blob_format(data) == fmt and small.bytes == len(data)
@@ -41,7 +41,7 @@ def test_a_quantized_stack_is_stored_small_and_exported_dequantized(bank_registr
     limit = {"int8": 0.6, "nf4": 0.35}[fmt]
     assert _payload(data) < limit * _payload(bank_registry.store.get_bytes(half.blob))
     assert AdaptRequest(shots=2, max_steps=1, dtype=fmt).matches(small)
-    assert not AdaptRequest(shots=2, max_steps=1).matches(small)
+    assert not AdaptRequest(shots=2, max_steps=1, dtype="fp16").matches(small)
     identity = adapter_identity(bank_registry, "qa")
     assert identity.stack == small.blob  # the format is in the stack digest, so in the ETag
     out = export_user(bank_registry, identity, tmp_path / "out")

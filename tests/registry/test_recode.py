@@ -20,7 +20,7 @@ from tests.support import TASK, movie_user
 
 @pytest.mark.parametrize("fmt", ["int8", "nf4"])
 def test_a_recoded_stack_is_the_blob_training_into_the_format_stores(bank_registry, fmt):
-    request = AdaptRequest(shots=3, max_steps=2, seed=4)
+    request = AdaptRequest(shots=3, max_steps=2, seed=4, dtype="fp16")
     add_user(bank_registry, user_id="direct", task=TASK, profile=movie_user("r", 6))
     add_user(bank_registry, user_id="later", task=TASK, profile=movie_user("r", 6))
     direct = adapt_user(bank_registry, "direct", AdaptRequest(**{**vars(request), "dtype": fmt}))

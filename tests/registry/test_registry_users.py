@@ -141,7 +141,7 @@ def test_adapt_then_export_is_fused_plus_stack_exactly(bank_registry, tmp_path):
         AdaptRequest(shots=3, rank=1, epochs=1, batch_size=2),
         progress=lambda stage, done, total: steps.append((stage, done, total)),
     )
-    assert (stack.rank, stack.dtype, stack.bank_version, stack.stale) == (1, "fp16", 1, False)
+    assert (stack.rank, stack.dtype, stack.bank_version, stack.stale) == (1, "int8", 1, False)
     assert stack.train_config["shot_indices"] == shot_indices(6, 3, seed=0)
     assert stack.bytes == len(bank_registry.store.get_bytes(stack.blob))
     assert steps and steps[-1][1] == stack.train_config["steps"]
