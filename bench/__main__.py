@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short mode (< 3 minutes)")
     parser.add_argument("--only", default="", help="comma-separated subset of sections")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown report (default: docs/benchmarks.md for a full run; none with --only, "
+        "whose sections would replace the whole report)",
+    )
     args = parser.parse_args(argv)
     available = _sections()
     names = [n for n in args.only.split(",") if n] or list(available)
@@ -79,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         "Every ratio compares two things measured in the same run on the same machine; absolute "
         "seconds on these shared 2-core machines are noisy, ratios less so.\n"
     )
-    write_markdown(args.out, header, sections)
-    console.print(f"wrote {args.out}")
+    out = args.out or (None if args.only else ROOT / "docs" / "benchmarks.md")
+    if out is None:
+        console.print("not written: --only runs print their sections; pass --out FILE to save")
+        return 0
+    write_markdown(out, header, sections)
+    console.print(f"wrote {out}")
     return 0
 
 
