@@ -27,11 +27,7 @@ _BOOKKEEPING = frozenset(
 
 def prediction_options(options: EvalOptions) -> dict[str, Any]:
     """The options a finished method's predictions depend on, as JSON values."""
-    return {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in asdict(options).items()
-        if k not in _BOOKKEEPING
-    }
+    return {k: v for k, v in options.as_json().items() if k not in _BOOKKEEPING}
 
 
 def write_checkpoint(

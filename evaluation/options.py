@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,10 @@ class EvalOptions:
     checkpoint: Path | None = None
     # Reuse the methods the checkpoint finished (same task, seed, items and options).
     resume: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """Every option as a JSON value (paths as strings): the result's and checkpoint's record."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def validate(self) -> None:
         """Raise EvaluationError with a one-line message for an out-of-range option."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from mta.evaluation.checkpoint import resumed_predictions, write_checkpoint
@@ -101,7 +100,7 @@ def run_eval(
         else:
             split = split_given(users, test_users, seed=seed, limit=options.limit)
         _collect_seed(run, split)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    config = options.as_json()
     config["data"] = str(data_path)
     config["methods"] = methods
     return _document(run, config, skipped, registry_label, started)
